@@ -103,3 +103,37 @@ def make_record(
         "task": task,
         "split": split,
     }
+
+
+BOX_ERRORS = ("box has NaN or infinite coordinates", "box has width or height <= 0", "box outside image")
+"""The reasons :func:`clip_box_xyxy` rejects a box (the keys parsers count skipped boxes under)."""
+
+
+def clip_box_xyxy(box, width: int, height: int) -> tuple[np.ndarray | None, str]:
+    """Check one ``x1, y1, x2, y2`` box of a ``width`` x ``height`` image and clip it to the image.
+
+    Real annotations overhang the image by a few pixels (PRW has negative coordinates, CrowdHuman full
+    boxes leave the frame), so a box that still covers part of the image is clipped, not rejected. A box
+    with NaN/inf coordinates, a non-positive width or height, or nothing left inside the image is
+    unusable: the result is ``(None, reason)`` with ``reason`` one of :data:`BOX_ERRORS`, so the caller can
+    raise or skip and count it with :class:`hf_personsearch.data.errors.SkipCounter`.
+
+    Returns:
+        ``(clipped float32 (4,) box, "")`` or ``(None, reason)``.
+    """
+    box = np.asarray(box, dtype=np.float64).reshape(4)
+    if not np.all(np.isfinite(box)):
+        return None, BOX_ERRORS[0]
+    if box[2] <= box[0] or box[3] <= box[1]:
+        return None, BOX_ERRORS[1]
+    clipped = np.array(
+        [
+            min(max(box[0], 0), width),
+            min(max(box[1], 0), height),
+            min(max(box[2], 0), width),
+            min(max(box[3], 0), height),
+        ]
+    )
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        return None, BOX_ERRORS[2]
+    return clipped.astype(np.float32), ""
