@@ -1,0 +1,210 @@
+"""Configuration of the one-stage person search model (NAE-style Faster R-CNN + OIM re-ID head)."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+NO_IDENTITY = -1
+"""Default value of ``PersonSearchConfig.no_identity_id``: a person whose identity is unknown."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(f"PersonSearchConfig: {message}")
+
+
+class PersonSearchConfig(PreTrainedConfig):
+    r"""Configuration of :class:`PersonSearchModel`.
+
+    Defaults reproduce NAE (Chen et al. 2020) as run by the person search codebases (NAE, SeqNet) on a
+    ResNet50: the values the paper's downstream numbers were obtained with.
+
+    Backbone
+        backbone (`str`, "resnet50"): any timm model name that has ``features_only`` support, or a
+            torchvision classification model name when ``backbone_library="torchvision"``
+            (``shufflenet_v2_x1_0`` etc.: timm has no ShuffleNet, the paper's third backbone).
+        backbone_library (`str`, "timm"): "timm" or "torchvision".
+        box_head_stages (`int`, 1): how many of the backbone's last feature stages form the RoI box head.
+            The stages before it form the encoder. 1 gives NAE's split for ResNets (stem + layer1-3 as
+            encoder at stride 16, layer4 as box head) and "last stage as head" for other models.
+        backbone_weights_path (`str`, None): local weights file for the backbone (timm: loaded with
+            ``pretrained_cfg_overlay=dict(file=...)``; torchvision: a state dict). None = random init,
+            as nothing may be downloaded at run time; weights saved with the model always win.
+        freeze_stem (`bool`, True): freeze the stem (every module up to the first feature stage, i.e.
+            conv1/bn1 on ResNets), as NAE/SeqNet do with ImageNet weights.
+        freeze_batchnorm (`bool`, True): keep every backbone BatchNorm in eval mode with frozen affine
+            parameters (NAE/SeqNet): person search batches (5 images) are too small for batch statistics.
+            Switch it off when training from random initialisation.
+    Region proposal network (torchvision RegionProposalNetwork)
+        anchor_sizes (`tuple[int]`, (32, 64, 128, 256, 512)) and anchor_aspect_ratios (`tuple[float]`,
+            (0.5, 1.0, 2.0)): one feature level (C4), the anchors of NAE/SeqNet.
+        rpn_fg_iou_thresh (0.7) / rpn_bg_iou_thresh (0.3): Faster R-CNN's anchor labelling.
+        rpn_batch_size_per_image (256) / rpn_positive_fraction (0.5): anchors sampled per image.
+        rpn_pre_nms_top_n_train (12000) / rpn_post_nms_top_n_train (2000), rpn_pre_nms_top_n_test
+            (6000) / rpn_post_nms_top_n_test (300): proposals kept around the RPN NMS (SeqNet values).
+        rpn_nms_thresh (0.7): NMS among proposals.
+    RoI box head
+        roi_output_size (`int`, 14): RoIAlign output on C4; the box head (layer4) halves it to 7x7.
+        roi_sampling_ratio (`int`, 2): RoIAlign sampling points per bin (torchvision default).
+        box_fg_iou_thresh (0.5) / box_bg_iou_thresh (0.5): proposal labelling (Faster R-CNN).
+        box_batch_size_per_image (128) / box_positive_fraction (0.5): proposals sampled per image (NAE).
+        bbox_reg_weights (`tuple[float]`, (10.0, 10.0, 5.0, 5.0)): box coder weights (Faster R-CNN).
+        box_score_thresh (`float`, 0.0): minimum detection score kept at inference. 0 keeps everything
+            so that the detection evaluation (det_thresh 0.01) sees every box; search applies 0.5 itself.
+        box_nms_thresh (`float`, 0.4): NMS among detections (NAE/SeqNet).
+        box_detections_per_img (`int`, 300): detections kept per image (NAE/SeqNet).
+    Re-ID head (norm-aware embedding + OIM)
+        embedding_dim (`int`, 256): NAE's embedding, two halves of 128 from C4 and from the box head.
+        num_person_ids (`int`, 5532): rows of the OIM lookup table = labeled identities (CUHK-SYSU
+            train has 5532; PRW 482; pre-training: all unified identities).
+        oim_queue_size (`int`, 5000): circular queue of unlabeled persons (CUHK-SYSU value; PRW uses 500).
+        oim_scalar (`float`, 30.0): inverse temperature of the OIM softmax (OIM/NAE).
+        oim_momentum (`float`, 0.5): LUT update ``m * LUT[y] + (1 - m) * x`` (OIM/NAE).
+        no_identity_id (`int`, -1): the person id meaning "no identity" (goes to the queue, never to the
+            LUT). Explicit, instead of the 5554/5555 magic numbers of older code.
+    Loss weights (sum = the model's ``loss``)
+        loss_weight_rpn_objectness (1.0), loss_weight_rpn_box (1.0), loss_weight_det_classification (1.0),
+        loss_weight_det_box (10.0: NAE's box regression weight), loss_weight_reid (1.0).
+    Image normalisation
+        image_mean / image_std: ImageNet statistics (the backbones' pre-training statistics).
+    """
+
+    model_type = "person_search"
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        backbone_library: str = "timm",
+        box_head_stages: int = 1,
+        backbone_weights_path: str | None = None,
+        freeze_stem: bool = True,
+        freeze_batchnorm: bool = True,
+        anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
+        anchor_aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
+        rpn_fg_iou_thresh: float = 0.7,
+        rpn_bg_iou_thresh: float = 0.3,
+        rpn_batch_size_per_image: int = 256,
+        rpn_positive_fraction: float = 0.5,
+        rpn_pre_nms_top_n_train: int = 12000,
+        rpn_post_nms_top_n_train: int = 2000,
+        rpn_pre_nms_top_n_test: int = 6000,
+        rpn_post_nms_top_n_test: int = 300,
+        rpn_nms_thresh: float = 0.7,
+        roi_output_size: int = 14,
+        roi_sampling_ratio: int = 2,
+        box_fg_iou_thresh: float = 0.5,
+        box_bg_iou_thresh: float = 0.5,
+        box_batch_size_per_image: int = 128,
+        box_positive_fraction: float = 0.5,
+        bbox_reg_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0),
+        box_score_thresh: float = 0.0,
+        box_nms_thresh: float = 0.4,
+        box_detections_per_img: int = 300,
+        embedding_dim: int = 256,
+        num_person_ids: int = 5532,
+        oim_queue_size: int = 5000,
+        oim_scalar: float = 30.0,
+        oim_momentum: float = 0.5,
+        no_identity_id: int = NO_IDENTITY,
+        loss_weight_rpn_objectness: float = 1.0,
+        loss_weight_rpn_box: float = 1.0,
+        loss_weight_det_classification: float = 1.0,
+        loss_weight_det_box: float = 10.0,
+        loss_weight_reid: float = 1.0,
+        image_mean: tuple[float, ...] = (0.485, 0.456, 0.406),
+        image_std: tuple[float, ...] = (0.229, 0.224, 0.225),
+        **kwargs,
+    ):
+        self.backbone = backbone
+        self.backbone_library = backbone_library
+        self.box_head_stages = box_head_stages
+        self.backbone_weights_path = backbone_weights_path
+        self.freeze_stem = freeze_stem
+        self.freeze_batchnorm = freeze_batchnorm
+        self.anchor_sizes = list(anchor_sizes)
+        self.anchor_aspect_ratios = list(anchor_aspect_ratios)
+        self.rpn_fg_iou_thresh = rpn_fg_iou_thresh
+        self.rpn_bg_iou_thresh = rpn_bg_iou_thresh
+        self.rpn_batch_size_per_image = rpn_batch_size_per_image
+        self.rpn_positive_fraction = rpn_positive_fraction
+        self.rpn_pre_nms_top_n_train = rpn_pre_nms_top_n_train
+        self.rpn_post_nms_top_n_train = rpn_post_nms_top_n_train
+        self.rpn_pre_nms_top_n_test = rpn_pre_nms_top_n_test
+        self.rpn_post_nms_top_n_test = rpn_post_nms_top_n_test
+        self.rpn_nms_thresh = rpn_nms_thresh
+        self.roi_output_size = roi_output_size
+        self.roi_sampling_ratio = roi_sampling_ratio
+        self.box_fg_iou_thresh = box_fg_iou_thresh
+        self.box_bg_iou_thresh = box_bg_iou_thresh
+        self.box_batch_size_per_image = box_batch_size_per_image
+        self.box_positive_fraction = box_positive_fraction
+        self.bbox_reg_weights = list(bbox_reg_weights)
+        self.box_score_thresh = box_score_thresh
+        self.box_nms_thresh = box_nms_thresh
+        self.box_detections_per_img = box_detections_per_img
+        self.embedding_dim = embedding_dim
+        self.num_person_ids = num_person_ids
+        self.oim_queue_size = oim_queue_size
+        self.oim_scalar = oim_scalar
+        self.oim_momentum = oim_momentum
+        self.no_identity_id = no_identity_id
+        self.loss_weight_rpn_objectness = loss_weight_rpn_objectness
+        self.loss_weight_rpn_box = loss_weight_rpn_box
+        self.loss_weight_det_classification = loss_weight_det_classification
+        self.loss_weight_det_box = loss_weight_det_box
+        self.loss_weight_reid = loss_weight_reid
+        self.image_mean = list(image_mean)
+        self.image_std = list(image_std)
+        super().__init__(**kwargs)
+        self.validate_values()
+
+    def validate_values(self) -> None:
+        """Reject contradictory or impossible values with a message that names the field."""
+        _check(
+            self.backbone_library in ("timm", "torchvision"),
+            f"backbone_library must be 'timm' or 'torchvision', got {self.backbone_library!r}",
+        )
+        _check(self.box_head_stages >= 1, f"box_head_stages must be >= 1, got {self.box_head_stages}")
+        _check(
+            len(self.anchor_sizes) > 0 and all(s > 0 for s in self.anchor_sizes),
+            f"anchor_sizes must be positive, got {self.anchor_sizes}",
+        )
+        _check(
+            len(self.anchor_aspect_ratios) > 0 and all(r > 0 for r in self.anchor_aspect_ratios),
+            f"anchor_aspect_ratios must be positive, got {self.anchor_aspect_ratios}",
+        )
+        for prefix in ("rpn", "box"):
+            fg, bg = getattr(self, f"{prefix}_fg_iou_thresh"), getattr(self, f"{prefix}_bg_iou_thresh")
+            _check(
+                0.0 <= bg <= fg <= 1.0,
+                f"need 0 <= {prefix}_bg_iou_thresh ({bg}) <= {prefix}_fg_iou_thresh ({fg}) <= 1",
+            )
+            fraction = getattr(self, f"{prefix}_positive_fraction")
+            _check(0.0 < fraction <= 1.0, f"{prefix}_positive_fraction must be in (0, 1], got {fraction}")
+            _check(getattr(self, f"{prefix}_batch_size_per_image") > 0, f"{prefix}_batch_size_per_image must be > 0")
+        for phase in ("train", "test"):
+            pre, post = getattr(self, f"rpn_pre_nms_top_n_{phase}"), getattr(self, f"rpn_post_nms_top_n_{phase}")
+            _check(
+                0 < post <= pre, f"need 0 < rpn_post_nms_top_n_{phase} ({post}) <= rpn_pre_nms_top_n_{phase} ({pre})"
+            )
+        _check(
+            0.0 < self.rpn_nms_thresh <= 1.0 and 0.0 < self.box_nms_thresh <= 1.0, "NMS thresholds must be in (0, 1]"
+        )
+        _check(0.0 <= self.box_score_thresh < 1.0, f"box_score_thresh must be in [0, 1), got {self.box_score_thresh}")
+        _check(self.box_detections_per_img > 0, "box_detections_per_img must be > 0")
+        _check(self.roi_output_size >= 2, f"roi_output_size must be >= 2, got {self.roi_output_size}")
+        _check(len(self.bbox_reg_weights) == 4, f"bbox_reg_weights needs 4 values, got {self.bbox_reg_weights}")
+        _check(
+            self.embedding_dim >= 2 and self.embedding_dim % 2 == 0,
+            f"embedding_dim must be even (two NAE halves), got {self.embedding_dim}",
+        )
+        _check(self.num_person_ids > 0, f"num_person_ids must be > 0, got {self.num_person_ids}")
+        _check(self.oim_queue_size >= 0, f"oim_queue_size must be >= 0, got {self.oim_queue_size}")
+        _check(0.0 <= self.oim_momentum < 1.0, f"oim_momentum must be in [0, 1), got {self.oim_momentum}")
+        _check(self.oim_scalar > 0, f"oim_scalar must be > 0, got {self.oim_scalar}")
+        _check(
+            not 0 <= self.no_identity_id < self.num_person_ids,
+            f"no_identity_id ({self.no_identity_id}) must lie outside the identity range [0, {self.num_person_ids})",
+        )
+        _check(len(self.image_mean) == 3 and len(self.image_std) == 3, "image_mean and image_std need 3 values")
+        _check(all(s > 0 for s in self.image_std), f"image_std must be positive, got {self.image_std}")

@@ -1,0 +1,304 @@
+"""PersonSearchModel: NAE-style one-stage person search (Faster R-CNN detector + norm-aware re-ID head).
+
+image -> encoder (backbone up to stride 16) -> RPN proposals -> RoIAlign (14x14 on the encoder map)
+-> box head (the backbone's last stage) -> norm-aware embedding (detection score from its norm, re-ID
+feature from its direction) + box regressor; OIM loss on the embeddings of proposals matched to persons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.models.detection._utils import BoxCoder, Matcher
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import MultiScaleRoIAlign
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .backbone import SplitBackbone
+from .configuration_person_search import PersonSearchConfig
+from .detection_head import detection_losses, postprocess_detections, sample_proposals
+from .norm_aware_embedding import BoxRegressor, NormAwareEmbedding
+from .oim import OIMLoss
+
+FEATURE_NAME = "encoder"
+
+
+@dataclass
+class PersonSearchOutput(ModelOutput):
+    """Output of :class:`PersonSearchModel`.
+
+    Training: ``loss`` (weighted sum) and ``loss_dict`` (unweighted terms: rpn_objectness, rpn_box,
+    det_classification, det_box, reid_oim). Inference: per image ``boxes`` (n, 4) xyxy in the input
+    pixel coordinates, ``scores`` (n,) and ``embeddings`` (n, d) = L2-normalised embedding x score.
+    With ``output_features=True`` also the intermediate features used by pre-training:
+    ``encoder_features`` (B, C, H/16, W/16), ``roi_features`` (N, C, 14, 14) RoI-aligned maps of the
+    sampled proposals, ``instance_features`` (N, C5) pooled box head vectors, ``reid_embeddings`` (N, d)
+    un-normalised embeddings, ``roi_image_index`` (N,) the image each RoI belongs to.
+    """
+
+    loss: torch.Tensor | None = None
+    loss_dict: dict[str, torch.Tensor] | None = None
+    boxes: list[torch.Tensor] | None = None
+    scores: list[torch.Tensor] | None = None
+    embeddings: list[torch.Tensor] | None = None
+    encoder_features: torch.Tensor | None = None
+    roi_features: torch.Tensor | None = None
+    instance_features: torch.Tensor | None = None
+    reid_embeddings: torch.Tensor | None = None
+    roi_image_index: torch.Tensor | None = None
+
+
+class PersonSearchPreTrainedModel(PreTrainedModel):
+    config_class = PersonSearchConfig
+    base_model_prefix = "person_search"
+    main_input_name = "pixel_values"
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only the heads are (re-)initialised: the timm/torchvision backbone keeps its own init or its
+        # loaded weights, and generic Linear/Conv modules are left to their owners below.
+        if isinstance(module, (NormAwareEmbedding, BoxRegressor)):
+            module.reset_parameters()
+        elif isinstance(module, RPNHead):
+            for layer in module.modules():
+                if isinstance(layer, nn.Conv2d):
+                    nn.init.normal_(layer.weight, std=0.01)
+                    nn.init.zeros_(layer.bias)
+        elif isinstance(module, OIMLoss):
+            module.lut.zero_()
+            module.queue.zero_()
+            module.queue_head.zero_()
+
+
+class PersonSearchModel(PersonSearchPreTrainedModel):
+    """One-stage person search model (NAE).
+
+    Inputs:
+        pixel_values: float (B, 3, H, W), normalised, images padded at bottom/right.
+        image_sizes: int (B, 2) (height, width) of each image before padding; or pixel_mask (B, H, W)
+            with 1 on valid pixels; neither = every image fills the tensor.
+        labels (training): list of B dicts {"boxes": float (n, 4) xyxy pixels, "person_ids": int (n,)},
+            person ids in [0, config.num_person_ids) or config.no_identity_id; n may be 0.
+    """
+
+    def __init__(self, config: PersonSearchConfig):
+        super().__init__(config)
+        self.backbone = SplitBackbone(
+            config.backbone,
+            library=config.backbone_library,
+            box_head_stages=config.box_head_stages,
+            weights_path=config.backbone_weights_path,
+            freeze_stem=config.freeze_stem,
+            freeze_batchnorm=config.freeze_batchnorm,
+        )
+        anchor_generator = AnchorGenerator(
+            sizes=(tuple(config.anchor_sizes),), aspect_ratios=(tuple(config.anchor_aspect_ratios),)
+        )
+        self.rpn = RegionProposalNetwork(
+            anchor_generator,
+            RPNHead(self.backbone.encoder_channels, anchor_generator.num_anchors_per_location()[0]),
+            fg_iou_thresh=config.rpn_fg_iou_thresh,
+            bg_iou_thresh=config.rpn_bg_iou_thresh,
+            batch_size_per_image=config.rpn_batch_size_per_image,
+            positive_fraction=config.rpn_positive_fraction,
+            pre_nms_top_n={"training": config.rpn_pre_nms_top_n_train, "testing": config.rpn_pre_nms_top_n_test},
+            post_nms_top_n={"training": config.rpn_post_nms_top_n_train, "testing": config.rpn_post_nms_top_n_test},
+            nms_thresh=config.rpn_nms_thresh,
+        )
+        self.roi_align = MultiScaleRoIAlign([FEATURE_NAME], config.roi_output_size, config.roi_sampling_ratio)
+        self.embedding_head = NormAwareEmbedding(
+            (self.backbone.encoder_channels, self.backbone.head_channels), config.embedding_dim
+        )
+        self.box_regressor = BoxRegressor(self.backbone.head_channels)
+        self.oim = OIMLoss(
+            config.embedding_dim,
+            config.num_person_ids,
+            config.oim_queue_size,
+            scalar=config.oim_scalar,
+            momentum=config.oim_momentum,
+            no_identity_id=config.no_identity_id,
+        )
+        self.box_coder = BoxCoder(tuple(config.bbox_reg_weights))
+        self.proposal_matcher = Matcher(
+            config.box_fg_iou_thresh, config.box_bg_iou_thresh, allow_low_quality_matches=False
+        )
+        self.post_init()
+
+    # ------------------------------------------------------------------ inputs
+    def _image_sizes(self, pixel_values, image_sizes=None, pixel_mask=None) -> list[tuple[int, int]]:
+        if not torch.is_tensor(pixel_values) or pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+            shape = tuple(pixel_values.shape) if torch.is_tensor(pixel_values) else type(pixel_values).__name__
+            raise ValueError(f"pixel_values must be a float tensor (batch, 3, height, width), got {shape}")
+        if not pixel_values.is_floating_point():
+            raise ValueError(f"pixel_values must be floating point (normalised images), got {pixel_values.dtype}")
+        batch, _, height, width = pixel_values.shape
+        if image_sizes is None and pixel_mask is not None:
+            image_sizes = torch.stack([pixel_mask.any(2).sum(1), pixel_mask.any(1).sum(1)], dim=1)
+        if image_sizes is None:
+            return [(height, width)] * batch
+        sizes = [(int(h), int(w)) for h, w in torch.as_tensor(image_sizes).reshape(-1, 2).tolist()]
+        if len(sizes) != batch:
+            raise ValueError(f"image_sizes has {len(sizes)} entries for a batch of {batch} images")
+        for index, (h, w) in enumerate(sizes):
+            if not (0 < h <= height and 0 < w <= width):
+                raise ValueError(
+                    f"image {index}: size {(h, w)} does not fit the pixel_values of size {(height, width)}"
+                )
+        return sizes
+
+    def _check_labels(self, labels, image_sizes, device) -> list[dict[str, torch.Tensor]]:
+        if labels is None or len(labels) != len(image_sizes):
+            count = None if labels is None else len(labels)
+            raise ValueError(f"training needs labels: one dict per image ({len(image_sizes)}), got {count}")
+        checked = []
+        for index, (target, (height, width)) in enumerate(zip(labels, image_sizes)):
+            boxes = torch.as_tensor(target["boxes"], dtype=torch.float32, device=device).reshape(-1, 4)
+            person_ids = torch.as_tensor(target["person_ids"], dtype=torch.long, device=device).reshape(-1)
+            if boxes.shape[0] != person_ids.shape[0]:
+                raise ValueError(f"labels[{index}]: {boxes.shape[0]} boxes but {person_ids.shape[0]} person_ids")
+            if not torch.isfinite(boxes).all():
+                bad = boxes[~torch.isfinite(boxes).all(1)][0].tolist()
+                raise ValueError(f"labels[{index}]: box {bad} is not finite")
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+            empty = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+            if empty.any():
+                raise ValueError(
+                    f"labels[{index}]: box {target['boxes'][int(torch.where(empty)[0][0])]} has no area inside the "
+                    f"{width}x{height} image (expected x1 < x2, y1 < y2)"
+                )
+            self.oim.check_ids(person_ids, where=f"labels[{index}]")
+            checked.append({**target, "boxes": boxes, "person_ids": person_ids})
+        return checked
+
+    # ------------------------------------------------------------------ parts
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Encoder feature map (stride 16 for the default split)."""
+        return self.backbone.encode(pixel_values)
+
+    def embed_rois(self, encoder_features: torch.Tensor, boxes: list[torch.Tensor], image_sizes):
+        """RoIAlign ``boxes`` (one (n_i, 4) tensor per image) and run box head + embedding + regressor.
+
+        Returns (roi_features, head_features, embeddings, logits, raw_embeddings, box_deltas)."""
+        roi_features = self.roi_align({FEATURE_NAME: encoder_features}, boxes, image_sizes)
+        head_features = self.backbone.box_head(roi_features)
+        embeddings, logits, raw = self.embedding_head(roi_features, head_features)
+        return roi_features, head_features, embeddings, logits, raw, self.box_regressor(head_features)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        labels: list[dict[str, torch.Tensor]] | None = None,
+        output_features: bool = False,
+        return_dict: bool = True,
+        **kwargs,
+    ) -> PersonSearchOutput:
+        sizes = self._image_sizes(pixel_values, image_sizes, pixel_mask)
+        if self.training:
+            labels = self._check_labels(labels, sizes, pixel_values.device)
+        encoder_features = self.encode(pixel_values)
+        images = ImageList(pixel_values, sizes)
+        rpn_targets = [{"boxes": target["boxes"]} for target in labels] if self.training else None
+        proposals, rpn_losses = self.rpn(images, {FEATURE_NAME: encoder_features}, rpn_targets)
+        output = PersonSearchOutput()
+        if self.training:
+            sampled = sample_proposals(
+                proposals,
+                labels,
+                self.proposal_matcher,
+                self.box_coder,
+                self.config.box_batch_size_per_image,
+                self.config.box_positive_fraction,
+            )
+            proposals = sampled.boxes
+        roi_features, head_features, embeddings, logits, raw, box_deltas = self.embed_rois(
+            encoder_features, proposals, sizes
+        )
+        if self.training:
+            det_classification, det_box = detection_losses(
+                logits, box_deltas, sampled.is_person, sampled.regression_targets
+            )
+            reid = self.oim(embeddings[sampled.is_person], sampled.person_ids[sampled.is_person])
+            output.loss_dict = {
+                "rpn_objectness": rpn_losses["loss_objectness"],
+                "rpn_box": rpn_losses["loss_rpn_box_reg"],
+                "det_classification": det_classification,
+                "det_box": det_box,
+                "reid_oim": reid,
+            }
+            output.loss = self.weighted_loss(output.loss_dict)
+        else:
+            detections = postprocess_detections(
+                proposals,
+                box_deltas,
+                torch.sigmoid(logits),
+                embeddings,
+                sizes,
+                self.box_coder,
+                self.config.box_score_thresh,
+                self.config.box_nms_thresh,
+                self.config.box_detections_per_img,
+            )
+            output.boxes = [d["boxes"] for d in detections]
+            output.scores = [d["scores"] for d in detections]
+            output.embeddings = [d["embeddings"] for d in detections]
+        if output_features:
+            output.encoder_features = encoder_features
+            output.roi_features = roi_features
+            output.instance_features = torch.nn.functional.adaptive_avg_pool2d(head_features, 1).flatten(1)
+            output.reid_embeddings = raw
+            output.roi_image_index = torch.cat(
+                [torch.full((len(p),), i, device=pixel_values.device) for i, p in enumerate(proposals)]
+            )
+        return output if return_dict else output.to_tuple()
+
+    def weighted_loss(self, loss_dict: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's total loss: each term times its config weight."""
+        config = self.config
+        weights = {
+            "rpn_objectness": config.loss_weight_rpn_objectness,
+            "rpn_box": config.loss_weight_rpn_box,
+            "det_classification": config.loss_weight_det_classification,
+            "det_box": config.loss_weight_det_box,
+            "reid_oim": config.loss_weight_reid,
+        }
+        return sum(weights[name] * loss_dict[name] for name in weights)
+
+    @torch.no_grad()
+    def embed_boxes(
+        self,
+        pixel_values: torch.Tensor,
+        boxes: list[torch.Tensor],
+        image_sizes: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """The query path: L2-normalised embeddings (n_i, d) of given boxes (xyxy in input pixels), e.g.
+        the ground-truth box of a query person. Runs in eval mode whatever the model's mode."""
+        sizes = self._image_sizes(pixel_values, image_sizes, pixel_mask)
+        if len(boxes) != len(sizes):
+            raise ValueError(f"embed_boxes: {len(boxes)} box lists for {len(sizes)} images")
+        boxes = [
+            torch.as_tensor(b, dtype=pixel_values.dtype, device=pixel_values.device).reshape(-1, 4) for b in boxes
+        ]
+        for index, image_boxes in enumerate(boxes):
+            bad = (image_boxes[:, 2] <= image_boxes[:, 0]) | (image_boxes[:, 3] <= image_boxes[:, 1])
+            bad |= ~torch.isfinite(image_boxes).all(1)
+            if bad.any():
+                raise ValueError(
+                    f"embed_boxes: image {index} box {image_boxes[bad][0].tolist()} is empty or not finite"
+                )
+        was_training = self.training
+        self.eval()
+        try:
+            _, _, embeddings, _, _, _ = self.embed_rois(self.encode(pixel_values), boxes, sizes)
+        finally:
+            self.train(was_training)
+        return list(embeddings.split([len(b) for b in boxes]))

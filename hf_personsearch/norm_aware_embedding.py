@@ -1,0 +1,78 @@
+"""Norm-aware embedding (NAE, Chen et al. 2020): one vector serves both detection and re-ID.
+
+The RoI's encoder feature map and its box head feature map are max-pooled, each projected to half of
+the embedding (Linear + BatchNorm1d) and concatenated. The embedding's NORM, rescaled by a
+BatchNorm1d(1), is the person-vs-background logit; its DIRECTION (the L2-normalised embedding) is the
+re-ID feature. At inference the re-ID feature is multiplied by the detection score (confidence
+weighted similarity, CWS), so unsure detections rank lower.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm that falls back to running statistics for a single sample, where batch statistics
+    are undefined (e.g. one ground-truth box in a batch)."""
+    if bn.training and x.shape[0] < 2:
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    return bn(x)
+
+
+class NormAwareEmbedding(nn.Module):
+    """Args:
+        in_channels: channels of the (encoder RoI feature map, box head feature map), e.g. (1024, 2048).
+        embedding_dim: total size, split evenly between the inputs (NAE: 256 = 128 + 128).
+
+    ``forward(roi_features, head_features)`` returns ``(embeddings, logits, raw)``: L2-normalised
+    embeddings (N, d), detection logits (N,), and the un-normalised embeddings (N, d).
+    """
+
+    def __init__(self, in_channels: tuple[int, int], embedding_dim: int = 256):
+        super().__init__()
+        half = embedding_dim // 2
+        self.projections = nn.ModuleList(nn.Linear(channels, half) for channels in in_channels)
+        self.projection_norms = nn.ModuleList(nn.BatchNorm1d(half) for _ in in_channels)
+        self.rescaler = nn.BatchNorm1d(1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for projection in self.projections:
+            nn.init.normal_(projection.weight, std=0.01)  # NAE's init
+            nn.init.zeros_(projection.bias)
+        for bn in [*self.projection_norms, self.rescaler]:
+            bn.reset_parameters()
+            bn.reset_running_stats()
+
+    def forward(self, roi_features: torch.Tensor, head_features: torch.Tensor):
+        halves = []
+        for feature_map, projection, bn in zip((roi_features, head_features), self.projections, self.projection_norms):
+            pooled = F.adaptive_max_pool2d(feature_map, 1).flatten(1)
+            halves.append(_batch_norm(bn, projection(pooled)))
+        raw = torch.cat(halves, dim=1)
+        norms = raw.norm(dim=1, keepdim=True)
+        embeddings = raw / norms.clamp_min(1e-12)
+        logits = _batch_norm(self.rescaler, norms).squeeze(1)
+        return embeddings, logits, raw
+
+
+class BoxRegressor(nn.Module):
+    """Class-agnostic box deltas from the average-pooled box head map (Linear + BatchNorm1d, as NAE)."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.linear = nn.Linear(in_channels, 4)
+        self.norm = nn.BatchNorm1d(4)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.linear.weight, std=0.01)
+        nn.init.zeros_(self.linear.bias)
+        self.norm.reset_parameters()
+        self.norm.reset_running_stats()
+
+    def forward(self, head_features: torch.Tensor) -> torch.Tensor:
+        return _batch_norm(self.norm, self.linear(F.adaptive_avg_pool2d(head_features, 1).flatten(1)))
