@@ -1,0 +1,145 @@
+"""PoseTrack21 person search (Doering et al., CVPR 2022) in its released raw format (COCO-style json).
+
+Layout of ``data_dir`` (the dataset root)::
+
+    images/{train,val}/<video>/<frame>.jpg
+    posetrack_person_search/{train,val,query}.json
+
+    {"images": [{"id", "file_name" (relative to the root), "vid_id", "frame_id",
+                 "ignore_regions_x": [[x1, x2, ...], ...], "ignore_regions_y": [[y1, y2, ...], ...]}],
+     "annotations": [{"image_id", "bbox": [x, y, w, h], "bbox_head", "keypoints", "person_id", "track_id"}]}
+
+query.json has the same structure: each annotation is one query person, in a val image. The camera of
+an image is its video (``vid_id``); each ignore polygon becomes its bounding box in ``ignore_regions``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SkipCounter
+from ..schema import clip_box_xyxy, make_record
+from .custom import (
+    annotations_by_image,
+    check_data_dir,
+    image_entries,
+    person_id_of,
+    queries_from_coco,
+    read_coco_json,
+    read_image_size,
+    require_file,
+    xywh_box,
+)
+
+SOURCE = "posetrack21"
+SPLITS = ("train", "val")
+DATA_URL = "https://github.com/anDoer/PoseTrack21"
+HOW_TO_OBTAIN = (
+    f"PoseTrack21 is distributed by its authors only: request access as described at {DATA_URL} (e-mail "
+    "posetrack21[at]googlegroups[dot]com), download it with their script, and pass the dataset root that holds "
+    "images/ and posetrack_person_search/"
+)
+ANNOTATION_DIR = "posetrack_person_search"
+QUERY_FILE = "query.json"
+
+
+def camera_of(image: dict) -> int:
+    """The camera of a PoseTrack21 image: its video id ("000342" or 342 -> 342)."""
+    return int(image["vid_id"])
+
+
+def ignore_boxes(image: dict, width: int, height: int, where: str, skips: SkipCounter) -> list[np.ndarray]:
+    """The bounding boxes (xyxy, clipped) of an image's ignore polygons."""
+    xs_list, ys_list = image.get("ignore_regions_x") or [], image.get("ignore_regions_y") or []
+    if len(xs_list) != len(ys_list):
+        skips.skip("ignore regions x/y mismatch", where, f"{len(xs_list)} x lists but {len(ys_list)} y lists")
+        return []
+    boxes = []
+    for k, (xs, ys) in enumerate(zip(xs_list, ys_list)):
+        try:
+            xs, ys = np.asarray(xs, np.float64).reshape(-1), np.asarray(ys, np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            xs, ys = np.zeros(0), np.ones(0)
+        if len(xs) == 0 or len(xs) != len(ys):
+            skips.skip("malformed ignore polygon", f"{where} ignore region {k}", "expected equal, non-empty x/y lists")
+            continue
+        box, reason = clip_box_xyxy([xs.min(), ys.min(), xs.max(), ys.max()], width, height)
+        if box is None:
+            skips.skip(reason, f"{where} ignore region {k}")
+            continue
+        boxes.append(box)
+    return boxes
+
+
+def parse(
+    data_dir: str | Path, split: str, *, strict: bool = False, skips: SkipCounter | None = None
+) -> Iterator[dict]:
+    """Yield one unified record (task "search") per image of ``posetrack_person_search/<split>.json``.
+
+    Args:
+        data_dir: the PoseTrack21 root (see the module docstring).
+        split: "train" or "val" (val is the gallery of the queries).
+        strict: raise :class:`DataFormatError` at the first bad item instead of skipping it.
+        skips: a counter to add the skipped items to (its own ``strict`` applies); by default a new one,
+            reported when parsing ends.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"{SOURCE}: unknown split {split!r}; expected one of {SPLITS}")
+    root = check_data_dir(data_dir, SOURCE, HOW_TO_OBTAIN)
+    own_counter = skips is None
+    skips = SkipCounter(strict) if skips is None else skips
+    path = require_file(root / ANNOTATION_DIR / f"{split}.json", SOURCE, HOW_TO_OBTAIN)
+    document = read_coco_json(path)
+    grouped = annotations_by_image(document, path, skips)
+    for image in image_entries(document, path, skips):
+        file_name = str(image["file_name"])
+        size = read_image_size(root / file_name, skips)
+        if size is None:
+            continue
+        width, height = size
+        boxes, person_ids = [], []
+        for index, annotation in grouped.get(image["id"], []):
+            where = f"{path} annotations[{index}] (image {file_name})"
+            box = xywh_box(annotation.get("bbox"), width, height, where, skips)
+            person_id = person_id_of(annotation, where, skips) if box is not None else None
+            if person_id is not None:
+                boxes.append(box)
+                person_ids.append(person_id)
+        yield make_record(
+            image=str(root / file_name),
+            image_id=file_name,
+            width=width,
+            height=height,
+            boxes=boxes,
+            person_ids=person_ids,
+            ignore_regions=ignore_boxes(image, width, height, f"{path} image {file_name}", skips),
+            camera_id=camera_of(image),
+            source=SOURCE,
+            task="search",
+            split=split,
+        )
+    if own_counter:
+        skips.report(f"{SOURCE} {split}")
+
+
+def load_queries(
+    data_dir: str | Path, split: str = "val", *, strict: bool = False, skips: SkipCounter | None = None
+) -> list[dict]:
+    """The query persons of query.json in the schema.py query form, in file order.
+
+    ``"gallery": None``: the gallery is every val image except the query's (queries with no other
+    occurrence are skipped by the evaluation, which also drops detections inside ignore regions).
+    """
+    if split != "val":
+        raise ValueError(f"{SOURCE}: queries are searched in the 'val' split only, got {split!r}")
+    root = check_data_dir(data_dir, SOURCE, HOW_TO_OBTAIN)
+    own_counter = skips is None
+    skips = SkipCounter(strict) if skips is None else skips
+    path = require_file(root / ANNOTATION_DIR / QUERY_FILE, SOURCE, HOW_TO_OBTAIN)
+    queries = queries_from_coco(path, root, skips, camera_of)
+    if own_counter:
+        skips.report(f"{SOURCE} queries")
+    return queries

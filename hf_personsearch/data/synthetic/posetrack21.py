@@ -1,0 +1,127 @@
+"""Synthetic PoseTrack21 person search in the released raw format (COCO-style json + video folders).
+
+See :mod:`hf_personsearch.data.formats.posetrack21` for the layout. Person ids are global across
+videos (as in PoseTrack21 person search); track ids are per video; some frames carry an ignore polygon.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..formats.posetrack21 import ANNOTATION_DIR
+from ..schema import make_record
+from .render import DOMAINS, render_scene
+
+NUM_KEYPOINTS = 17
+
+
+def _keypoints(box: np.ndarray) -> list[float]:
+    """17 (x, y, visibility) triplets on the box's vertical axis: a placeholder pose inside the box."""
+    x = float((box[0] + box[2]) / 2)
+    ys = np.linspace(box[1], box[3], NUM_KEYPOINTS)
+    return [v for y in ys for v in (x, float(y), 1.0)]
+
+
+def write(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    num_train_videos: int = 2,
+    num_val_videos: int = 3,
+    frames_per_video: int = 3,
+    num_train_identities: int = 3,
+    num_val_identities: int = 3,
+    width: int = 224,
+    height: int = 128,
+) -> dict:
+    """Write a small PoseTrack21 person search under ``out_dir`` and return its ground truth.
+
+    Defaults: a few short videos (each one a camera); every val identity appears in two videos, so each
+    query (its first frame in the first of them) has matches elsewhere; train and val identities are
+    disjoint. The first frame of every video carries one ignore polygon.
+
+    Returns:
+        ``{"records": [train then val records in json order], "queries": [one per val identity]}``.
+    """
+    root = Path(out_dir)
+    (root / ANNOTATION_DIR).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    records, queries = [], []
+    query_document = {"images": [], "annotations": []}
+    next_identity, video = 1, 0
+    for split, num_videos, num_identities in (
+        ("train", num_train_videos, num_train_identities),
+        ("val", num_val_videos, num_val_identities),
+    ):
+        identities = list(range(next_identity, next_identity + num_identities))
+        next_identity += num_identities
+        document = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]}
+        for v in range(num_videos):
+            video += 1
+            folder = f"images/{split}/{video:06d}_mpii_{split}"
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            # identity k is in videos k and k + 1 (mod num_videos): seen in two videos ("cameras")
+            cast = [i for k, i in enumerate(identities) if v in (k % num_videos, (k + 1) % num_videos)]
+            for frame in range(frames_per_video):
+                image_id = int(f"1{video:06d}{frame:04d}")
+                file_name = f"{folder}/{frame:06d}.jpg"
+                image, boxes = render_scene(
+                    cast, width=width, height=height, domain=video % DOMAINS, rng=rng, max_person_height=height - 8
+                )
+                image.save(root / file_name, quality=92)
+                polygon = ([[2.0, 20.0, 20.0, 2.0]], [[2.0, 2.0, 30.0, 30.0]]) if frame == 0 else ([], [])
+                document["images"].append(
+                    {
+                        "id": image_id,
+                        "frame_id": image_id,
+                        "vid_id": f"{video:06d}",
+                        "file_name": file_name,
+                        "nframes": frames_per_video,
+                        "is_labeled": True,
+                        "has_labeled_person": bool(cast),
+                        "ignore_regions_x": polygon[0],
+                        "ignore_regions_y": polygon[1],
+                    }
+                )
+                for track, (identity, box) in enumerate(zip(cast, boxes)):
+                    x, y, w, h = (float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1]))
+                    annotation = {
+                        "id": image_id * 100 + track,
+                        "image_id": image_id,
+                        "category_id": 1,
+                        "bbox": [x, y, w, h],
+                        "bbox_head": [x + 0.3 * w, y, 0.4 * w, 0.17 * h],
+                        "keypoints": _keypoints(box),
+                        "person_id": identity,
+                        "track_id": track,
+                    }
+                    document["annotations"].append(annotation)
+                    if split == "val" and frame == 0 and v == identities.index(identity) % num_videos:
+                        query_document["annotations"].append(dict(annotation))
+                        if document["images"][-1] not in query_document["images"]:
+                            query_document["images"].append(document["images"][-1])
+                        queries.append(
+                            {"image_id": file_name, "box": box.copy(), "person_id": identity, "camera_id": video,
+                             "gallery": None}
+                        )  # fmt: skip
+                records.append(
+                    make_record(
+                        image=str(root / file_name),
+                        image_id=file_name,
+                        width=width,
+                        height=height,
+                        boxes=boxes,
+                        person_ids=cast,
+                        ignore_regions=[[2.0, 2.0, 20.0, 30.0]] if frame == 0 else None,
+                        camera_id=video,
+                        source="posetrack21",
+                        task="search",
+                        split=split,
+                    )
+                )
+        (root / ANNOTATION_DIR / f"{split}.json").write_text(json.dumps(document))
+    (root / ANNOTATION_DIR / "query.json").write_text(json.dumps(query_document))
+    return {"records": records, "queries": queries}
