@@ -1,0 +1,106 @@
+"""Synthetic data in the documented custom format (docs/custom_format.md): COCO-style json + person_id.
+
+It doubles as a worked example of the format: train.json / test.json / query.json, images under
+``images/cam<k>/``, optional fields used both ways (``width``/``height`` given for some images and read
+from the header for others; one ``ignore`` box; persons without ``person_id``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..schema import NO_IDENTITY, make_record
+from .render import DOMAINS, render_scene
+
+UNLABELED_APPEARANCES = (3000, 4000)
+"""Render identities of the persons without identity: far from the labeled ones, so they look different."""
+
+
+def write(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    num_train_images: int = 4,
+    num_test_images: int = 5,
+    num_cameras: int = 2,
+    num_train_identities: int = 3,
+    num_test_identities: int = 3,
+    width: int = 192,
+    height: int = 128,
+) -> dict:
+    """Write a small custom-format dataset under ``out_dir`` and return its ground truth.
+
+    Defaults: a handful of images, each identity in two images of different cameras (so every test
+    query has a match), one unlabeled person per image, and an ignore box in the first image of a split.
+
+    Returns:
+        ``{"records": [train then test records], "queries": [one per test identity, in test.json]}``.
+    """
+    root = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    records, queries = [], []
+    query_document = {"images": [], "annotations": []}
+    next_identity, image_id = 0, 0
+    for split, num_images, num_identities in (
+        ("train", num_train_images, num_train_identities),
+        ("test", num_test_images, num_test_identities),
+    ):
+        identities = list(range(next_identity, next_identity + num_identities))
+        next_identity += num_identities
+        document = {"images": [], "annotations": []}
+        for k in range(num_images):
+            image_id += 1
+            camera = 1 + image_id % num_cameras
+            file_name = f"images/cam{camera}/{split}_{k:04d}.jpg"
+            (root / file_name).parent.mkdir(parents=True, exist_ok=True)
+            labeled = [i for j, i in enumerate(identities) if k in (j % num_images, (j + 1) % num_images)]
+            ids = labeled + [NO_IDENTITY]
+            looks = [i if i >= 0 else int(rng.integers(*UNLABELED_APPEARANCES)) for i in ids]
+            image, boxes = render_scene(
+                looks, width=width, height=height, domain=camera % DOMAINS, rng=rng, max_person_height=height - 8
+            )
+            image.save(root / file_name, quality=92)
+            entry = {"id": image_id, "file_name": file_name, "camera_id": camera}
+            if k % 2 == 0:  # width/height are optional: given here, read from the image header otherwise
+                entry.update(width=width, height=height)
+            document["images"].append(entry)
+            for identity, box in zip(ids, boxes):
+                annotation = {"image_id": image_id, "bbox": [float(v) for v in (*box[:2], *(box[2:] - box[:2]))]}
+                if identity != NO_IDENTITY:  # person_id omitted = no identity
+                    annotation["person_id"] = identity
+                document["annotations"].append(annotation)
+                if split == "test" and identity != NO_IDENTITY and identity not in [q["person_id"] for q in queries]:
+                    query_document["annotations"].append(dict(annotation))
+                    if entry not in query_document["images"]:
+                        query_document["images"].append(entry)
+                    queries.append(
+                        {"image_id": file_name, "box": box.copy(), "person_id": identity, "camera_id": camera,
+                         "gallery": None}
+                    )  # fmt: skip
+            ignore = None
+            if k == 0:  # an ignore box (e.g. a crowd nobody annotated) in the bottom-left corner
+                document["annotations"].append(
+                    {"image_id": image_id, "bbox": [0.0, height - 20.0, 30.0, 20.0], "ignore": 1}
+                )
+                ignore = [[0.0, height - 20.0, 30.0, float(height)]]
+            records.append(
+                make_record(
+                    image=str(root / file_name),
+                    image_id=file_name,
+                    width=width,
+                    height=height,
+                    boxes=boxes,
+                    person_ids=ids,
+                    ignore_regions=ignore,
+                    camera_id=camera,
+                    source="custom",
+                    task="search",
+                    split=split,
+                )
+            )
+        (root / f"{split}.json").write_text(json.dumps(document, indent=1))
+    (root / "query.json").write_text(json.dumps(query_document, indent=1))
+    return {"records": records, "queries": queries}
