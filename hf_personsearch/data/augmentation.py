@@ -1,0 +1,179 @@
+"""Box-aware augmentation: two views for pre-training (SimSiam), one view for fine-tuning.
+
+The paper applies "two data augmentations to each image, resulting in two different views" and
+trains the contrastive loss on the persons seen in both. Each view here is a torchvision
+``transforms.v2`` pipeline over a ``tv_tensors.Image`` and ``tv_tensors.BoundingBoxes``, so boxes
+follow every geometric change; the person ids and the ``person_index`` (position of the person in the
+unified record) are sanitized together with the boxes, so the three stay in correspondence. A person
+whose box is lost in a view (cropped out, or shrunk below ``min_box_size``) is dropped from that
+view only; the model matches the two views by ``person_index``.
+
+Probabilities follow SimSiam's augmentation (Chen and He 2021: colour jitter 0.4/0.4/0.4/0.1 with
+p=0.8, grayscale p=0.2, Gaussian blur sigma 0.1-2 with p=0.5, horizontal flip p=0.5), the recipe the
+paper builds its contrastive branch on. Scale/crop is detection-style instead of SimSiam's
+RandomResizedCrop to 224 px: an SSD IoU crop (keeps at least one person) with p=0.5, then a random
+shortest side from the multi-scale detection list, so the views stay scene images at detector sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+"""timm.data.IMAGENET_DEFAULT_MEAN/STD (repeated here so the data path does not import timm): the
+statistics the ImageNet-initialised backbones were trained with."""
+
+PRETRAIN_MIN_SIZES = tuple(range(480, 801, 32))
+PRETRAIN_MAX_SIZE = 1333
+"""Multi-scale detection training sizes (shortest side 480-800 step 32, longest side <= 1333, the
+DETR/Detectron list): smaller than fine-tuning's 900/1500 to keep pre-training cheap, still varied."""
+
+FINETUNE_MIN_SIZE = 900
+FINETUNE_MAX_SIZE = 1500
+"""NAE/SeqNet fine-tuning and test sizes on PRW and CUHK-SYSU (REFERENCE.md section 2)."""
+
+
+def to_image_tensor(image) -> tv_tensors.Image:
+    """(H, W, 3) uint8 array or PIL image -> ``tv_tensors.Image`` uint8 (3, H, W)."""
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {array.shape} {array.dtype}")
+    return tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1))
+
+
+def _labels_of(inputs):
+    """SanitizeBoundingBoxes' labels_getter: the per-person tensors that must follow the boxes."""
+    target = inputs[1]
+    return target["person_ids"], target["person_index"]
+
+
+def _run(pipeline: v2.Transform, image, boxes, person_ids, person_index) -> dict:
+    tensor = image if isinstance(image, tv_tensors.Image) else to_image_tensor(image)
+    boxes = torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4))
+    person_ids = torch.as_tensor(np.asarray(person_ids, np.int64).reshape(-1))
+    if person_index is None:
+        person_index = torch.arange(len(person_ids), dtype=torch.int64)
+    else:
+        person_index = torch.as_tensor(np.asarray(person_index, np.int64).reshape(-1))
+    if not len(boxes) == len(person_ids) == len(person_index):
+        raise ValueError(
+            f"{len(boxes)} boxes, {len(person_ids)} person ids and {len(person_index)} person indices: "
+            "they must have the same length"
+        )
+    target = {
+        "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=tuple(tensor.shape[-2:])),
+        "person_ids": person_ids,
+        "person_index": person_index,
+    }
+    out_image, out = pipeline(tensor, target)
+    return {
+        "pixel_values": out_image.as_subclass(torch.Tensor),
+        "boxes": out["boxes"].as_subclass(torch.Tensor).to(torch.float32),
+        "person_ids": out["person_ids"],
+        "person_index": out["person_index"],
+    }
+
+
+class TwoViewAugmentation:
+    """Two independently augmented, box-aware views of one unified image (pre-training).
+
+    Args:
+        min_sizes: candidate shortest sides (one drawn per view); default :data:`PRETRAIN_MIN_SIZES`.
+        max_size: cap on the longest side; default :data:`PRETRAIN_MAX_SIZE`.
+        crop_p: probability of the IoU crop (0.5: half of the views keep the whole scene, as SSD).
+        flip_p: horizontal flip probability (0.5, SimSiam).
+        color_jitter_p: probability of ColorJitter(0.4, 0.4, 0.4, 0.1) (0.8, SimSiam).
+        grayscale_p: grayscale probability (0.2, SimSiam).
+        blur_p: Gaussian blur probability (0.5, SimSiam), ``blur_kernel`` 9 px with sigma 0.1-2: SimSiam
+            scales the kernel to 10% of a 224-px image; at detector sizes that kernel would cost more
+            than the rest of the pipeline, and 9 px covers +-2 sigma at sigma 2.
+        min_box_size: persons smaller than this (pixels, either side) after augmentation are dropped
+            from the view (2: a 1-px box carries no appearance to contrast).
+        mean / std: normalisation (ImageNet statistics, those of the backbones' initialisation).
+
+    Call with ``(image, boxes, person_ids, person_index=None)``; returns two dicts with
+    ``pixel_values`` float32 (3, H, W) normalised, ``boxes`` float32 (n, 4) xyxy on that view,
+    ``person_ids`` int64 (n,) and ``person_index`` int64 (n,).
+    """
+
+    def __init__(
+        self,
+        *,
+        min_sizes: Sequence[int] = PRETRAIN_MIN_SIZES,
+        max_size: int = PRETRAIN_MAX_SIZE,
+        crop_p: float = 0.5,
+        flip_p: float = 0.5,
+        color_jitter_p: float = 0.8,
+        grayscale_p: float = 0.2,
+        blur_p: float = 0.5,
+        blur_kernel: int = 9,
+        min_box_size: float = 2.0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
+        def tail(with_crop: bool) -> v2.Compose:
+            crop = [v2.RandomApply([v2.RandomIoUCrop()], p=crop_p)] if with_crop else []
+            return v2.Compose(
+                crop
+                + [
+                    v2.RandomShortestSize(min_size=list(min_sizes), max_size=max_size),
+                    v2.RandomHorizontalFlip(p=flip_p),
+                    v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=color_jitter_p),
+                    v2.RandomGrayscale(p=grayscale_p),
+                    v2.RandomApply([v2.GaussianBlur(blur_kernel, sigma=(0.1, 2.0))], p=blur_p),
+                    v2.ClampBoundingBoxes(),
+                    v2.SanitizeBoundingBoxes(
+                        min_size=min_box_size, min_area=min_box_size**2, labels_getter=_labels_of
+                    ),
+                    v2.ToDtype(torch.float32, scale=True),
+                    v2.Normalize(mean=list(mean), std=list(std)),
+                ]
+            )
+
+        # RandomIoUCrop needs at least one box; negative images (no person) skip the crop.
+        self.view = tail(with_crop=True)
+        self.view_without_boxes = tail(with_crop=False)
+
+    def __call__(self, image, boxes, person_ids, person_index=None) -> tuple[dict, dict]:
+        tensor = to_image_tensor(image)
+        pipeline = self.view if len(np.asarray(person_ids).reshape(-1)) else self.view_without_boxes
+        return tuple(_run(pipeline, tensor, boxes, person_ids, person_index) for _ in range(2))
+
+
+class SingleViewAugmentation:
+    """One box-aware view for fine-tuning and evaluation on target data (NAE recipe).
+
+    Resizes so the shortest side is ``min_size`` unless the longest would exceed ``max_size``
+    (defaults 900/1500, REFERENCE.md section 2), flips horizontally with ``flip_p`` (0.5 for
+    training; pass 0.0 for evaluation), converts to float and normalises. Same call and output as one
+    view of :class:`TwoViewAugmentation`.
+    """
+
+    def __init__(
+        self,
+        *,
+        min_size: int = FINETUNE_MIN_SIZE,
+        max_size: int = FINETUNE_MAX_SIZE,
+        flip_p: float = 0.5,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
+        self.pipeline = v2.Compose(
+            [
+                v2.Resize(min_size, max_size=max_size),
+                v2.RandomHorizontalFlip(p=flip_p),
+                v2.ClampBoundingBoxes(),
+                v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_labels_of),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean=list(mean), std=list(std)),
+            ]
+        )
+
+    def __call__(self, image, boxes, person_ids, person_index=None) -> dict:
+        return _run(self.pipeline, image, boxes, person_ids, person_index)

@@ -1,0 +1,120 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hf_personsearch.data.augmentation import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SingleViewAugmentation,
+    TwoViewAugmentation,
+)
+
+MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+def _denormalise(pixel_values):
+    return ((pixel_values * STD + MEAN) * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def _colour(person):
+    return (40 + 50 * person, 250 - 40 * person, 30 + 70 * (person % 3))
+
+
+@st.composite
+def _scene(draw):
+    """A grid of non-overlapping persons, each painted in its own solid colour on a grey scene."""
+    height, width = draw(st.integers(60, 140)), draw(st.integers(60, 160))
+    image = np.full((height, width, 3), 128, np.uint8)
+    cells = [(r, c) for r in range(2) for c in range(2)]
+    chosen = draw(st.lists(st.sampled_from(cells), min_size=0, max_size=4, unique=True))
+    boxes = []
+    for person, (row, col) in enumerate(chosen):
+        cell_h, cell_w = height // 2, width // 2
+        y1, x1 = row * cell_h + 2, col * cell_w + 2
+        y2 = y1 + draw(st.integers(12, cell_h - 4))
+        x2 = x1 + draw(st.integers(10, cell_w - 4))
+        image[y1:y2, x1:x2] = _colour(person)
+        boxes.append([x1, y1, x2, y2])
+    person_ids = [100 + p for p in range(len(chosen))]
+    return image, np.array(boxes, np.float32).reshape(-1, 4), person_ids, draw(st.integers(0, 2**31 - 1))
+
+
+GEOMETRY_ONLY = dict(min_sizes=(48, 64, 96), max_size=200, color_jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(_scene())
+def test_views_stay_in_correspondence(scene):
+    image, boxes, person_ids, seed = scene
+    torch.manual_seed(seed)
+    views = TwoViewAugmentation(min_box_size=6.0, **GEOMETRY_ONLY)(image, boxes, person_ids)
+    for view in views:
+        pixels = _denormalise(view["pixel_values"])
+        height, width = pixels.shape[-2:]
+        assert view["pixel_values"].dtype == torch.float32
+        assert min(height, width) in (48, 64, 96) or max(height, width) == 200
+        assert view["boxes"].shape == (len(view["person_ids"]), 4) and len(view["person_index"]) == len(
+            view["person_ids"]
+        )
+        for box, pid, index in zip(view["boxes"], view["person_ids"].tolist(), view["person_index"].tolist()):
+            assert pid == person_ids[index]  # ids and indices stay in sync through sanitisation
+            x1, y1, x2, y2 = box.tolist()
+            assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
+            # The box still covers that person's pixels: its centre has the person's colour.
+            cy, cx = int((y1 + y2) / 2), int((x1 + x2) / 2)
+            np.testing.assert_allclose(pixels[:, cy, cx].tolist(), _colour(index), atol=12)
+
+
+def test_person_below_min_box_size_is_dropped_with_its_labels():
+    # A 4-px-wide person is 1 px wide once the image is scaled down by 4: min_box_size=2 drops it.
+    image = np.full((200, 200, 3), 128, np.uint8)
+    boxes = np.array([[10, 10, 90, 190], [150, 20, 154, 60]], np.float32)
+    view = SingleViewAugmentation(min_size=50, max_size=51, flip_p=0.0)
+    small = TwoViewAugmentation(min_sizes=(50,), max_size=51, crop_p=0.0, min_box_size=2.0)
+    big = TwoViewAugmentation(min_sizes=(200,), max_size=201, crop_p=0.0, min_box_size=2.0)
+    v_small, _ = small(image, boxes, [5, 6])
+    v_big, _ = big(image, boxes, [5, 6])
+    assert v_small["person_index"].tolist() == [0] and v_small["person_ids"].tolist() == [5]
+    assert v_big["person_index"].tolist() == [0, 1]
+    assert view(image, boxes, [5, 6])["boxes"].shape == (2, 4)  # the single view keeps boxes >= 1 px
+
+
+def test_single_view_resize_flip_hand_checked():
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[:, :100] = 255
+    boxes = np.array([[20, 10, 60, 90]], np.float32)
+    out = SingleViewAugmentation(min_size=50, max_size=1000, flip_p=1.0)(image, boxes, [3])
+    assert out["pixel_values"].shape == (3, 50, 100)
+    # Scale 0.5, then mirrored: x -> 100 - x.
+    torch.testing.assert_close(out["boxes"], torch.tensor([[70.0, 5.0, 90.0, 45.0]]))
+    pixels = _denormalise(out["pixel_values"])
+    assert pixels[:, 25, 90].tolist() == [255, 255, 255] and pixels[:, 25, 10].tolist() == [0, 0, 0]
+    # max_size caps the longest side: 100 x 200 with min 900 would be 1800 wide -> 1500.
+    capped = SingleViewAugmentation(flip_p=0.0)(image, boxes, [3])
+    assert capped["pixel_values"].shape == (3, 750, 1500)
+    torch.testing.assert_close(capped["boxes"], torch.tensor([[150.0, 75.0, 450.0, 675.0]]))
+
+
+def test_normalisation_values():
+    image = np.full((10, 10, 3), 255, np.uint8)
+    out = SingleViewAugmentation(min_size=10, max_size=11, flip_p=0.0)(image, np.zeros((0, 4)), [])
+    expected = (1.0 - MEAN) / STD
+    torch.testing.assert_close(out["pixel_values"][:, 5, 5], expected.view(3))
+    assert out["boxes"].shape == (0, 4) and out["person_ids"].dtype == torch.int64
+
+
+def test_negative_image_two_views():
+    views = TwoViewAugmentation(min_sizes=(32,), max_size=64)(np.zeros((40, 40, 3), np.uint8), np.zeros((0, 4)), [])
+    assert all(v["boxes"].shape == (0, 4) and v["person_index"].numel() == 0 for v in views)
+
+
+def test_two_views_differ_and_mismatched_lengths_rejected():
+    torch.manual_seed(0)
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    v1, v2 = TwoViewAugmentation(min_sizes=(64,), max_size=65, crop_p=0.0)(image, [[0, 0, 30, 60]], [1])
+    assert not torch.equal(v1["pixel_values"], v2["pixel_values"])
+    with pytest.raises(ValueError, match="2 boxes, 1 person ids"):
+        SingleViewAugmentation()(image, [[0, 0, 5, 5], [1, 1, 6, 6]], [1])
