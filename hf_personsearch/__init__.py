@@ -1,3 +1,30 @@
-"""hf-personsearch: hybrid pre-training for person search, in the shape of a Hugging Face hub package."""
+"""hf-personsearch: hybrid pre-training for person search, in the shape of a Hugging Face hub package.
+
+Importing the package registers the models with the Auto classes, so ``AutoModel.from_pretrained(dir)``
+works for saved folders without ``trust_remote_code``.
+"""
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+from .configuration_person_search import PersonSearchConfig
+from .image_processing_person_search import PersonSearchImageProcessor
+from .modeling_person_search import PersonSearchModel, PersonSearchOutput, PersonSearchPreTrainedModel
 
 __version__ = "0.1.0"
+
+AutoConfig.register(PersonSearchConfig.model_type, PersonSearchConfig, exist_ok=True)
+AutoModel.register(PersonSearchConfig, PersonSearchModel, exist_ok=True)
+AutoImageProcessor.register(PersonSearchConfig, slow_image_processor_class=PersonSearchImageProcessor, exist_ok=True)
+# Saved folders carry the model code and an auto_map, so they load with trust_remote_code=True where
+# hf_personsearch is not installed (the Hub use case); where it is installed, the registered classes win.
+PersonSearchConfig.register_for_auto_class("AutoConfig")
+PersonSearchModel.register_for_auto_class("AutoModel")
+PersonSearchImageProcessor.register_for_auto_class("AutoImageProcessor")
+
+__all__ = [
+    "PersonSearchConfig",
+    "PersonSearchImageProcessor",
+    "PersonSearchModel",
+    "PersonSearchOutput",
+    "PersonSearchPreTrainedModel",
+]
