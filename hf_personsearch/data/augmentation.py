@@ -44,6 +44,8 @@ def to_image_tensor(image) -> tv_tensors.Image:
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {array.shape} {array.dtype}")
+    if not array.flags.writeable:  # decoded PIL images are read-only views; torch needs its own memory
+        array = array.copy()
     return tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1))
 
 
