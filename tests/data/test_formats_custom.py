@@ -1,0 +1,105 @@
+"""The custom format (docs/custom_format.md): round trip, the documented example by hand, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hf_personsearch.data.errors import DataFormatError, SkipCounter
+from hf_personsearch.data.formats import custom
+from hf_personsearch.data.schema import NO_CAMERA, NO_IDENTITY
+from hf_personsearch.data.synthetic import generate
+
+
+def assert_same(parsed, truth):
+    """Deep equality of records / queries (numpy arrays compared exactly, dtypes included)."""
+    if isinstance(truth, dict):
+        assert parsed.keys() == truth.keys()
+        for key in truth:
+            assert_same(parsed[key], truth[key])
+    elif isinstance(truth, list):
+        assert len(parsed) == len(truth)
+        for a, b in zip(parsed, truth):
+            assert_same(a, b)
+    elif isinstance(truth, np.ndarray):
+        assert parsed.dtype == truth.dtype and np.array_equal(parsed, truth)
+    else:
+        assert parsed == truth
+
+
+def test_round_trip_records_and_queries(tmp_path):
+    truth = generate("custom", tmp_path, seed=6)
+    parsed = list(custom.parse(tmp_path, "train")) + list(custom.parse(tmp_path, "test"))
+    assert_same(parsed, truth["records"])
+    assert_same(custom.load_queries(tmp_path), truth["queries"])
+    assert sum(len(r["ignore_regions"]) for r in parsed) == 2
+
+
+def _documented_example(root):
+    """The example of docs/custom_format.md, with a 1920x1080 image whose size the json does not give."""
+    (root / "images/cam1").mkdir(parents=True)
+    Image.new("RGB", (1920, 1080)).save(root / "images/cam1/0001.jpg")
+    document = {
+        "images": [{"id": 1, "file_name": "images/cam1/0001.jpg"}],
+        "annotations": [
+            {"image_id": 1, "bbox": [100, 200, 50, 120], "person_id": 7},
+            {"image_id": 1, "bbox": [400, 210, 45, 110]},
+            {"image_id": 1, "bbox": [900, 300, 200, 150], "ignore": 1},
+        ],
+    }
+    (root / "test.json").write_text(json.dumps(document))
+    return document
+
+
+def test_documented_example_by_hand(tmp_path):
+    document = _documented_example(tmp_path)
+    (record,) = custom.parse(tmp_path, "test")
+    assert (record["width"], record["height"], record["camera_id"]) == (1920, 1080, NO_CAMERA)
+    assert np.array_equal(record["boxes"], np.array([[100, 200, 150, 320], [400, 210, 445, 320]], np.float32))
+    assert record["person_ids"].tolist() == [7, NO_IDENTITY]
+    assert np.array_equal(record["ignore_regions"], np.array([[900, 300, 1100, 450]], np.float32))
+    document["annotations"] = document["annotations"][:1]
+    (tmp_path / "query.json").write_text(json.dumps(document))
+    (query,) = custom.load_queries(tmp_path)
+    assert query["image_id"] == "images/cam1/0001.jpg" and query["person_id"] == 7
+    assert np.array_equal(query["box"], np.array([100, 200, 150, 320], np.float32))
+
+
+def test_bad_input_is_skipped_and_counted_or_raises(tmp_path):
+    document = _documented_example(tmp_path)
+    document["annotations"] += [
+        {"image_id": 1, "bbox": [1900, 1000, 50, 120], "person_id": 8},  # overhangs: clipped
+        {"image_id": 1, "bbox": [2000, 10, 50, 120], "person_id": 9},  # right of the image
+        {"image_id": 1, "bbox": [10, 10, 50], "person_id": 9},  # three numbers
+        {"image_id": 1, "bbox": [10, 10, 50, 50], "person_id": "nine"},
+        {"bbox": [10, 10, 50, 50]},
+    ]
+    (tmp_path / "test.json").write_text(json.dumps(document))
+    skips = SkipCounter()
+    (record,) = custom.parse(tmp_path, "test", skips=skips)
+    assert np.array_equal(record["boxes"][-1], np.array([1900, 1000, 1920, 1080], np.float32))
+    assert record["person_ids"].tolist() == [7, NO_IDENTITY, 8]
+    assert skips.counts == {
+        "box outside image": 1,
+        "box is not 4 numbers": 1,
+        "invalid person_id": 1,
+        "annotation without image_id": 1,
+    }
+    with pytest.raises(DataFormatError, match=r"test.json annotations\[7\]: annotation without image_id"):
+        list(custom.parse(tmp_path, "test", strict=True))
+    document["annotations"].pop()
+    (tmp_path / "test.json").write_text(json.dumps(document))
+    with pytest.raises(DataFormatError, match=r"annotations\[4\] \(image images/cam1/0001.jpg\): box outside"):
+        list(custom.parse(tmp_path, "test", strict=True))
+    query = {"images": [{"id": 5, "file_name": "images/elsewhere.jpg", "width": 10, "height": 10}],
+             "annotations": [{"image_id": 5, "bbox": [1, 1, 5, 5], "person_id": 3}]}  # fmt: skip
+    (tmp_path / "query.json").write_text(json.dumps(query))
+    with pytest.raises(DataFormatError, match="query image not in the gallery split"):
+        custom.load_queries(tmp_path, strict=True)
+    with pytest.raises(FileNotFoundError, match=r"splits found: \['test'\]"):
+        list(custom.parse(tmp_path, "train"))
+    with pytest.raises(FileNotFoundError, match="docs/custom_format.md"):
+        list(custom.parse(tmp_path / "missing", "train"))
