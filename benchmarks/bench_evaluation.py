@@ -37,7 +37,12 @@ def make_prw_like(
         h = w * rng.uniform(2.0, 3.0, num_persons)
         boxes = np.stack([x, y, x + w, y + h], 1)
         gallery.append(
-            {"image_id": f"c{g % 6 + 1}s1_{g:06d}.jpg", "boxes": boxes, "person_ids": person_ids, "camera_id": g % 6 + 1}
+            {
+                "image_id": f"c{g % 6 + 1}s1_{g:06d}.jpg",
+                "boxes": boxes,
+                "person_ids": person_ids,
+                "camera_id": g % 6 + 1,
+            }
         )
         jitter = rng.normal(scale=0.08, size=(num_persons, 4)) * np.stack([w, h, w, h], 1)
         fp = dets_per_image - num_persons
@@ -49,9 +54,11 @@ def make_prw_like(
         emb = emb + rng.normal(scale=noise / np.sqrt(dim), size=emb.shape)
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         scores = np.concatenate([rng.uniform(0.6, 1.0, num_persons), rng.uniform(0.0, 1.0, fp)])
-        detections.append({"boxes": det_boxes, "scores": scores, "embeddings": (emb * scores[:, None]).astype(np.float32)})
+        detections.append(
+            {"boxes": det_boxes, "scores": scores, "embeddings": (emb * scores[:, None]).astype(np.float32)}
+        )
     queries = []
-    for qi in range(num_queries):
+    for _ in range(num_queries):
         g = int(rng.integers(num_images))
         k = int(rng.integers(5))
         person = int(gallery[g]["person_ids"][k])
@@ -133,11 +140,18 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256, help="embedding size (NAE: 256)")
     parser.add_argument("--queries", type=int, default=2057, help="queries (PRW: 2,057)")
     parser.add_argument("--people", type=int, default=932, help="identities (PRW test: 932 incl. queries)")
-    parser.add_argument("--noise", type=float, default=2.0, help="embedding noise relative to the identity signal (sets how hard the search is)")
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=2.0,
+        help="embedding noise relative to the identity signal (sets how hard the search is)",
+    )
     parser.add_argument("--reference-queries", type=int, default=100, help="queries the slow reference loop runs on")
     args = parser.parse_args()
 
-    gallery, detections, queries = make_prw_like(args.images, args.dets, args.dim, args.queries, args.people, args.noise)
+    gallery, detections, queries = make_prw_like(
+        args.images, args.dets, args.dim, args.queries, args.people, args.noise
+    )
     start = time.perf_counter()
     fast = evaluate_search(gallery, detections, queries, "prw")
     fast_time = time.perf_counter() - start

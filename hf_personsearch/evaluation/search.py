@@ -45,12 +45,16 @@ detections with score >= 0.01; the one-to-one GT matching that protects true det
 
 
 def build_gallery(gallery, detections, det_thresh: float, remove_ignored: bool) -> Gallery:
-    """Check gallery + detections and flatten the kept detections image after image."""
+    """Check gallery + detections and flatten the kept detections image after image.
+
+    Embeddings are checked (NaN, dimension) only for kept detections: the others are never read.
+    """
     image_ids, index_of, cameras, gt_boxes, gt_person_ids, ignores = read_gallery_annotations(gallery)
-    per_image = read_detections(detections, len(image_ids), image_ids)
+    per_image = read_detections(detections, len(image_ids), image_ids, need_embeddings=False)
     boxes, scores, embeddings, counts = [], [], [], []
-    dim = next((e.shape[1] for _, _, e in per_image if len(e)), 0)
-    for (det_boxes, det_scores, det_emb), gt, ignore in zip(per_image, gt_boxes, ignores):
+    dim = None
+    for index, ((det_boxes, det_scores, _), gt, ignore) in enumerate(zip(per_image, gt_boxes, ignores)):
+        where = f"detections[{index}] (image {image_ids[index]!r})"
         kept = det_scores >= det_thresh
         if remove_ignored and len(ignore):
             candidates = det_scores >= IGNORE_MATCH_DET_THRESH
@@ -58,11 +62,33 @@ def build_gallery(gallery, detections, det_thresh: float, remove_ignored: bool) 
             matched = one_to_one_matches(gt, det_boxes[candidates], 0.5)
             ignored[candidates] = in_ignore_regions(det_boxes[candidates], ignore, matched)
             kept &= ~ignored
-        boxes.append(det_boxes[kept])
-        scores.append(det_scores[kept])
-        embeddings.append(det_emb[kept].reshape(-1, dim))
+        det_embeddings = to_numpy(require(detections[index], "embeddings", where), None, f"{where}['embeddings']")
+        if det_embeddings.ndim != 2 or len(det_embeddings) != len(det_boxes):
+            if not (det_embeddings.size == 0 and len(det_boxes) == 0):
+                raise ValueError(
+                    f"{where}['embeddings']: expected shape ({len(det_boxes)}, d) for {len(det_boxes)} boxes, "
+                    f"got {tuple(det_embeddings.shape)}"
+                )
+            det_embeddings = det_embeddings.reshape(0, dim or 0)
+        if kept.any():
+            if dim is not None and det_embeddings.shape[1] != dim:
+                raise ValueError(f"{where}['embeddings']: dimension {det_embeddings.shape[1]}, earlier images {dim}")
+            dim = det_embeddings.shape[1]
+            boxes.append(det_boxes[kept])
+            scores.append(det_scores[kept])
+            embeddings.append(det_embeddings[kept])
         counts.append(int(kept.sum()))
     det_start = np.r_[0, np.cumsum(counts)].astype(np.int64)
+    det_image = np.repeat(np.arange(len(image_ids)), counts)
+    all_embeddings = np.concatenate(embeddings).astype(np.float64) if embeddings else np.zeros((0, dim or 0))
+    finite = np.isfinite(all_embeddings).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        image = int(det_image[row])
+        raise ValueError(
+            f"detections[{image}] (image {image_ids[image]!r})['embeddings']: kept detection "
+            f"{row - det_start[image]} (score >= det_thresh) has NaN or infinite values"
+        )
     return Gallery(
         image_ids=image_ids,
         index_of=index_of,
@@ -71,10 +97,10 @@ def build_gallery(gallery, detections, det_thresh: float, remove_ignored: bool) 
         gt_person_ids=gt_person_ids,
         ignore_regions=ignores,
         det_start=det_start,
-        det_image=np.repeat(np.arange(len(image_ids)), counts),
+        det_image=det_image,
         det_boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4)),
         det_scores=np.concatenate(scores) if scores else np.zeros(0),
-        det_embeddings=np.concatenate(embeddings) if embeddings else np.zeros((0, dim)),
+        det_embeddings=all_embeddings,
     )
 
 
@@ -187,6 +213,11 @@ def _positive_candidates(gallery: Gallery, pair_image: np.ndarray, pair_box: np.
     return cand_pair[keep], cand_det[keep]
 
 
+def _exact_similarity(queries: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+    """Row-wise float64 dot products; the same arithmetic for every caller, so equal inputs give equal bits."""
+    return np.multiply(queries, embeddings).sum(axis=1)
+
+
 def context_bipartite_graph_matching(
     similarity: np.ndarray,
     query_nodes: np.ndarray,
@@ -251,7 +282,7 @@ def evaluate_search(
     cbgm: bool = False,
     cbgm_top_detections: int | None = None,
     cbgm_query_persons: int | None = None,
-    chunk_size: int = 64,
+    chunk_size: int = 128,
     return_per_query: bool = True,
 ) -> SearchResult:
     """mAP and top-k of person search, equal to the community's protocol code on the same inputs.
@@ -276,7 +307,7 @@ def evaluate_search(
         cbgm_top_detections: CBGM k1 (images of the k1 most similar detections are re-scored); None =
             SeqNet's value for the protocol (:data:`CBGM_DEFAULTS`).
         cbgm_query_persons: CBGM k2 (query + up to k2-1 context persons); None = SeqNet's value.
-        chunk_size: queries per similarity block; 64 keeps a PRW-size block (64 x 122k float64) near 60 MB.
+        chunk_size: queries per similarity block; 128 keeps a PRW-size block (128 x 122k float32) near 60 MB.
         return_per_query: include ``per_query`` (AP, recall and the ranked top-k list of every query).
 
     Returns:
@@ -316,11 +347,26 @@ def evaluate_search(
     num_dets = len(flat.det_scores)
     max_k = max(topk)
 
+    # float32 similarities (4x faster matrix product than float64) + exact float64 re-computation of every
+    # entry whose float32 value lies within the float32 error bound of a true-positive score, so every
+    # comparison the protocol makes is decided in float64. CBGM rewrites similarities, so it runs in float64.
+    exact_matrix = cbgm
+    query_embeddings = q["embeddings"]
+    gallery_embeddings = flat.det_embeddings
+    matrix_embeddings = gallery_embeddings if exact_matrix else gallery_embeddings.astype(np.float32)
+    dim = gallery_embeddings.shape[1]
+    # |fl32(q.e) - q.e| <= gamma_(d+2) * |q| * |e| (dot-product error bound incl. rounding inputs to float32),
+    # doubled for safety and a tiny absolute term for subnormals
+    largest_norm = float(np.linalg.norm(gallery_embeddings, axis=1).max()) if num_dets else 0.0
+    error_scale = 0.0 if exact_matrix else 2.0 * (dim + 2) * 2.0**-24 * largest_norm
+
     aps, hits, per_query = [], [], []
     for chunk in np.array_split(evaluated, max(1, int(np.ceil(len(evaluated) / chunk_size)))):
         if len(chunk) == 0:
             continue
-        similarity = q["embeddings"][chunk] @ flat.det_embeddings.T
+        chunk_queries = query_embeddings[chunk]
+        similarity = chunk_queries.astype(matrix_embeddings.dtype) @ matrix_embeddings.T
+        margin = error_scale * np.linalg.norm(chunk_queries, axis=1) + (0.0 if exact_matrix else 1e-30)
         for row, qi in enumerate(chunk):
             if q["members"][qi] is not None:
                 member = np.zeros(len(flat.image_ids), dtype=bool)
@@ -332,37 +378,47 @@ def evaluate_search(
                 if cross_camera:
                     similarity[row, det_camera == q["camera"][qi]] = -np.inf
             if cbgm:
-                nodes = np.vstack([q["embeddings"][qi], q["contexts"][qi][: k2 - 1]])
+                nodes = np.vstack([query_embeddings[qi], q["contexts"][qi][: k2 - 1]])
                 context_bipartite_graph_matching(similarity[row], nodes, flat, k1)
 
         # true positive of each (query, occurrence image): the most similar candidate there
         c0, c1 = cand_start[pair_start[chunk[0]]], cand_start[pair_start[chunk[-1] + 1]]
         pairs, dets = cand_pair[c0:c1], cand_det[c0:c1]
         rows = np.searchsorted(chunk, q["pair_query"][pairs])
-        scores = similarity[rows, dets]
+        if exact_matrix:
+            scores = similarity[rows, dets]
+        else:
+            scores = _exact_similarity(chunk_queries[rows], gallery_embeddings[dets])
         order = np.lexsort((-scores, pairs))
         first = order[np.r_[True, pairs[order][1:] != pairs[order][:-1]]] if len(order) else order
         tp_rows, tp_dets, tp_scores = rows[first], dets[first], scores[first]
 
         lowest_tp = np.full(len(chunk), np.inf)
         np.minimum.at(lowest_tp, tp_rows, tp_scores)
-        above_rows, above_cols = np.nonzero(similarity >= lowest_tp[:, None])
-        above_values = similarity[above_rows, above_cols]
+        above_rows, above_cols = np.nonzero(similarity >= (lowest_tp - margin)[:, None])
+        above_values = similarity[above_rows, above_cols].astype(np.float64)
         above_start = np.searchsorted(above_rows, np.arange(len(chunk) + 1))
         tp_order = np.argsort(tp_rows, kind="stable")
         tp_start = np.searchsorted(tp_rows[tp_order], np.arange(len(chunk) + 1))
 
         if return_per_query and num_dets:
-            kth = min(max_k, num_dets)
+            # a few spare entries so that float32 near-ties at the k-th place are re-ranked in float64
+            kth = min(max_k + 8, num_dets)
             top = np.argpartition(-similarity, kth - 1, axis=1)[:, :kth] if kth < num_dets else None
             if top is None:
                 top = np.broadcast_to(np.arange(num_dets), (len(chunk), num_dets))
         for row, qi in enumerate(chunk):
             mine = tp_order[tp_start[row] : tp_start[row + 1]]
             if len(mine):
-                ap, hit = _average_precision_and_hits(
-                    above_values[above_start[row] : above_start[row + 1]], tp_scores[mine], int(count_gt[qi]), topk
-                )
+                values = above_values[above_start[row] : above_start[row + 1]]
+                if not exact_matrix:
+                    columns = above_cols[above_start[row] : above_start[row + 1]]
+                    thresholds = np.sort(tp_scores[mine])
+                    near = np.searchsorted(thresholds, values - margin[row], side="left") < np.searchsorted(
+                        thresholds, values + margin[row], side="right"
+                    )
+                    values[near] = _exact_similarity(chunk_queries[row][None, :], gallery_embeddings[columns[near]])
+                ap, hit = _average_precision_and_hits(values, tp_scores[mine], int(count_gt[qi]), topk)
             else:
                 ap, hit = 0.0, [False] * len(topk)
             aps.append(ap)
@@ -372,16 +428,20 @@ def evaluate_search(
                 if num_dets:
                     candidates = top[row]
                     candidates = candidates[np.isfinite(similarity[row, candidates])]
-                    candidates = candidates[np.argsort(-similarity[row, candidates], kind="stable")][:max_k]
+                    if exact_matrix:
+                        values = similarity[row, candidates]
+                    else:
+                        values = _exact_similarity(chunk_queries[row][None, :], gallery_embeddings[candidates])
+                    ranking = np.argsort(-values, kind="stable")[:max_k]
                     correct = set(tp_dets[mine].tolist())
                     ranked = [
                         {
                             "image_id": flat.image_ids[flat.det_image[d]],
                             "box": flat.det_boxes[d].tolist(),
-                            "similarity": float(similarity[row, d]),
+                            "similarity": float(v),
                             "correct": d in correct,
                         }
-                        for d in candidates.tolist()
+                        for d, v in zip(candidates[ranking].tolist(), values[ranking].tolist())
                     ]
                 per_query.append(
                     {
