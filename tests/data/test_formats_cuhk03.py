@@ -30,7 +30,7 @@ def _splits(root, **kwargs):
 def test_round_trip_both_layouts(dataset, layout):
     root, truth = dataset
     assert record_differences(truth["records"], _splits(root, layout=layout)) == []
-    everything = list(cuhk03.parse(root, "all", layout=layout, strict=True))
+    everything = list(cuhk03.parse(root, "full", layout=layout, strict=True))
     assert record_differences(truth["records_all"], everything) == []
     labeled = _splits(root, layout=layout, image_type="labeled")
     assert record_differences(truth["records_labeled"], labeled) == []
@@ -39,8 +39,8 @@ def test_round_trip_both_layouts(dataset, layout):
 
 def test_mat_pixels_equal_the_extracted_pngs(dataset):
     root, _ = dataset
-    png = {r["image_id"]: r for r in cuhk03.parse(root, "all", layout="png")}
-    for record in cuhk03.parse(root, "all", layout="mat"):
+    png = {r["image_id"]: r for r in cuhk03.parse(root, "full", layout="png")}
+    for record in cuhk03.parse(root, "full", layout="mat"):
         from_mat = np.asarray(Image.open(io.BytesIO(record["image"]["bytes"])))
         np.testing.assert_array_equal(from_mat, np.asarray(Image.open(png[record["image_id"]]["image"])))
 
@@ -105,11 +105,11 @@ def test_unknown_key_and_corrupt_cell_in_mat(tmp_path, dataset):
         del mat[target]
         mat.create_dataset(target, data=np.zeros((5, 5), np.uint8))  # a 2-D "image": corrupt
     skips = SkipCounter()
-    records = list(cuhk03.parse(tmp_path, "all", skips=skips))
+    records = list(cuhk03.parse(tmp_path, "full", skips=skips))
     assert len(records) == 39
     assert skips.counts == {"unknown key or label": 1, "corrupt or truncated image": 1}
     with pytest.raises(DataFormatError, match="cuhk-03.mat key 'extra'"):
-        list(cuhk03.parse(tmp_path, "all", strict=True))
+        list(cuhk03.parse(tmp_path, "full", strict=True))
 
 
 def test_corrupt_png_and_bad_name(tmp_path, dataset):
@@ -119,14 +119,14 @@ def test_corrupt_png_and_bad_name(tmp_path, dataset):
     first.write_bytes(first.read_bytes()[:100])
     (tmp_path / "images_detected" / "readme.png").write_bytes(b"")
     skips = SkipCounter()
-    assert len(list(cuhk03.parse(tmp_path, "all", skips=skips))) == 39
+    assert len(list(cuhk03.parse(tmp_path, "full", skips=skips))) == 39
     assert skips.counts == {"corrupt or truncated image": 1, "malformed annotation line": 1}
     with pytest.raises(DataFormatError, match=first.name):
-        list(cuhk03.parse(tmp_path, "all", strict=True))
+        list(cuhk03.parse(tmp_path, "full", strict=True))
 
 
 def test_missing_data(tmp_path):
     with pytest.raises(FileNotFoundError, match="CUHK_identification"):
         list(cuhk03.parse(tmp_path / "absent", "train"))
     with pytest.raises(FileNotFoundError, match="neither .* nor cuhk-03.mat"):
-        list(cuhk03.parse(tmp_path, "all"))
+        list(cuhk03.parse(tmp_path, "full"))

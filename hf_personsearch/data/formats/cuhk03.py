@@ -6,7 +6,7 @@ Layouts (REFERENCE.md 4; the synthetic writer documents the HDF5 structure in de
 - ``cuhk-03.mat`` (in ``data_dir`` or ``data_dir/cuhk03_release``): read with h5py through the
   object references; images are decoded from it and given to ``datasets`` as png bytes.
 Splits: "train", "query", "gallery" from ``cuhk03_new_protocol_config_<image_type>.mat`` (labels as
-the file gives them, 1-based), or "all" (every crop; the identity is the same 1-based global number
+the file gives them, 1-based), or "full" (every crop; the identity is the same 1-based global number
 the protocol uses: camera pairs in order, identities in order within a pair).
 Camera: ``2 * (campair - 1) + (view - 1)``, i.e. each of the 10 camera views gets its own id.
 """
@@ -26,7 +26,7 @@ from ..schema import make_record
 from . import BAD_LINE, CORRUPT_IMAGE, UNKNOWN_KEY, check_data_dir, check_split, read_image_size
 
 NAME = "cuhk03"
-SPLITS = ("train", "query", "gallery", "all")
+SPLITS = ("train", "query", "gallery", "full")
 IMAGE_TYPES = ("detected", "labeled")
 LAYOUTS = ("auto", "png", "mat")
 HOW_TO_OBTAIN = (
@@ -136,7 +136,7 @@ def parse(
 
 def _entries(root: Path, split: str, image_type: str, png_dir: Path, mat, skips) -> Iterator[tuple[str, int, str]]:
     """(png name, 1-based global label, where) of every crop of the split."""
-    if split != "all":
+    if split != "full":
         protocol = root / f"cuhk03_new_protocol_config_{image_type}.mat"
         yield from _protocol_entries(protocol, split, skips)
         return

@@ -87,7 +87,8 @@ def write(
     half of the identities (in a seeded random order) is the test set; per test identity and view the
     first crop is a query and the others are gallery crops. Defaults: 10 identities, 40 crops per
     image type. Returns ``{"records": [...]}`` for the "detected" crops with splits train/query/gallery,
-    ``"records_all"`` (every detected crop, split "all") and ``"records_labeled"``.
+    ``"records_all"`` (every detected crop, split "full"; not "all", which ``datasets`` reserves for
+    "every split") and ``"records_labeled"``.
     """
     if not 1 <= images_per_view <= 5:
         raise ValueError(f"images_per_view must be in 1..5 (5 columns per view), got {images_per_view}")
@@ -153,7 +154,7 @@ def write(
                 camera_id=camera,
                 source="cuhk03",
                 task="reid",
-                split="all" if all_split else split,
+                split="full" if all_split else split,
             )
             for name, label, camera, width, height, split in truth[image_type]
         ]

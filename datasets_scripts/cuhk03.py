@@ -1,0 +1,20 @@
+"""``datasets`` builder of cuhk03 in the hf-personsearch unified schema.
+
+Usage (datasets 5 no longer runs loading scripts; use the builder directly)::
+
+    from datasets_scripts.cuhk03 import CUHK03
+    builder = CUHK03(data_dir="/path/to/your/local/copy")
+    builder.download_and_prepare()
+    dataset = builder.as_dataset(split="train")
+
+or ``hf_personsearch.data.load_person_search_dataset("cuhk03", data_dir=..., split=...)``. The splits,
+the expected folder layout and where to obtain the data: ``hf_personsearch.data.formats.cuhk03``.
+"""
+
+from hf_personsearch.data.builder import PersonSearchBuilder
+
+
+class CUHK03(PersonSearchBuilder):
+    """cuhk03: see ``hf_personsearch.data.formats.cuhk03`` for the raw format this reads."""
+
+    DATASET_NAME = "cuhk03"

@@ -1,0 +1,68 @@
+"""load_person_search_dataset and the Parquet conversion CLI."""
+
+from __future__ import annotations
+
+import shutil
+
+import datasets
+import numpy as np
+import pytest
+
+from hf_personsearch.data.convert import convert, main
+from hf_personsearch.data.formats import record_differences
+from hf_personsearch.data.loading import load_person_search_dataset
+from hf_personsearch.data.synthetic import generate
+
+
+def _records(dataset):
+    rows = dataset.remove_columns("image").to_list()
+    for row in rows:
+        row["boxes"] = np.asarray(row["boxes"], np.float32).reshape(-1, 4)
+        row["ignore_regions"] = np.asarray(row["ignore_regions"], np.float32).reshape(-1, 4)
+    return rows
+
+
+def test_load_one_split_with_parser_options(tmp_path):
+    truth = generate("crowdhuman", tmp_path / "raw", seed=0)
+    train = load_person_search_dataset(
+        "crowdhuman", data_dir=tmp_path / "raw", split="train", cache_dir=tmp_path / "c"
+    )
+    expected = [r for r in truth["records"] if r["split"] == "train"]
+    assert record_differences(expected, _records(train)) == []
+    labeled = load_person_search_dataset(
+        "cuhk03", data_dir=generate_dir(tmp_path), split="query", cache_dir=tmp_path / "c", image_type="labeled"
+    )
+    assert len(labeled) > 0 and set(labeled["split"]) == {"query"}
+
+
+def generate_dir(tmp_path):
+    generate("cuhk03", tmp_path / "cuhk03", seed=0)
+    return tmp_path / "cuhk03"
+
+
+def test_missing_data_dir_error_says_where_to_obtain(tmp_path):
+    with pytest.raises(FileNotFoundError, match="crowdhuman.org"):
+        load_person_search_dataset("crowdhuman", split="train", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown dataset 'coco'"):
+        load_person_search_dataset("coco", data_dir=tmp_path, cache_dir=tmp_path)
+
+
+def test_convert_writes_self_contained_parquet(tmp_path):
+    truth = generate("msmt17", tmp_path / "raw", seed=0, num_train_ids=2, num_test_ids=2, num_cameras=2)
+    convert("msmt17", tmp_path / "raw", tmp_path / "out", splits=["train", "query"], cache_dir=tmp_path / "c")
+    first_pixels = np.asarray(datasets.load_dataset("parquet", data_dir=str(tmp_path / "out"))["train"][0]["image"])
+    shutil.rmtree(tmp_path / "raw")  # the images must be inside the Parquet files, not referenced
+    shutil.rmtree(tmp_path / "c")
+    loaded = datasets.load_dataset("parquet", data_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "c2"))
+    assert set(loaded) == {"train", "query"}
+    expected = [r for r in truth["records"] if r["split"] in ("train", "query")]
+    assert record_differences(expected, _records(loaded["train"]) + _records(loaded["query"])) == []
+    np.testing.assert_array_equal(np.asarray(loaded["train"][0]["image"]), first_pixels)
+    assert first_pixels.shape == (loaded["train"][0]["height"], loaded["train"][0]["width"], 3)
+
+
+def test_convert_cli(tmp_path, capsys):
+    generate("luperson", tmp_path / "raw", seed=0, num_crops=3)
+    main(["luperson", str(tmp_path / "raw"), str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")])
+    assert "luperson/train: 3 records" in capsys.readouterr().out
+    assert (tmp_path / "out" / "data" / "train-00000-of-00001.parquet").is_file()
