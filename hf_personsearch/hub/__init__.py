@@ -1,0 +1,16 @@
+"""Hub helpers: model cards, backbone weight export/import."""
+
+from .export import BackboneLoadReport, backbone_state_dict, export_backbone, load_backbone_weights, read_state_dict
+from .model_card import eval_results_to_model_index, model_index_metrics, refresh_model_card, render_model_card
+
+__all__ = [
+    "BackboneLoadReport",
+    "backbone_state_dict",
+    "eval_results_to_model_index",
+    "export_backbone",
+    "load_backbone_weights",
+    "model_index_metrics",
+    "read_state_dict",
+    "refresh_model_card",
+    "render_model_card",
+]

@@ -1,0 +1,216 @@
+"""``hf-personsearch``: the command line of the toolkit, one subcommand per job.
+
+Subcommands live in a registry so that other modules add theirs without touching the parser code::
+
+    from hf_personsearch.cli import register_subcommand
+
+    def _convert_arguments(parser):
+        parser.add_argument("raw_dir")
+
+    @register_subcommand("convert", "Convert a raw dataset to Parquet", _convert_arguments)
+    def convert(args) -> int:
+        ...
+        return 0
+
+A subcommand's function receives the parsed ``argparse.Namespace`` and returns the exit status. Heavy imports
+(torch models, transformers pipelines) happen inside the functions, so ``hf-personsearch --help`` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """A registered subcommand: its name, one-line help, argument setup and the function that runs it."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def register_subcommand(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    """Decorator: register ``run(args) -> int`` as ``hf-personsearch NAME``; a second NAME is an error."""
+
+    def decorator(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        if name in SUBCOMMANDS:
+            raise ValueError(f"hf-personsearch subcommand {name!r} is already registered")
+        SUBCOMMANDS[name] = Subcommand(name, help, add_arguments, run)
+        return run
+
+    return decorator
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-personsearch", description="Hybrid pre-trained person search toolkit.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for subcommand in SUBCOMMANDS.values():
+        sub = subparsers.add_parser(subcommand.name, help=subcommand.help, description=subcommand.help)
+        subcommand.add_arguments(sub)
+        sub.set_defaults(_run=subcommand.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse ``argv`` and run the subcommand. User errors (bad files, boxes, indexes) print one
+    ``error: ...`` line and exit with status 2 instead of a traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args._run(args)
+    except (ValueError, FileNotFoundError, TypeError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------------- shared helpers
+def _parse_box(text: str) -> list[float]:
+    parts = text.split(",")
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"--box {text!r}: expected x1,y1,x2,y2 (four numbers separated by commas)")
+    return values
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="saved model folder or Hub id")
+    parser.add_argument("--device", default=None, help="torch device (default: the first GPU if any, else cpu)")
+    parser.add_argument("--min-size", type=int, default=None, help="override the image processor's min_size")
+    parser.add_argument("--max-size", type=int, default=None, help="override the image processor's max_size")
+    parser.add_argument("--threshold", type=float, default=0.5, help="gallery detection score threshold (0.5)")
+    parser.add_argument("--batch-size", type=int, default=4, help="gallery images per forward pass (4)")
+
+
+def _pipeline(args):
+    import torch
+    from transformers import AutoImageProcessor, pipeline
+
+    import hf_personsearch.pipelines  # noqa: F401  (registers the task)
+
+    overrides = {key: value for key, value in (("min_size", args.min_size), ("max_size", args.max_size)) if value}
+    processor = AutoImageProcessor.from_pretrained(args.model, **overrides)
+    device = args.device if args.device is not None else (0 if torch.cuda.is_available() else -1)
+    return pipeline("person-search", model=args.model, image_processor=processor, device=device, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------- card
+def _card_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "path", help="saved model folder (config.json, optional eval_results.json, training_info.json)"
+    )
+    parser.add_argument(
+        "--kind",
+        choices=("pretrained", "finetuned"),
+        default=None,
+        help="default: training_info's kind, else finetuned",
+    )
+    parser.add_argument("--repo-id", default=None, help="Hub id shown in the usage snippet (default: the folder name)")
+    parser.add_argument("--license", default="apache-2.0", help="licence of the weights (apache-2.0)")
+
+
+@register_subcommand("card", "Render or refresh the model card (README.md) of a saved model folder", _card_arguments)
+def card_command(args: argparse.Namespace) -> int:
+    from .hub.model_card import refresh_model_card
+
+    path = refresh_model_card(args.path, kind=args.kind, repo_id=args.repo_id, license=args.license)
+    print(f"wrote {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------- export-backbone
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="saved model folder or Hub id (fine-tuned or pre-trained)")
+    parser.add_argument("--format", choices=("torchvision", "timm"), default="torchvision", help="key layout")
+    parser.add_argument("--out", required=True, help="output file (.pth for torchvision, .safetensors for timm)")
+    parser.add_argument(
+        "--architecture", default=None, help="torchvision model name when it differs from the config's"
+    )
+
+
+@register_subcommand(
+    "export-backbone", "Export the backbone weights for torchvision/timm-based code", _export_arguments
+)
+def export_backbone_command(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModel
+
+    import hf_personsearch  # noqa: F401
+
+    from .hub.export import export_backbone
+
+    model = AutoModel.from_pretrained(args.model, dtype=torch.float32)
+    path = export_backbone(model, args.out, format=args.format, architecture=args.architecture)
+    print(f"wrote {path} ({args.format} layout)")
+    return 0
+
+
+# ---------------------------------------------------------------------- index
+def _index_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_model_arguments(parser)
+    parser.add_argument("--gallery", required=True, help="folder of gallery images")
+    parser.add_argument("--out", required=True, help="folder to write the gallery index to")
+
+
+@register_subcommand("index", "Embed a gallery folder once and save the index", _index_arguments)
+def index_command(args: argparse.Namespace) -> int:
+    search = _pipeline(args)
+    index = search.build_index(args.gallery, threshold=args.threshold, batch_size=args.batch_size)
+    index.save(args.out)
+    print(f"indexed {len(index)} persons in {len(index.images)} images -> {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------- search
+def _search_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_model_arguments(parser)
+    parser.add_argument("--query", required=True, help="query image")
+    parser.add_argument("--box", required=True, type=_parse_box, help="query person box x1,y1,x2,y2 in pixels")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--gallery", help="folder of gallery images (embedded now)")
+    source.add_argument("--index", help="gallery index folder written by `hf-personsearch index`")
+    parser.add_argument("--top-k", type=int, default=10, help="matches to show (10)")
+    parser.add_argument("--out", default=None, help="write the picture of the query and the matches here (.png)")
+    parser.add_argument("--json", default=None, help="write the ranked matches as JSON here")
+    parser.add_argument("--backend", choices=("auto", "torch", "faiss"), default="auto", help="search backend")
+
+
+@register_subcommand(
+    "search", "Find the query person in a gallery; print a ranked table, draw a picture", _search_arguments
+)
+def search_command(args: argparse.Namespace) -> int:
+    from .pipelines import GalleryIndex, format_matches_table, load_image, render_search_result
+
+    search = _pipeline(args)
+    if args.index is not None:
+        index = GalleryIndex.load(args.index)
+    else:
+        index = search.build_index(args.gallery, threshold=args.threshold, batch_size=args.batch_size)
+    matches = search.search(
+        args.query, args.box, index, top_k=args.top_k, backend=args.backend, threshold=args.threshold
+    )
+    print(format_matches_table(matches))
+    if args.json:
+        Path(args.json).write_text(json.dumps(matches, indent=2))
+    if args.out:
+        picture = render_search_result(
+            load_image(args.query, "query image"), args.box, matches, lambda m: load_image(m["image"], "gallery image")
+        )
+        picture.save(args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Backbone weights in and out: plug-and-play with the person search code that loads torchvision or timm files.
+
+Export layouts
+    ``torchvision``: ``{"state_dict": {...}}`` with torchvision's key names and no prefix, as the paper's
+        released backbones (resnet50-ps12.pth, resnet18-ps15.pth); loads ``strict`` into
+        ``torchvision.models.<arch>()`` once its classifier (``fc``) is removed. Written with ``torch.save``
+        of tensors only, so readers can use ``torch.load(..., weights_only=True)``.
+    ``timm``: a plain safetensors state dict with timm's key names (the timm model without its classifier),
+        loadable with ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...))``.
+
+Import (:func:`load_backbone_weights`) reads either layout, the paper's released files and ImageNet
+classification weights (the classifier is ignored), never unpickling anything but tensors.
+
+Why the key names line up: our :class:`~hf_personsearch.backbone.SplitBackbone` keeps the timm
+``features_only`` network (or the torchvision model) as ``backbone.body`` with its original module names, and
+timm's ResNets use torchvision's ResNet names, so a ResNet body's state dict is already in both layouts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+FORMATS = ("torchvision", "timm")
+PAPER_STATE_DICT_KEY = "state_dict"
+"""The single top-level key of the paper's released backbone files."""
+
+# Wrappers that training scripts commonly put around a state dict; unwrapped in this order when the file
+# holds nothing but a dict under that key.
+_WRAPPER_KEYS = (PAPER_STATE_DICT_KEY, "model", "state_dict_ema")
+# Prefix that torch's DistributedDataParallel / DataParallel add to every key.
+_DATA_PARALLEL_PREFIX = "module."
+
+
+@dataclass
+class BackboneLoadReport:
+    """What :func:`load_backbone_weights` did: the keys it loaded and the file's keys it ignored because
+    they belong to modules the backbone does not have (the classifier of ImageNet weights, e.g. ``fc.*``)."""
+
+    path: str
+    loaded_keys: list[str] = field(default_factory=list)
+    ignored_keys: list[str] = field(default_factory=list)
+
+
+def _split_backbone(model) -> nn.Module:
+    """The :class:`SplitBackbone` of a PersonSearchModel, of an object holding one as ``.person_search``
+    (the pre-training model), or the backbone itself."""
+    if hasattr(model, "person_search"):
+        model = model.person_search
+    backbone = getattr(model, "backbone", model)
+    if not hasattr(backbone, "body"):
+        raise TypeError(
+            f"expected a PersonSearchModel, an object with .person_search, or a SplitBackbone; got {type(model).__name__}"
+        )
+    return backbone
+
+
+def _backbone_config(model):
+    if hasattr(model, "person_search"):
+        model = model.person_search
+    return getattr(model, "config", None)
+
+
+def backbone_state_dict(
+    model, format: str = "torchvision", architecture: str | None = None
+) -> dict[str, torch.Tensor]:
+    """The backbone's weights in the ``format`` layout (see the module docstring), as contiguous CPU tensors.
+
+    Args:
+        model: a PersonSearchModel, an object with ``.person_search`` (the pre-training model) or a SplitBackbone.
+        format: "torchvision" or "timm".
+        architecture: the torchvision model the export must fit (``torchvision`` format only); default: the
+            model's ``config.backbone`` (resnet18/resnet50/... name the same architecture in timm and torchvision).
+            Every key and shape is checked against ``torchvision.models.<architecture>()``, so a timm model
+            without a torchvision twin (e.g. ``test_resnet`` with its deep stem) is refused instead of
+            producing a file that other code cannot load.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    backbone = _split_backbone(model)
+    config = _backbone_config(model)
+    library = getattr(config, "backbone_library", "timm")
+    state = {key: value.detach().cpu().contiguous() for key, value in backbone.body.state_dict().items()}
+    if format == "timm":
+        if library != "timm":
+            raise ValueError(
+                f"backbone {getattr(config, 'backbone', '?')!r} comes from torchvision and has no timm layout "
+                "(timm has no ShuffleNet); export it with format='torchvision'"
+            )
+        return state
+    architecture = architecture or getattr(config, "backbone", None)
+    _check_torchvision_layout(state, architecture)
+    return state
+
+
+def _torchvision_reference(architecture: str | None) -> dict[str, torch.Tensor]:
+    import torchvision
+
+    builder = getattr(torchvision.models, architecture or "", None)
+    if architecture is None or not callable(builder):
+        raise ValueError(
+            f"torchvision export: {architecture!r} is not a torchvision classification model "
+            "(pass architecture='resnet50' etc. for a backbone whose config name differs)"
+        )
+    reference = builder(weights=None)
+    classifier = {name for name, _ in reference.named_children()} & {"fc", "classifier"}
+    return {k: v for k, v in reference.state_dict().items() if k.split(".")[0] not in classifier}
+
+
+def _check_torchvision_layout(state: dict[str, torch.Tensor], architecture: str | None) -> None:
+    reference = _torchvision_reference(architecture)
+    missing = sorted(set(reference) - set(state))
+    unexpected = sorted(set(state) - set(reference))
+    wrong_shape = [
+        f"{key}: ours {tuple(state[key].shape)}, torchvision {tuple(reference[key].shape)}"
+        for key in sorted(set(state) & set(reference))
+        if state[key].shape != reference[key].shape
+    ]
+    if missing or unexpected or wrong_shape:
+        raise ValueError(
+            f"the backbone does not have the layout of torchvision.models.{architecture} (minus its classifier): "
+            f"missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}), "
+            f"wrong shapes {wrong_shape[:5]}"
+        )
+
+
+def export_backbone(model, path: str | Path, format: str = "torchvision", architecture: str | None = None) -> Path:
+    """Write the backbone's weights to ``path`` in ``format`` (see the module docstring) and return the path.
+
+    ``torchvision``: ``torch.save({"state_dict": ...})`` (a .pth file, as the paper's releases).
+    ``timm``: safetensors (timm reads it by its .safetensors suffix); ``path`` must end with .safetensors.
+    """
+    path = Path(path)
+    state = backbone_state_dict(model, format=format, architecture=architecture)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if format == "torchvision":
+        torch.save({PAPER_STATE_DICT_KEY: state}, path)
+    else:
+        if path.suffix != ".safetensors":
+            raise ValueError(f"timm export: {path} must end with .safetensors (timm picks the reader by suffix)")
+        from safetensors.torch import save_file
+
+        save_file(state, str(path), metadata={"format": "pt"})
+    return path
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file: safetensors, or a torch file read with ``weights_only=True`` (only tensors
+    and plain containers are unpickled; a file that needs anything else is refused by torch). A dict whose
+    only content is a wrapper key (``state_dict`` as in the paper's files, ``model``, ``state_dict_ema``) is
+    unwrapped, and the ``module.`` prefix of data-parallel checkpoints is removed when every key has it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError... depending on the damage
+            raise ValueError(
+                f"{path}: not a weights file readable with torch.load(weights_only=True): {error}"
+            ) from error
+    for wrapper in _WRAPPER_KEYS:
+        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"{path}: expected a state dict (name -> tensor) or {{'state_dict': ...}}, got {type(state)}")
+    not_tensors = [key for key, value in state.items() if not torch.is_tensor(value)]
+    if not_tensors:
+        raise ValueError(f"{path}: entries {not_tensors[:5]} are not tensors; expected a flat state dict")
+    if all(key.startswith(_DATA_PARALLEL_PREFIX) for key in state):
+        state = {key[len(_DATA_PARALLEL_PREFIX) :]: value for key, value in state.items()}
+    return state
+
+
+def load_backbone_weights(model, path: str | Path) -> BackboneLoadReport:
+    """Initialise the model's backbone from a torchvision- or timm-layout file (the paper's released
+    backbones, our exports, ImageNet weights of either library).
+
+    Keys of modules the backbone does not have (the classifier: ``fc.*``, ``classifier.*``, timm's
+    ``conv_head.*``) are ignored and listed in the report; every weight the backbone has must be in the file
+    with the right shape, otherwise nothing is loaded and the error names the keys (a file with another
+    prefix, e.g. ``backbone.``, shows up as "missing" keys).
+    """
+    backbone = _split_backbone(model)
+    state = read_state_dict(path)
+    own = backbone.body.state_dict()
+    body_modules = {name for name, _ in backbone.body.named_children()}
+    ignored = sorted(key for key in state if key.split(".")[0] not in body_modules)
+    state = {key: value for key, value in state.items() if key.split(".")[0] in body_modules}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = [
+        f"{key}: file {tuple(state[key].shape)}, backbone {tuple(own[key].shape)}"
+        for key in sorted(set(state) & set(own))
+        if state[key].shape != own[key].shape
+    ]
+    if missing or unexpected or wrong_shape:
+        raise ValueError(
+            f"{path}: does not fit the backbone: missing keys {missing[:5]} ({len(missing)} in all), unexpected "
+            f"keys {unexpected[:5]} ({len(unexpected)}), wrong shapes {wrong_shape[:5]}; "
+            f"the file's first keys are {list(read_state_dict(path))[:3]}"
+        )
+    state = {key: value.to(own[key].dtype) for key, value in state.items()}
+    backbone.body.load_state_dict(state, strict=True)
+    return BackboneLoadReport(path=str(path), loaded_keys=sorted(state), ignored_keys=ignored)

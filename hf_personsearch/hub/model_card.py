@@ -1,0 +1,249 @@
+"""Model cards for pre-trained and fine-tuned person search models (huggingface_hub ModelCard / EvalResult).
+
+A card is rendered from the templates in ``model_cards/`` (``pretrained.md``, ``finetuned.md``, with shared
+parts included from ``_*.md``), the model's config, a training record and evaluation results. The YAML header
+carries a ``model-index`` (one EvalResult per dataset and metric) so that the Hub shows the numbers.
+
+Evaluation results are plain dicts, e.g. a :class:`~hf_personsearch.evaluation.results.SearchResult` plus its
+dataset::
+
+    {"dataset": "PRW", "mAP": 0.4708, "top1": 0.84, "protocol": "prw", "settings": {"gallery": "all"}}
+
+Metric values are fractions in [0, 1] (what the evaluation returns); cards show percent with two decimals
+(what papers report), in the table and in the model-index.
+
+A saved model folder can hold ``eval_results.json`` (a list of such dicts) and ``training_info.json`` (a flat
+dict: data, steps, hardware, ..., optionally ``"kind": "pretrained"``); :func:`refresh_model_card` turns
+them and ``config.json`` into the folder's ``README.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+CARD_KINDS = ("pretrained", "finetuned")
+RESULTS_FILE = "eval_results.json"
+TRAINING_FILE = "training_info.json"
+CARD_FILE = "README.md"
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "model_cards"
+"""The templates live at the top of the repository (model_cards/), next to the package, so that they are
+edited as documents; pass ``templates_dir`` to render from elsewhere."""
+
+TASK_TYPE = "person-search"
+TASK_NAME = "Person Search"
+METRIC_NAMES = {"mAP": "mAP"}
+"""Metric keys of an evaluation dict besides ``top{k}``; ``top{k}`` keys become "top-k" metrics."""
+KNOWN_DATASETS = {"prw": "PRW", "cuhk-sysu": "CUHK-SYSU", "cuhk_sysu": "CUHK-SYSU", "posetrack21": "PoseTrack21"}
+DEFAULT_LICENSE = "apache-2.0"
+"""The toolkit's licence (pyproject.toml); a card for weights under another licence passes its own."""
+
+
+def _is_metric(key: str) -> bool:
+    return key in METRIC_NAMES or (key.startswith("top") and key[3:].isdigit())
+
+
+def _percent(value: float, where: str) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{where}: metric value {value} is not a fraction in [0, 1] (pass mAP 0.47, not 47)")
+    return round(100.0 * value, 2)
+
+
+def _dataset_type(name: str) -> str:
+    return name.strip().lower().replace(" ", "-")
+
+
+def eval_results_to_model_index(results: list[dict]) -> list[EvalResult]:
+    """One EvalResult per (dataset, metric), metric values in percent, protocol settings as dataset_args."""
+    eval_results = []
+    for index, result in enumerate(results):
+        where = f"eval result {index}"
+        if "dataset" not in result:
+            raise ValueError(f"{where}: missing 'dataset' (e.g. 'PRW'); keys are {sorted(result)}")
+        metrics = {key: value for key, value in result.items() if _is_metric(key)}
+        if not metrics:
+            raise ValueError(f"{where} ({result['dataset']}): no metric (expected 'mAP' and/or 'top1', 'top5', ...)")
+        dataset_name = KNOWN_DATASETS.get(_dataset_type(result["dataset"]), result["dataset"])
+        settings = dict(result.get("settings") or {})
+        if "protocol" in result:
+            settings = {"protocol": result["protocol"], **settings}
+        for key, value in metrics.items():
+            eval_results.append(
+                EvalResult(
+                    task_type=TASK_TYPE,
+                    task_name=TASK_NAME,
+                    dataset_type=_dataset_type(result["dataset"]),
+                    dataset_name=dataset_name,
+                    dataset_split=result.get("split", "test"),
+                    dataset_args=settings or None,
+                    metric_type=key.lower() if key in METRIC_NAMES else key,
+                    metric_name=METRIC_NAMES.get(key, f"top-{key[3:]}"),
+                    metric_value=_percent(value, f"{where} ({result['dataset']}) {key}"),
+                )
+            )
+    return eval_results
+
+
+def model_index_metrics(card: ModelCard) -> dict[tuple[str, str], float]:
+    """{(dataset_name, metric_type): value} read back from a card's YAML (the Hub's view of the results)."""
+    return {(r.dataset_name, r.metric_type): r.metric_value for r in (card.data.eval_results or [])}
+
+
+def _architecture(config) -> dict[str, str]:
+    return {
+        "architecture": "NAE (Faster R-CNN + norm-aware embedding), OIM re-ID loss",
+        "backbone": f"{config.backbone} ({config.backbone_library})",
+        "embedding dimension": str(config.embedding_dim),
+        "identities in the OIM table": str(config.num_person_ids),
+        "anchor sizes": ", ".join(str(s) for s in config.anchor_sizes),
+    }
+
+
+def _loss_weights(config) -> dict[str, float]:
+    """Every ``loss_weight_*`` of the config, and the paper's eta / lambda when the config has them."""
+    weights = {key: value for key, value in sorted(config.to_dict().items()) if key.startswith("loss_weight")}
+    for key in ("eta", "lambda_adv", "loss_weight_consistency", "loss_weight_alignment"):
+        if hasattr(config, key) and key not in weights:
+            weights[key] = getattr(config, key)
+    return weights
+
+
+def _table_rows(results: list[dict]) -> tuple[list[dict], list[str]]:
+    topk_names = sorted(
+        {k for r in results for k in r if k.startswith("top") and k[3:].isdigit()}, key=lambda k: int(k[3:])
+    )
+    rows = []
+    for result in results:
+        settings = dict(result.get("settings") or {})
+        if "protocol" in result:
+            settings = {"protocol": result["protocol"], **settings}
+        rows.append(
+            {
+                "dataset": KNOWN_DATASETS.get(_dataset_type(result["dataset"]), result["dataset"]),
+                "settings_text": ", ".join(f"{k}={v}" for k, v in settings.items()) or "-",
+                "mAP": f"{100 * float(result['mAP']):.2f}" if "mAP" in result else "-",
+                "topk": {k: f"{100 * float(result[k]):.2f}" for k in topk_names if k in result},
+            }
+        )
+    return rows, topk_names
+
+
+def render_model_card(
+    config,
+    *,
+    kind: str,
+    repo_id: str,
+    eval_results: list[dict] | None = None,
+    training: dict | None = None,
+    datasets: list[str] | None = None,
+    license: str = DEFAULT_LICENSE,
+    base_model: str | None = None,
+    templates_dir: str | Path | None = None,
+) -> ModelCard:
+    """Render the card of a person search model.
+
+    Args:
+        config: the model's PersonSearchConfig (or any config with its fields).
+        kind: "pretrained" (a hybrid pre-trained starting point) or "finetuned" (a model for a target dataset).
+        repo_id: the Hub id used in the usage snippet and as the model name (e.g. "org/prtps-r50").
+        eval_results: plain dicts (see the module docstring); become the model-index and the results table.
+        training: a flat dict of how it was trained (data, steps, hardware, ...); shown as a list.
+        datasets: Hub dataset ids for the card metadata; default: the datasets of ``eval_results``.
+        license: licence id of the weights (default: the toolkit's apache-2.0).
+        base_model: the model it was fine-tuned from, for the Hub's model tree.
+        templates_dir: folder of the templates (default: the repository's model_cards/).
+    """
+    import jinja2
+
+    if kind not in CARD_KINDS:
+        raise ValueError(f"card kind must be one of {CARD_KINDS}, got {kind!r}")
+    eval_results = list(eval_results or [])
+    model_index = eval_results_to_model_index(eval_results)
+    target = sorted({KNOWN_DATASETS.get(_dataset_type(r["dataset"]), r["dataset"]) for r in eval_results})
+    model_name = repo_id.rstrip("/").split("/")[-1]
+    card_data = ModelCardData(
+        model_name=model_name,
+        library_name="transformers",
+        pipeline_tag=None,
+        license=license,
+        tags=["person-search", "pedestrian-detection", "person-re-identification", "hf-personsearch", kind],
+        datasets=datasets or [_dataset_type(name) for name in target] or None,
+        base_model=base_model,
+        eval_results=model_index or None,
+    )
+    templates_dir = Path(templates_dir or TEMPLATES_DIR)
+    if not (templates_dir / f"{kind}.md").is_file():
+        raise FileNotFoundError(f"model card template {templates_dir / (kind + '.md')} does not exist")
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    rows, topk_names = _table_rows(eval_results)
+    text = environment.get_template(f"{kind}.md").render(
+        card_data=card_data.to_yaml(),
+        model_name=model_name,
+        repo_id=repo_id,
+        architecture=_architecture(config),
+        training=training or {},
+        loss_weights=_loss_weights(config),
+        results=rows,
+        topk_names=topk_names,
+        target_datasets=" and ".join(target) or "a person search dataset",
+        license=license,
+    )
+    return ModelCard(text)
+
+
+def _read_json(path: Path, expected: type):
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(value, expected):
+        raise ValueError(f"{path}: expected a JSON {expected.__name__}, got {type(value).__name__}")
+    return value
+
+
+def refresh_model_card(
+    folder: str | Path,
+    *,
+    kind: str | None = None,
+    repo_id: str | None = None,
+    license: str = DEFAULT_LICENSE,
+    templates_dir: str | Path | None = None,
+) -> Path:
+    """(Re-)write ``folder/README.md`` from ``config.json``, ``eval_results.json`` and ``training_info.json``.
+
+    ``kind`` defaults to training_info's "kind", else "finetuned"; ``repo_id`` defaults to the folder name.
+    """
+    from transformers import AutoConfig
+
+    import hf_personsearch  # noqa: F401  (registers the person_search config type)
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a saved model folder: {folder / 'config.json'} does not exist")
+    config = AutoConfig.from_pretrained(folder)
+    results = _read_json(folder / RESULTS_FILE, list) if (folder / RESULTS_FILE).is_file() else []
+    for index, result in enumerate(results):
+        if not isinstance(result, dict):
+            raise ValueError(f"{folder / RESULTS_FILE}: item {index} is a {type(result).__name__}, expected an object")
+    training = _read_json(folder / TRAINING_FILE, dict) if (folder / TRAINING_FILE).is_file() else {}
+    kind = kind or training.pop("kind", None) or "finetuned"
+    training.pop("kind", None)
+    card = render_model_card(
+        config,
+        kind=kind,
+        repo_id=repo_id or folder.resolve().name,
+        eval_results=results,
+        training=training,
+        license=license,
+        templates_dir=templates_dir,
+    )
+    path = folder / CARD_FILE
+    card.save(path)
+    return path

@@ -1,0 +1,203 @@
+"""A gallery embedded once and searched many times: the detected persons' re-ID embeddings, boxes and scores.
+
+Saved as two files in a folder: ``gallery_index.safetensors`` (tensors) and ``gallery_index.json`` (image
+list, the model it was made with and the settings). Loading checks both, because embeddings of another model
+(or of the same model at another image size) are not comparable with a query's: the search would return
+ranked nonsense without any error.
+
+Search is exact inner product on L2-normalised embeddings (= cosine similarity): in torch by default, with
+FAISS (``pip install hf-personsearch[faiss]``) when asked for or when ``backend="auto"`` and FAISS is
+installed and the gallery is large; both give the same ranking (a FAISS flat index is exact too, and only
+faster on large galleries thanks to its BLAS blocking).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+TENSORS_FILE = "gallery_index.safetensors"
+METADATA_FILE = "gallery_index.json"
+FORMAT_VERSION = 1
+FAISS_AUTO_MIN_BOXES = 50_000
+"""With ``backend="auto"``, FAISS is used from this many gallery boxes on (below it torch's one matmul is as
+fast and needs no index build); see benchmarks/bench_search.py for the crossover."""
+BACKENDS = ("auto", "torch", "faiss")
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of every weight and buffer: tells apart two checkpoints of the same architecture, which
+    the model id alone cannot (a fine-tuned folder saved over an older one keeps its path)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class GalleryIndex:
+    """Persons detected in a gallery.
+
+    Attributes:
+        embeddings: float32 (N, d), L2-normalised re-ID embeddings of the N detected persons.
+        boxes: float32 (N, 4) xyxy in the pixels of the original gallery images.
+        scores: float32 (N,) detection scores.
+        image_index: int64 (N,) position in ``images`` of the image each person was found in.
+        images: identifiers of the gallery images (file paths, or names given to in-memory images), all of
+            them, including those where no person was found.
+        model_id: where the model came from (``name_or_path``).
+        model_fingerprint: :func:`model_fingerprint` of the model's weights.
+        settings: what else changes the embeddings: detection threshold, processor min_size / max_size,
+            embedding_dim.
+    """
+
+    embeddings: torch.Tensor
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    image_index: torch.Tensor
+    images: list[str]
+    model_id: str
+    model_fingerprint: str
+    settings: dict = field(default_factory=dict)
+    _faiss_index: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        n = self.embeddings.shape[0]
+        for name in ("boxes", "scores", "image_index"):
+            if getattr(self, name).shape[0] != n:
+                raise ValueError(f"GalleryIndex: {name} has {getattr(self, name).shape[0]} rows for {n} embeddings")
+        if n and (int(self.image_index.min()) < 0 or int(self.image_index.max()) >= len(self.images)):
+            raise ValueError(f"GalleryIndex: image_index points outside the {len(self.images)} gallery images")
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+    # ------------------------------------------------------------------ disk
+    def save(self, folder: str | Path) -> Path:
+        """Write the index to ``folder`` (created if needed) and return the folder."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            "embeddings": self.embeddings.float().contiguous(),
+            "boxes": self.boxes.float().contiguous(),
+            "scores": self.scores.float().contiguous(),
+            "image_index": self.image_index.long().contiguous(),
+        }
+        save_file(tensors, str(folder / TENSORS_FILE))
+        metadata = {
+            "format_version": FORMAT_VERSION,
+            "model_id": self.model_id,
+            "model_fingerprint": self.model_fingerprint,
+            "settings": self.settings,
+            "images": self.images,
+        }
+        (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> GalleryIndex:
+        """Read an index written by :meth:`save`; use :meth:`check_compatible` before searching with a model."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        for name in (TENSORS_FILE, METADATA_FILE):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder} is not a gallery index: {folder / name} does not exist")
+        try:
+            metadata = json.loads((folder / METADATA_FILE).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{folder / METADATA_FILE}: not valid JSON ({error})") from error
+        if metadata.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{folder / METADATA_FILE}: format_version {metadata.get('format_version')!r}, expected {FORMAT_VERSION}"
+            )
+        tensors = load_file(str(folder / TENSORS_FILE))
+        return cls(
+            embeddings=tensors["embeddings"],
+            boxes=tensors["boxes"],
+            scores=tensors["scores"],
+            image_index=tensors["image_index"],
+            images=list(metadata["images"]),
+            model_id=metadata["model_id"],
+            model_fingerprint=metadata["model_fingerprint"],
+            settings=dict(metadata["settings"]),
+        )
+
+    def check_compatible(self, model_id: str, fingerprint: str, settings: dict) -> None:
+        """Raise if the index was made with other weights or other settings than the query will be embedded
+        with. The model id may differ (a folder pushed to the Hub keeps its weights); the weights may not."""
+        if fingerprint != self.model_fingerprint:
+            raise ValueError(
+                f"the gallery index was made with another model ({self.model_id!r}, weights {self.model_fingerprint}) "
+                f"than the one searching ({model_id!r}, weights {fingerprint}): rebuild the index with this model"
+            )
+        different = {
+            key: (self.settings.get(key), value)
+            for key, value in settings.items()
+            if key != "threshold" and self.settings.get(key) != value
+        }
+        if different:
+            detail = ", ".join(f"{key}: index {old!r}, now {new!r}" for key, (old, new) in different.items())
+            raise ValueError(f"the gallery index was made with other settings ({detail}): rebuild it")
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self, query_embeddings: torch.Tensor, top_k: int = 10, backend: str = "auto"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``top_k`` most similar gallery persons of each query.
+
+        Args:
+            query_embeddings: (Q, d) or (d,) L2-normalised query embeddings.
+            top_k: matches per query (fewer when the gallery has fewer persons).
+            backend: "torch" (exact matmul + topk), "faiss" (exact flat inner-product index; needs faiss) or
+                "auto" (faiss from FAISS_AUTO_MIN_BOXES boxes on when installed, else torch).
+
+        Returns:
+            similarities (Q, k) float32, descending, and indices (Q, k) int64 into the index's rows.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        queries = torch.as_tensor(query_embeddings, dtype=torch.float32).cpu()
+        if queries.dim() == 1:
+            queries = queries[None]
+        if queries.dim() != 2 or queries.shape[1] != self.embeddings.shape[1]:
+            raise ValueError(
+                f"query embeddings of shape {tuple(queries.shape)} do not match the index's dimension "
+                f"{self.embeddings.shape[1]}"
+            )
+        k = min(top_k, len(self))
+        if k == 0:
+            return torch.zeros((queries.shape[0], 0)), torch.zeros((queries.shape[0], 0), dtype=torch.long)
+        if backend == "auto":
+            backend = "faiss" if len(self) >= FAISS_AUTO_MIN_BOXES and faiss_available() else "torch"
+        if backend == "torch":
+            similarities = queries @ self.embeddings.float().T
+            values, indices = similarities.topk(k, dim=1)
+            return values, indices
+        if not faiss_available():
+            raise ImportError("backend='faiss' needs the faiss package: pip install 'hf-personsearch[faiss]'")
+        if self._faiss_index is None:
+            import faiss
+
+            index = faiss.IndexFlatIP(self.embeddings.shape[1])
+            index.add(self.embeddings.float().contiguous().numpy())
+            self._faiss_index = index
+        values, indices = self._faiss_index.search(queries.contiguous().numpy(), k)
+        return torch.from_numpy(values), torch.from_numpy(indices).long()

@@ -1,0 +1,296 @@
+"""``pipeline("person-search")``: find the person of a query box in gallery scene images.
+
+    search = pipeline("person-search", model="org/prtps-r50-prw")
+    matches = search("query.jpg", query_box=[x1, y1, x2, y2], gallery="gallery/", top_k=10)
+    # [{"rank": 1, "image": "gallery/0003.jpg", "box": [...], "similarity": 0.91, "score": 0.99}, ...]
+
+The gallery is detected once per call (every person with a detection score >= ``threshold``), or once and
+for all with :meth:`PersonSearchPipeline.build_index` (a :class:`GalleryIndex`, saved to disk and reused).
+The query is embedded from its given box (no detection), as in the person search protocols.
+``search(image)`` without a query box returns the persons detected in the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from transformers import Pipeline
+
+from .gallery_index import GalleryIndex, model_fingerprint
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+DEFAULT_THRESHOLD = 0.5
+"""Detection score a gallery person needs: the det_thresh of the PRW / CUHK-SYSU search protocols."""
+DEFAULT_BATCH_SIZE = 4
+"""Gallery images per forward pass: scene images at 900x1500 are large; 4 fits a 16 GB GPU with a ResNet50."""
+PROGRESS_MIN_IMAGES = 100
+"""A progress bar is shown (when ``progress`` is None) for galleries of at least this many images."""
+
+
+def load_image(source, what: str) -> Image.Image:
+    """An RGB PIL image from a path, a PIL image or an (H, W, 3) uint8 array; ``what`` names it in errors."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    if isinstance(source, np.ndarray):
+        if source.ndim != 3 or source.shape[2] != 3:
+            raise ValueError(f"{what}: expected an (H, W, 3) array, got shape {source.shape}")
+        return Image.fromarray(source.astype(np.uint8))
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{what} {path} does not exist")
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"{what} {path} cannot be read as an image: {error}") from error
+    raise TypeError(f"{what}: expected a path, a PIL image or a numpy array, got {type(source).__name__}")
+
+
+def gallery_sources(gallery) -> list:
+    """The gallery as a list of image sources: a folder (its images, sorted by name, not recursive), one
+    path, or a list of paths / PIL images / arrays. An empty gallery is an error."""
+    if isinstance(gallery, (str, Path)) and Path(gallery).is_dir():
+        folder = Path(gallery)
+        sources = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not sources:
+            raise ValueError(f"gallery folder {folder} has no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        return sources
+    if isinstance(gallery, (str, Path, Image.Image, np.ndarray)):
+        return [gallery]
+    sources = list(gallery)
+    if not sources:
+        raise ValueError("the gallery is empty: give a folder, image paths or PIL images")
+    return sources
+
+
+def _identifier(source, position: int) -> str:
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return getattr(source, "filename", "") or f"image_{position}"
+
+
+def check_box(box, width: int, height: int, what: str) -> list[float]:
+    """``box`` as 4 floats, checked to lie inside a ``width`` x ``height`` image with positive area."""
+    values = [float(v) for v in np.asarray(box, dtype=np.float64).reshape(-1)]
+    if len(values) != 4 or not all(np.isfinite(values)):
+        raise ValueError(f"{what}: box {box} must be 4 finite numbers x1, y1, x2, y2")
+    x1, y1, x2, y2 = values
+    if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
+        raise ValueError(
+            f"{what}: box {values} is not inside the {width}x{height} image "
+            f"(expected 0 <= x1 < x2 <= {width}, 0 <= y1 < y2 <= {height})"
+        )
+    return values
+
+
+class PersonSearchPipeline(Pipeline):
+    """Person search over gallery images with a PersonSearchModel and its PersonSearchImageProcessor.
+
+    Call: ``pipe(query, query_box=..., gallery=... | index=..., top_k=10)`` -> ranked matches
+    ``[{"rank", "image", "image_index", "box", "similarity", "score"}]``, box in the gallery image's pixels,
+    similarity = cosine of the re-ID embeddings, score = detection score. ``pipe(image)`` -> detections
+    ``[{"box", "score"}]``. Options: ``threshold`` (0.5), ``batch_size`` (4), ``progress`` (None = a bar
+    for galleries of 100+ images), ``backend`` ("auto", "torch", "faiss").
+    """
+
+    _load_image_processor = True
+    _load_processor = False
+    _load_tokenizer = False
+    _load_feature_extractor = False
+
+    def _sanitize_parameters(self, threshold=None, **kwargs):
+        postprocess = {} if threshold is None else {"threshold": threshold}
+        return {}, {}, postprocess
+
+    # ------------------------------------------------------------------ one batch of images
+    def preprocess(self, images):
+        images = images if isinstance(images, list) else [images]
+        return self.image_processor([np.array(image) for image in images])
+
+    def _forward(self, model_inputs):
+        outputs = self.model(pixel_values=model_inputs["pixel_values"], image_sizes=model_inputs["image_sizes"])
+        return {
+            "boxes": outputs.boxes,
+            "scores": outputs.scores,
+            "embeddings": outputs.embeddings,
+            "image_sizes": model_inputs["image_sizes"],
+            "original_sizes": model_inputs["original_sizes"],
+        }
+
+    def postprocess(self, model_outputs, threshold: float = DEFAULT_THRESHOLD):
+        """Per image {"boxes" (n, 4) original pixels, "scores" (n,), "embeddings" (n, d) L2-normalised}."""
+        outputs = type("Outputs", (), {})()
+        outputs.boxes, outputs.scores = model_outputs["boxes"], model_outputs["scores"]
+        outputs.embeddings = model_outputs["embeddings"]
+        results = self.image_processor.post_process_person_search(
+            outputs,
+            target_sizes=model_outputs["original_sizes"],
+            image_sizes=model_outputs["image_sizes"],
+            threshold=threshold,
+        )
+        for result in results:
+            result["embeddings"] = torch.nn.functional.normalize(result["embeddings"].float(), dim=1)
+        return results
+
+    def detect(self, images: list[Image.Image], threshold: float = DEFAULT_THRESHOLD) -> list[dict]:
+        """Detections of a batch of PIL images (one forward pass)."""
+        self.model.eval()
+        return self.postprocess(self.forward(self.preprocess(list(images))), threshold=threshold)
+
+    # ------------------------------------------------------------------ query and gallery
+    def settings(self, threshold: float = DEFAULT_THRESHOLD) -> dict:
+        """What a gallery index must share with the queries searched in it (see GalleryIndex.check_compatible)."""
+        return {
+            "threshold": threshold,
+            "min_size": self.image_processor.min_size,
+            "max_size": self.image_processor.max_size,
+            "embedding_dim": self.model.config.embedding_dim,
+        }
+
+    def model_id(self) -> str:
+        return str(getattr(self.model.config, "name_or_path", "") or type(self.model).__name__)
+
+    def embed_query(self, image, box) -> torch.Tensor:
+        """L2-normalised embedding (d,) of the person in ``box`` (xyxy, pixels of ``image``)."""
+        image = load_image(image, "query image")
+        box = check_box(box, image.width, image.height, "query")
+        inputs = self.image_processor([np.array(image)], boxes=[np.asarray([box])])
+        self.model.eval()
+        with self.device_placement(), torch.no_grad():
+            embeddings = self.model.embed_boxes(
+                inputs["pixel_values"].to(self.device), [inputs["boxes"][0].to(self.device)], inputs["image_sizes"]
+            )
+        return embeddings[0][0].float().cpu()
+
+    def build_index(
+        self,
+        gallery,
+        threshold: float = DEFAULT_THRESHOLD,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress: bool | None = None,
+    ) -> GalleryIndex:
+        """Detect and embed every person of the gallery (a folder, paths or images) once."""
+        from tqdm.auto import tqdm
+
+        sources = gallery_sources(gallery)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        show = len(sources) >= PROGRESS_MIN_IMAGES if progress is None else progress
+        embeddings, boxes, scores, image_index = [], [], [], []
+        starts = range(0, len(sources), batch_size)
+        for start in tqdm(starts, desc="embedding gallery", unit="batch", disable=not show):
+            batch = [
+                load_image(source, f"gallery image {start + offset}")
+                for offset, source in enumerate(sources[start : start + batch_size])
+            ]
+            for offset, detections in enumerate(self.detect(batch, threshold=threshold)):
+                embeddings.append(detections["embeddings"].cpu())
+                boxes.append(detections["boxes"].float().cpu())
+                scores.append(detections["scores"].float().cpu())
+                image_index.append(torch.full((len(detections["scores"]),), start + offset, dtype=torch.long))
+        return GalleryIndex(
+            embeddings=torch.cat(embeddings),
+            boxes=torch.cat(boxes),
+            scores=torch.cat(scores),
+            image_index=torch.cat(image_index),
+            images=[_identifier(source, position) for position, source in enumerate(sources)],
+            model_id=self.model_id(),
+            model_fingerprint=model_fingerprint(self.model),
+            settings=self.settings(threshold),
+        )
+
+    def search(
+        self,
+        query,
+        query_box,
+        index: GalleryIndex,
+        top_k: int = 10,
+        backend: str = "auto",
+        threshold: float | None = None,
+    ) -> list[dict]:
+        """Ranked matches of the query person in an index (checked to come from this model and settings).
+        ``threshold`` above the index's drops weaker detections; below it is an error (they were not kept)."""
+        threshold = index.settings.get("threshold", DEFAULT_THRESHOLD) if threshold is None else threshold
+        index.check_compatible(self.model_id(), model_fingerprint(self.model), self.settings(threshold))
+        if threshold < index.settings.get("threshold", 0.0):
+            raise ValueError(
+                f"threshold {threshold} is below the index's {index.settings['threshold']}: the weaker detections "
+                "were not kept; rebuild the index with the lower threshold"
+            )
+        query_embedding = self.embed_query(query, query_box)
+        kept = index.scores >= threshold
+        candidates = index if bool(kept.all()) else _subset(index, kept)
+        similarities, rows = candidates.search(query_embedding, top_k=top_k, backend=backend)
+        return [
+            {
+                "rank": rank + 1,
+                "image": candidates.images[int(candidates.image_index[row])],
+                "image_index": int(candidates.image_index[row]),
+                "box": [round(float(v), 2) for v in candidates.boxes[row]],
+                "similarity": float(similarity),
+                "score": float(candidates.scores[row]),
+            }
+            for rank, (similarity, row) in enumerate(zip(similarities[0].tolist(), rows[0].tolist()))
+        ]
+
+    def __call__(
+        self,
+        query,
+        query_box=None,
+        gallery=None,
+        index: GalleryIndex | None = None,
+        top_k: int = 10,
+        threshold: float | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress: bool | None = None,
+        backend: str = "auto",
+    ):
+        if query_box is None:
+            if gallery is not None or index is not None:
+                raise ValueError("a search needs query_box (x1, y1, x2, y2 of the query person in the query image)")
+            images = query if isinstance(query, list) else [query]
+            loaded = [load_image(source, f"image {i}") for i, source in enumerate(images)]
+            detections = self.detect(loaded, threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
+            results = [
+                [
+                    {"box": [round(float(v), 2) for v in box], "score": float(score)}
+                    for box, score in zip(d["boxes"], d["scores"])
+                ]
+                for d in detections
+            ]
+            return results if isinstance(query, list) else results[0]
+        if (gallery is None) == (index is None):
+            raise ValueError("give either gallery (a folder, paths or images) or index (a GalleryIndex), not both")
+        if index is None:
+            threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+            index = self.build_index(gallery, threshold=threshold, batch_size=batch_size, progress=progress)
+        return self.search(query, query_box, index, top_k=top_k, backend=backend, threshold=threshold)
+
+
+def _subset(index: GalleryIndex, keep: torch.Tensor) -> GalleryIndex:
+    return GalleryIndex(
+        embeddings=index.embeddings[keep],
+        boxes=index.boxes[keep],
+        scores=index.scores[keep],
+        image_index=index.image_index[keep],
+        images=index.images,
+        model_id=index.model_id,
+        model_fingerprint=index.model_fingerprint,
+        settings=index.settings,
+    )
+
+
+def format_matches_table(matches: Iterable[dict]) -> str:
+    """The ranked matches as a plain text table (rank, similarity, detection score, box, image)."""
+    lines = [f"{'rank':>4}  {'similarity':>10}  {'det':>5}  {'box (x1, y1, x2, y2)':<30}  image"]
+    for match in matches:
+        box = ", ".join(f"{v:.0f}" for v in match["box"])
+        lines.append(
+            f"{match['rank']:>4}  {match['similarity']:>10.4f}  {match['score']:>5.2f}  {box:<30}  {match['image']}"
+        )
+    return "\n".join(lines)
