@@ -45,7 +45,7 @@ def _scene(draw):
 GEOMETRY_ONLY = dict(min_sizes=(48, 64, 96), max_size=200, color_jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(_scene())
 def test_views_stay_in_correspondence(scene):
     image, boxes, person_ids, seed = scene
@@ -55,7 +55,8 @@ def test_views_stay_in_correspondence(scene):
         pixels = _denormalise(view["pixel_values"])
         height, width = pixels.shape[-2:]
         assert view["pixel_values"].dtype == torch.float32
-        assert min(height, width) in (48, 64, 96) or max(height, width) == 200
+        # RandomShortestSize truncates the scaled sides to int: within 1 px of a listed size or of the cap.
+        assert any(abs(min(height, width) - size) <= 1 for size in (48, 64, 96)) or max(height, width) >= 199
         assert view["boxes"].shape == (len(view["person_ids"]), 4) and len(view["person_index"]) == len(
             view["person_ids"]
         )

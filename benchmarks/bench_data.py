@@ -1,0 +1,119 @@
+"""Images per second per core of the pre-training data path: unification + two box-aware views.
+
+Baseline, measured in the same run on the same JPEG files: plain decode + one resize to a mid
+multi-scale shortest side (640, longest side <= 1333). The figure of interest is the ratio: how much
+the unification and the two augmented views cost over just reading the images.
+
+    .venv/bin/python benchmarks/bench_data.py [--scenes 16] [--crops 32] [--repeats 2]
+
+One thread (torch.set_num_threads(1)), so the numbers are per core: a DataLoader with k workers
+scales them by about k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from hf_personsearch.data.augmentation import TwoViewAugmentation, to_image_tensor
+from hf_personsearch.data.identity import IdentitySpace
+from hf_personsearch.data.schema import NO_IDENTITY, make_record
+from hf_personsearch.data.unification import load_image, unify_record
+
+
+def _jpeg(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _textured(rng, height, width) -> np.ndarray:
+    """Smooth random texture (compresses like a photo, unlike white noise)."""
+    small = rng.integers(0, 255, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR))
+
+
+def make_sources(num_scenes: int, num_crops: int, seed: int = 0):
+    """Detection scenes at CrowdHuman's typical size (800 x 1200, 12 persons) and 256 x 128 re-ID crops."""
+    rng = np.random.default_rng(seed)
+    scenes, crops = [], []
+    for i in range(num_scenes):
+        x1 = rng.uniform(0, 1100, 12)
+        y1 = rng.uniform(0, 500, 12)
+        boxes = np.stack([x1, y1, x1 + rng.uniform(20, 100, 12), y1 + rng.uniform(60, 300, 12)], 1)
+        scenes.append(
+            make_record(
+                image={"bytes": _jpeg(_textured(rng, 800, 1200)), "path": None},
+                image_id=f"scene{i}",
+                width=1200,
+                height=800,
+                boxes=boxes,
+                person_ids=[NO_IDENTITY] * 12,
+                source="crowdhuman",
+                task="detection",
+                split="train",
+            )
+        )
+    for i in range(num_crops):
+        crops.append(
+            make_record(
+                image={"bytes": _jpeg(_textured(rng, 256, 128)), "path": None},
+                image_id=f"crop{i}",
+                width=128,
+                height=256,
+                boxes=[[0, 0, 128, 256]],
+                person_ids=[i % 50],
+                source="msmt17",
+                task="reid",
+                split="train",
+            )
+        )
+    return [("crowdhuman", "detection", scenes), ("msmt17", "reid", crops)]
+
+
+def _rate(function, records, repeats: int) -> float:
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for index, record in enumerate(records):
+            function(index, record)
+    return repeats * len(records) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenes", type=int, default=16)
+    parser.add_argument("--crops", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    sources = make_sources(args.scenes, args.crops)
+    space = IdentitySpace.from_records(sources)
+    augmentation = TwoViewAugmentation()
+    resize = v2.Resize(640, max_size=1333)
+    rng = np.random.default_rng(0)
+
+    print(f"per core (1 thread), default sizes; {args.repeats} passes over each source")
+    print(f"{'source':<12}{'baseline img/s':>16}{'unify+2 views img/s':>22}{'ratio':>8}")
+    for source_index, (name, _, records) in enumerate(sources):
+
+        def baseline(index, record):
+            resize(to_image_tensor(load_image(record["image"])))
+
+        def pipeline(index, record, source_index=source_index):
+            unified = unify_record(record, space, source_index, index, rng)
+            augmentation(unified["image"], unified["boxes"], unified["person_ids"], unified["person_index"])
+
+        base = _rate(baseline, records, args.repeats)
+        full = _rate(pipeline, records, args.repeats)
+        print(f"{name:<12}{base:>16.1f}{full:>22.1f}{full / base:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
