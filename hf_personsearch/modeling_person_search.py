@@ -7,6 +7,7 @@ feature from its direction) + box regressor; OIM loss on the embeddings of propo
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,8 @@ from .norm_aware_embedding import BoxRegressor, NormAwareEmbedding
 from .oim import OIMLoss
 
 FEATURE_NAME = "encoder"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,6 +89,12 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
             person ids in [0, config.num_person_ids) or config.no_identity_id; n may be 0.
     """
 
+    # A pre-training checkpoint (PersonSearchPretrainModel) also holds the SimSiam predictor and the
+    # alignment modules: loading the person search model from it drops them on purpose, silently.
+    _keys_to_ignore_on_load_unexpected = [
+        r"(^|\.)(prediction_mlp|detection_alignment|reid_alignment|inter_task_alignment)\."
+    ]
+
     def __init__(self, config: PersonSearchConfig):
         super().__init__(config)
         self.backbone = SplitBackbone(
@@ -128,6 +137,65 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
             config.box_fg_iou_thresh, config.box_bg_iou_thresh, allow_low_quality_matches=False
         )
         self.post_init()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *model_args,
+        backbone_only: bool = False,
+        num_person_ids: int | None = None,
+        oim_queue_size: int | None = None,
+        **kwargs,
+    ):
+        """``PreTrainedModel.from_pretrained``, also from a pre-training checkpoint (PersonSearchPretrainModel
+        folder: its "person_search" sub-config and weights are used, the predictor/IAM weights dropped).
+
+        Args:
+            backbone_only: keep only the backbone's weights and re-initialise the RPN, the detection and
+                re-ID heads and the OIM tables (the paper's Fig. 5 "backbone only" comparison).
+            num_person_ids / oim_queue_size: the target dataset's identity count / queue size. When they
+                differ from the checkpoint's, the OIM tables are replaced by fresh (zero) ones of the new
+                size (see :meth:`resize_oim`), instead of a size-mismatch error.
+        """
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model.resize_oim(num_person_ids, oim_queue_size)
+        if backbone_only:
+            for part in (model.rpn, model.embedding_head, model.box_regressor, model.oim):
+                part.apply(model._init_weights)
+            logger.warning(
+                "%s: backbone_only=True, kept the backbone weights and re-initialised the RPN, the embedding head, "
+                "the box regressor and the OIM tables",
+                pretrained_model_name_or_path,
+            )
+        return model
+
+    def resize_oim(self, num_person_ids: int | None = None, queue_size: int | None = None) -> None:
+        """Replace the OIM lookup table / queue by fresh zero tables of a new size (a target dataset with
+        another number of identities: the pre-training identities do not carry over). None keeps a size;
+        equal sizes keep the current tables."""
+        old = (self.config.num_person_ids, self.config.oim_queue_size)
+        new = (old[0] if num_person_ids is None else num_person_ids, old[1] if queue_size is None else queue_size)
+        if new == old:
+            return
+        self.config.num_person_ids, self.config.oim_queue_size = new
+        self.config.validate_values()
+        lut = self.oim.lut
+        self.oim = OIMLoss(
+            self.config.embedding_dim,
+            new[0],
+            new[1],
+            scalar=self.config.oim_scalar,
+            momentum=self.config.oim_momentum,
+            no_identity_id=self.config.no_identity_id,
+        ).to(device=lut.device, dtype=lut.dtype)
+        logger.warning(
+            "OIM table re-sized from %d identities / queue %d to %d identities / queue %d: fresh zero tables "
+            "(the checkpoint's identities do not carry over)",
+            *old,
+            *new,
+        )
 
     # ------------------------------------------------------------------ inputs
     def _image_sizes(self, pixel_values, image_sizes=None, pixel_mask=None) -> list[tuple[int, int]]:
