@@ -102,6 +102,7 @@ class PersonSearchPipeline(Pipeline):
     _load_processor = False
     _load_tokenizer = False
     _load_feature_extractor = False
+    _load_video_processor = False
 
     def _sanitize_parameters(self, threshold=None, **kwargs):
         postprocess = {} if threshold is None else {"threshold": threshold}
@@ -266,6 +267,8 @@ class PersonSearchPipeline(Pipeline):
             return results if isinstance(query, list) else results[0]
         if (gallery is None) == (index is None):
             raise ValueError("give either gallery (a folder, paths or images) or index (a GalleryIndex), not both")
+        query = load_image(query, "query image")
+        check_box(query_box, query.width, query.height, "query")  # before the (long) gallery pass
         if index is None:
             threshold = DEFAULT_THRESHOLD if threshold is None else threshold
             index = self.build_index(gallery, threshold=threshold, batch_size=batch_size, progress=progress)

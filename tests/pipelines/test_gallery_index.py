@@ -1,0 +1,95 @@
+"""GalleryIndex: exact search against hand computations, FAISS = torch, save/load, compatibility checks."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hf_personsearch.pipelines import GalleryIndex, faiss_available
+
+
+def _index(embeddings, scores=None, settings=None, fingerprint="abc") -> GalleryIndex:
+    embeddings = torch.nn.functional.normalize(torch.as_tensor(embeddings, dtype=torch.float32), dim=1)
+    n = embeddings.shape[0]
+    return GalleryIndex(
+        embeddings=embeddings,
+        boxes=torch.arange(4 * n, dtype=torch.float32).reshape(n, 4),
+        scores=torch.full((n,), 0.9) if scores is None else torch.as_tensor(scores, dtype=torch.float32),
+        image_index=torch.arange(n) % 2,
+        images=["a.jpg", "b.jpg"],
+        model_id="org/model",
+        model_fingerprint=fingerprint,
+        settings=settings or {"threshold": 0.5, "min_size": 128, "max_size": 256, "embedding_dim": 2},
+    )
+
+
+def test_torch_search_ranks_by_cosine_as_computed_by_hand():
+    # unit vectors at 0, 90, 45 and 180 degrees; query at 30 degrees: cosines cos(30), cos(60), cos(15), cos(150)
+    angles = np.deg2rad([0, 90, 45, 180])
+    index = _index(np.stack([np.cos(angles), np.sin(angles)], 1))
+    query = torch.tensor([np.cos(np.deg2rad(30)), np.sin(np.deg2rad(30))], dtype=torch.float32)
+    similarities, rows = index.search(query, top_k=3, backend="torch")
+    assert rows.tolist() == [[2, 0, 1]]
+    expected = np.cos(np.deg2rad([15, 30, 60]))
+    np.testing.assert_allclose(similarities[0].numpy(), expected, atol=1e-6)
+
+
+def test_top_k_larger_than_gallery_returns_every_person():
+    index = _index([[1.0, 0.0], [0.0, 1.0]])
+    similarities, rows = index.search(torch.tensor([1.0, 0.0]), top_k=10, backend="torch")
+    assert rows.tolist() == [[0, 1]]
+    np.testing.assert_allclose(similarities.numpy(), [[1.0, 0.0]], atol=1e-6)
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss is not installed (pip install 'hf-personsearch[faiss]')")
+def test_faiss_gives_the_same_ranking_and_similarities_as_torch():
+    generator = torch.Generator().manual_seed(0)
+    index = _index(torch.randn(3000, 32, generator=generator), settings={"embedding_dim": 32})
+    queries = torch.nn.functional.normalize(torch.randn(5, 32, generator=generator), dim=1)
+    torch_similarities, torch_rows = index.search(queries, top_k=20, backend="torch")
+    faiss_similarities, faiss_rows = index.search(queries, top_k=20, backend="faiss")
+    assert torch.equal(torch_rows, faiss_rows)
+    np.testing.assert_allclose(torch_similarities.numpy(), faiss_similarities.numpy(), atol=1e-5)
+
+
+def test_save_load_round_trip(tmp_path):
+    index = _index([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], scores=[0.9, 0.7, 0.55])
+    index.save(tmp_path / "index")
+    loaded = GalleryIndex.load(tmp_path / "index")
+    for name in ("embeddings", "boxes", "scores", "image_index"):
+        assert torch.equal(getattr(loaded, name), getattr(index, name)), name
+    assert (loaded.images, loaded.model_id, loaded.model_fingerprint, loaded.settings) == (
+        index.images,
+        index.model_id,
+        index.model_fingerprint,
+        index.settings,
+    )
+    query = torch.tensor([0.8, 0.6])
+    assert torch.equal(loaded.search(query, 3)[1], index.search(query, 3)[1])
+
+
+def test_check_compatible_names_the_difference():
+    index = _index([[1.0, 0.0]])
+    index.check_compatible("another/name", "abc", dict(index.settings))  # same weights, other id: fine
+    with pytest.raises(ValueError, match="another model"):
+        index.check_compatible("org/model", "def", dict(index.settings))
+    with pytest.raises(ValueError, match="min_size: index 128, now 900"):
+        index.check_compatible("org/model", "abc", {**index.settings, "min_size": 900})
+
+
+def test_bad_queries_and_files(tmp_path):
+    index = _index([[1.0, 0.0]])
+    with pytest.raises(ValueError, match="do not match the index's dimension 2"):
+        index.search(torch.ones(3), 1)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        index.search(torch.ones(2), 1, backend="annoy")
+    with pytest.raises(FileNotFoundError, match="is not a gallery index"):
+        GalleryIndex.load(tmp_path)
+    index.save(tmp_path / "index")
+    metadata = json.loads((tmp_path / "index" / "gallery_index.json").read_text())
+    (tmp_path / "index" / "gallery_index.json").write_text(json.dumps({**metadata, "format_version": 99}))
+    with pytest.raises(ValueError, match="format_version 99"):
+        GalleryIndex.load(tmp_path / "index")
+    with pytest.raises(ValueError, match="image_index points outside"):
+        GalleryIndex(torch.ones(1, 2), torch.ones(1, 4), torch.ones(1), torch.tensor([5]), ["a"], "m", "f")
