@@ -35,7 +35,7 @@ def checked_array(value, dtype, shape: tuple, where: str) -> np.ndarray:
     if array.ndim != len(shape) or any(want not in (-1, got) for want, got in zip(shape, array.shape)):
         wanted = "(" + ", ".join("n" if s == -1 else str(s) for s in shape) + ")"
         raise ValueError(f"{where}: expected shape {wanted}, got {tuple(array.shape)}")
-    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise ValueError(f"{where}: contains NaN or infinite values")
     return array
 

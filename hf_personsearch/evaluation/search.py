@@ -213,6 +213,23 @@ def _positive_candidates(gallery: Gallery, pair_image: np.ndarray, pair_box: np.
     return cand_pair[keep], cand_det[keep]
 
 
+RANK_SPARE = 8
+"""Extra entries taken for the ranked top-k list, so float32 near-ties at the k-th place are re-ranked in float64."""
+
+
+def _kth_largest_lower_bound(similarity: np.ndarray, k: int, block: int = 128) -> np.ndarray:
+    """Per row, a value with at least ``k`` entries >= it (or -inf when the row has fewer than k blocks).
+
+    The row is cut into blocks of ``block`` columns; the k-th largest block maximum is such a value (k
+    different blocks reach it). One pass over the matrix instead of a partition of every row.
+    """
+    num_columns = similarity.shape[1]
+    block_max = np.maximum.reduceat(similarity, np.arange(0, num_columns, block), axis=1)
+    if block_max.shape[1] < k:
+        return np.full(len(similarity), -np.inf)
+    return -np.partition(-block_max, k - 1, axis=1)[:, k - 1].astype(np.float64)
+
+
 def _exact_similarity(queries: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
     """Row-wise float64 dot products; the same arithmetic for every caller, so equal inputs give equal bits."""
     return np.multiply(queries, embeddings).sum(axis=1)
@@ -249,24 +266,26 @@ def context_bipartite_graph_matching(
 
 
 def _average_precision_and_hits(
-    above: np.ndarray, tp_scores: np.ndarray, count_gt: int, topk: tuple[int, ...]
+    values: np.ndarray, num_higher: int, thresholds: np.ndarray, count_gt: int, topk: tuple[int, ...]
 ) -> tuple[float, list[bool]]:
-    """AP x recall and top-k hits of one query from its true-positive scores.
+    """AP x recall and top-k hits of one query from its sorted true-positive scores ``thresholds``.
 
-    ``above`` holds every gallery similarity >= the lowest true-positive score (true positives
-    included). For true positive i, n_ge = detections scoring >= it and tp_ge = true positives scoring
-    >= it; step-wise AP x recall = sum_i (tp_ge / n_ge) / count_gt, equal to sklearn's AP (tied scores
-    form one operating point) times count_tp / count_gt.
+    ``values``: the exact similarities of the gallery detections between the lowest and the highest
+    true-positive score (true positives included); ``num_higher``: how many score above all of them.
+    For true positive i, n_ge = detections scoring >= it and tp_ge = true positives scoring >= it;
+    step-wise AP x recall = sum_i (tp_ge / n_ge) / count_gt, equal to sklearn's AP (tied scores form one
+    operating point) times count_tp / count_gt.
     """
-    thresholds = np.sort(tp_scores)
     num_tp = len(thresholds)
-    passed = np.searchsorted(thresholds, above, side="right")
-    n_ge = np.cumsum(np.bincount(passed, minlength=num_tp + 1)[::-1])[::-1][1:]
+    passed = np.searchsorted(thresholds, values, side="right")
+    counts = np.bincount(passed, minlength=num_tp + 1)
+    counts[num_tp] += num_higher
+    n_ge = np.cumsum(counts[::-1])[::-1][1:]
     tp_ge = num_tp - np.searchsorted(thresholds, thresholds, side="left")
     ap = float(np.sum(tp_ge / n_ge) / count_gt)
     best = thresholds[-1]
-    strictly_better = int(np.count_nonzero(above > best))
-    tied_negatives = int(np.count_nonzero(above == best)) - int(np.count_nonzero(thresholds == best))
+    strictly_better = num_higher + int(np.count_nonzero(values > best))
+    tied_negatives = int(np.count_nonzero(values == best)) - int(np.count_nonzero(thresholds == best))
     rank = strictly_better + tied_negatives + 1
     return ap, [rank <= k for k in topk]
 
@@ -357,7 +376,9 @@ def evaluate_search(
     dim = gallery_embeddings.shape[1]
     # |fl32(q.e) - q.e| <= gamma_(d+2) * |q| * |e| (dot-product error bound incl. rounding inputs to float32),
     # doubled for safety and a tiny absolute term for subnormals
-    largest_norm = float(np.linalg.norm(gallery_embeddings, axis=1).max()) if num_dets else 0.0
+    largest_norm = (
+        float(np.sqrt(np.einsum("ij,ij->i", gallery_embeddings, gallery_embeddings).max())) if num_dets else 0.0
+    )
     error_scale = 0.0 if exact_matrix else 2.0 * (dim + 2) * 2.0**-24 * largest_norm
 
     aps, hits, per_query = [], [], []
@@ -366,7 +387,9 @@ def evaluate_search(
             continue
         chunk_queries = query_embeddings[chunk]
         similarity = chunk_queries.astype(matrix_embeddings.dtype) @ matrix_embeddings.T
-        margin = error_scale * np.linalg.norm(chunk_queries, axis=1) + (0.0 if exact_matrix else 1e-30)
+        margin = error_scale * np.sqrt(np.einsum("ij,ij->i", chunk_queries, chunk_queries)) + (
+            0.0 if exact_matrix else 1e-30
+        )
         for row, qi in enumerate(chunk):
             if q["members"][qi] is not None:
                 member = np.zeros(len(flat.image_ids), dtype=bool)
@@ -393,32 +416,38 @@ def evaluate_search(
         first = order[np.r_[True, pairs[order][1:] != pairs[order][:-1]]] if len(order) else order
         tp_rows, tp_dets, tp_scores = rows[first], dets[first], scores[first]
 
+        # one extraction per chunk serves both the AP counts (entries >= the lowest true positive, minus
+        # the float32 margin) and the ranked top-k list (entries >= a lower bound of the k-th largest)
         lowest_tp = np.full(len(chunk), np.inf)
         np.minimum.at(lowest_tp, tp_rows, tp_scores)
-        above_rows, above_cols = np.nonzero(similarity >= (lowest_tp - margin)[:, None])
+        extract_from = lowest_tp - margin
+        if return_per_query and num_dets:
+            extract_from = np.minimum(extract_from, _kth_largest_lower_bound(similarity, max_k + RANK_SPARE))
+        # round the threshold down in the matrix dtype so the comparison never upcasts the whole block
+        extract_from = np.nextafter(extract_from.astype(similarity.dtype), similarity.dtype.type(-np.inf))
+        above_rows, above_cols = np.nonzero(similarity >= extract_from[:, None])
         above_values = similarity[above_rows, above_cols].astype(np.float64)
         above_start = np.searchsorted(above_rows, np.arange(len(chunk) + 1))
         tp_order = np.argsort(tp_rows, kind="stable")
         tp_start = np.searchsorted(tp_rows[tp_order], np.arange(len(chunk) + 1))
 
-        if return_per_query and num_dets:
-            # a few spare entries so that float32 near-ties at the k-th place are re-ranked in float64
-            kth = min(max_k + 8, num_dets)
-            top = np.argpartition(-similarity, kth - 1, axis=1)[:, :kth] if kth < num_dets else None
-            if top is None:
-                top = np.broadcast_to(np.arange(num_dets), (len(chunk), num_dets))
         for row, qi in enumerate(chunk):
             mine = tp_order[tp_start[row] : tp_start[row + 1]]
+            row_values = above_values[above_start[row] : above_start[row + 1]]
+            row_columns = above_cols[above_start[row] : above_start[row + 1]]
             if len(mine):
-                values = above_values[above_start[row] : above_start[row + 1]]
+                thresholds = np.sort(tp_scores[mine])
+                # above every true positive even with the float32 error: counted, never compared again
+                higher = row_values > thresholds[-1] + margin[row]
+                between = ~higher & (row_values >= thresholds[0] - margin[row])
+                values, columns = row_values[between], row_columns[between]
                 if not exact_matrix:
-                    columns = above_cols[above_start[row] : above_start[row + 1]]
-                    thresholds = np.sort(tp_scores[mine])
                     near = np.searchsorted(thresholds, values - margin[row], side="left") < np.searchsorted(
                         thresholds, values + margin[row], side="right"
                     )
                     values[near] = _exact_similarity(chunk_queries[row][None, :], gallery_embeddings[columns[near]])
-                ap, hit = _average_precision_and_hits(values, tp_scores[mine], int(count_gt[qi]), topk)
+                num_higher = int(np.count_nonzero(higher))
+                ap, hit = _average_precision_and_hits(values, num_higher, thresholds, int(count_gt[qi]), topk)
             else:
                 ap, hit = 0.0, [False] * len(topk)
             aps.append(ap)
@@ -426,8 +455,11 @@ def evaluate_search(
             if return_per_query:
                 ranked = []
                 if num_dets:
-                    candidates = top[row]
-                    candidates = candidates[np.isfinite(similarity[row, candidates])]
+                    finite = np.isfinite(row_values)
+                    candidates = row_columns[finite]
+                    if len(candidates) > max_k + RANK_SPARE:
+                        best = np.argpartition(-row_values[finite], max_k + RANK_SPARE - 1)[: max_k + RANK_SPARE]
+                        candidates = candidates[best]
                     if exact_matrix:
                         values = similarity[row, candidates]
                     else:
