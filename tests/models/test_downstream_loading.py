@@ -88,11 +88,15 @@ def test_oim_table_resized_for_a_target_dataset_with_other_identities(pretrain_c
     folder, saved = pretrain_checkpoint
     with caplog.at_level(logging.WARNING):
         model = PersonSearchModel.from_pretrained(folder, dtype=torch.float32, num_person_ids=5, oim_queue_size=3)
-    assert any("OIM table re-sized from 12 identities / queue 6 to 5 identities / queue 3" in m for m in _warnings(caplog))
+    assert any(
+        "OIM table re-sized from 12 identities / queue 6 to 5 identities / queue 3" in m for m in _warnings(caplog)
+    )
     assert model.oim.lut.shape == (5, 16) and torch.count_nonzero(model.oim.lut) == 0
     assert model.oim.queue.shape == (3, 16) and model.config.num_person_ids == 5
     # everything else still comes from the checkpoint
-    assert torch.equal(model.embedding_head.projections[0].weight, saved["person_search.embedding_head.projections.0.weight"])
+    assert torch.equal(
+        model.embedding_head.projections[0].weight, saved["person_search.embedding_head.projections.0.weight"]
+    )
     # same size asked: the pre-trained table is kept
     same = PersonSearchModel.from_pretrained(folder, dtype=torch.float32, num_person_ids=12)
     assert torch.equal(same.oim.lut, saved["person_search.oim.lut"])

@@ -26,7 +26,6 @@ def test_contrastive_loss_is_symmetric_half_sum():
 
 
 def test_stop_gradient_on_target_branch():
-    h1 = torch.randn(5, 8, requires_grad=True)
     h2 = torch.randn(5, 8, requires_grad=True)
     z1 = torch.randn(5, 8, requires_grad=True)
     negative_cosine_similarity(h2, z1).backward()

@@ -1,0 +1,196 @@
+"""PersonSearchPretrainModel: Eq. (1) assembled from its terms, ablation switches, stop-gradient, batch
+checks and checkpoint round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_personsearch.configuration_person_search import PersonSearchConfig
+from hf_personsearch.configuration_person_search_pretrain import PersonSearchPretrainConfig
+from hf_personsearch.modeling_person_search_pretrain import PS_TERMS, PersonSearchPretrainModel
+
+IMAGE_SIZE = 64
+
+
+def tiny_person_search_config(**overrides) -> PersonSearchConfig:
+    """A test_resnet person search model with few anchors/RoIs, so one step takes well under a second."""
+    values = dict(
+        backbone="test_resnet",
+        freeze_stem=False,
+        freeze_batchnorm=False,
+        anchor_sizes=(16, 32),
+        anchor_aspect_ratios=(0.5, 1.0),
+        rpn_batch_size_per_image=16,
+        rpn_pre_nms_top_n_train=60,
+        rpn_post_nms_top_n_train=8,
+        rpn_pre_nms_top_n_test=60,
+        rpn_post_nms_top_n_test=8,
+        box_batch_size_per_image=4,
+        roi_output_size=4,
+        embedding_dim=16,
+        num_person_ids=12,
+        oim_queue_size=6,
+    )
+    values.update(overrides)
+    return PersonSearchConfig(**values)
+
+
+def tiny_pretrain_config(**overrides) -> PersonSearchPretrainConfig:
+    person_search = overrides.pop("person_search", None) or tiny_person_search_config()
+    values = dict(
+        person_search=person_search,
+        num_detection_domains=2,
+        num_reid_domains=2,
+        iam_num_convs=1,
+        iam_conv_channels=8,
+        iam_instance_hidden_dim=8,
+        contrastive_loss_weight=0.7,
+        adversarial_loss_weight=0.3,
+        iam_consistency_weight=0.5,
+    )
+    values.update(overrides)
+    return PersonSearchPretrainConfig(**values)
+
+
+def make_batch(seed: int = 0) -> dict:
+    """4 images: detection source 0, detection source 1 (one person lost in view 2), labeled re-ID
+    source 0, unlabeled re-ID source 1. View 2 is a shifted copy with its boxes shifted alike."""
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    shift = 3
+    pixel_values_2 = torch.roll(pixel_values, shifts=(shift, shift), dims=(2, 3))
+    boxes = [
+        [[4.0, 4.0, 24.0, 50.0], [30.0, 8.0, 50.0, 60.0]],
+        [[6.0, 2.0, 26.0, 40.0], [34.0, 10.0, 58.0, 58.0]],
+        [[10.0, 4.0, 50.0, 58.0]],
+        [[12.0, 6.0, 48.0, 56.0]],
+    ]
+    ids = [[-1, -1], [-1, -1], [3], [-1]]
+    labels, labels_2 = [], []
+    for image, (image_boxes, image_ids) in enumerate(zip(boxes, ids)):
+        box_tensor = torch.tensor(image_boxes)
+        labels.append(
+            {"boxes": box_tensor, "person_ids": torch.tensor(image_ids), "person_index": torch.arange(len(image_ids))}
+        )
+        keep = [1] if image == 1 else list(range(len(image_ids)))  # image 1 loses person 0 in view 2
+        keep = keep[::-1] if image == 0 else keep  # image 0 lists its persons in the other order
+        labels_2.append(
+            {
+                "boxes": (box_tensor[keep] + shift).clamp(max=IMAGE_SIZE),
+                "person_ids": torch.tensor(image_ids)[keep],
+                "person_index": torch.tensor(keep),
+            }
+        )
+    sizes = torch.tensor([[IMAGE_SIZE, IMAGE_SIZE]] * 4)
+    return {
+        "pixel_values": pixel_values,
+        "image_sizes": sizes,
+        "labels": labels,
+        "pixel_values_2": pixel_values_2,
+        "image_sizes_2": sizes.clone(),
+        "labels_2": labels_2,
+        "domain_ids": torch.tensor([0, 1, 0, 1]),
+        "is_reid": torch.tensor([False, False, True, True]),
+        "has_identity": torch.tensor([False, False, True, False]),
+        "sources": ["crowdhuman", "ecp", "msmt17", "luperson"],
+    }
+
+
+def build(seed: int = 0, **overrides) -> PersonSearchPretrainModel:
+    torch.manual_seed(seed)
+    return PersonSearchPretrainModel(tiny_pretrain_config(**overrides)).train()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CPU is shared: two threads fighting other jobs run 10x slower
+    yield
+    torch.set_num_threads(threads)
+
+
+ALL_ON = dict(use_contrastive=True, use_detection_iam=True, use_reid_iam=True, use_inter_task_alignment=True)
+TERMS_OF_SWITCH = {
+    "use_contrastive": {"con"},
+    "use_detection_iam": {"adv_det_img", "adv_det_ins", "adv_det_consistency"},
+    "use_reid_iam": {"adv_reid_img", "adv_reid_ins", "adv_reid_consistency"},
+    "use_inter_task_alignment": {"adv_inter_img", "adv_inter_ins", "adv_inter_consistency"},
+}
+
+
+def _run(model, seed=0):
+    torch.manual_seed(seed)  # the same proposal sampling in every run
+    return model(**make_batch())
+
+
+def test_total_loss_is_eq1_of_its_terms():
+    model = build(**ALL_ON)
+    output = _run(model)
+    terms, config = output.loss_dict, model.config
+    weighted_ps = model.person_search.weighted_loss({name: terms[name] for name in PS_TERMS})
+    assert torch.allclose(terms["ps"], weighted_ps, atol=1e-5)  # mean of views = weights x mean terms
+    adv = sum(
+        terms[f"adv_{m}_img"] + terms[f"adv_{m}_ins"] + 0.5 * terms[f"adv_{m}_consistency"]
+        for m in ("det", "reid", "inter")
+    )
+    assert torch.allclose(terms["adv"], adv, atol=1e-6)
+    expected = terms["ps"] + 0.7 * terms["con"] + 0.3 * terms["adv"]
+    assert config.contrastive_loss_weight == 0.7 and config.adversarial_loss_weight == 0.3
+    assert torch.allclose(output.loss, expected, atol=1e-6)
+    assert output.num_contrastive_persons == 4  # image 0: 2, image 1: 1 (one lost), image 3: 1; image 2 labeled
+
+
+@pytest.mark.parametrize("switch", list(TERMS_OF_SWITCH))
+def test_each_ablation_switch_removes_exactly_its_terms(switch):
+    full = build(**ALL_ON)
+    ablated = build(**{**ALL_ON, switch: False})
+    ablated.load_state_dict(full.state_dict(), strict=False)
+    full_terms, ablated_terms = _run(full).loss_dict, _run(ablated).loss_dict
+    assert set(full_terms) - set(ablated_terms) == TERMS_OF_SWITCH[switch]
+    for name, value in ablated_terms.items():
+        if name != "adv":
+            assert torch.allclose(value, full_terms[name], atol=1e-6), name
+    removed_adv = sum(
+        (full_terms[t] * (0.5 if t.endswith("consistency") else 1.0) for t in TERMS_OF_SWITCH[switch] if t != "con"),
+        torch.tensor(0.0),
+    )
+    assert torch.allclose(ablated_terms["adv"], full_terms["adv"] - removed_adv, atol=1e-5)
+
+
+def test_all_switches_off_leaves_l_ps_only():
+    model = build(**{name: False for name in ALL_ON})
+    output = _run(model)
+    assert set(output.loss_dict) == set(PS_TERMS) | {"ps"}
+    assert torch.equal(output.loss, output.loss_dict["ps"])
+
+
+def test_no_gradient_through_the_target_branch_of_l_con():
+    model = build(use_detection_iam=False, use_reid_iam=False)
+    captured = []
+    model.prediction_mlp.register_forward_hook(lambda module, inputs, output: captured.append((inputs[0], output)))
+    output = _run(model)
+    (h1, z1), (h2, z2) = captured
+    con = output.loss_dict["con"]
+    grad_h1, grad_z1 = torch.autograd.grad(con, [h1, z1], retain_graph=True)
+    # all of h1's gradient arrives through the predictor z1 = P(h1): none through sg(h1) in C(sg(h1), z2)
+    (through_predictor,) = torch.autograd.grad(z1, h1, grad_outputs=grad_z1, retain_graph=True)
+    assert grad_h1.abs().sum() > 0
+    assert torch.allclose(grad_h1, through_predictor, atol=1e-7)
+    # and the model's parameters do receive the predicted branch's gradient
+    grads = torch.autograd.grad(con, list(model.person_search.embedding_head.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_batch_errors_name_the_wrong_item():
+    model = build()
+    batch = make_batch()
+    batch["domain_ids"] = torch.tensor([0, 2, 0, 1])
+    with pytest.raises(ValueError, match=r"domain_ids\[1\] = 2.*detection source.*num_detection_domains"):
+        model(**batch)
+    batch = make_batch()
+    del batch["labels_2"][3]["person_index"]
+    with pytest.raises(ValueError, match=r"labels_2\[3\] has no 'person_index'"):
+        model(**batch)
+    with pytest.raises(RuntimeError, match="train mode only"):
+        model.eval()(**make_batch())
