@@ -7,19 +7,25 @@ works for saved folders without ``trust_remote_code``.
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from .configuration_person_search import PersonSearchConfig
+from .configuration_person_search_pretrain import PersonSearchPretrainConfig
 from .image_processing_person_search import PersonSearchImageProcessor
 from .modeling_person_search import PersonSearchModel, PersonSearchOutput, PersonSearchPreTrainedModel
+from .modeling_person_search_pretrain import PersonSearchPretrainModel, PersonSearchPretrainOutput
 
 __version__ = "0.1.0"
 
 AutoConfig.register(PersonSearchConfig.model_type, PersonSearchConfig, exist_ok=True)
 AutoModel.register(PersonSearchConfig, PersonSearchModel, exist_ok=True)
+AutoConfig.register(PersonSearchPretrainConfig.model_type, PersonSearchPretrainConfig, exist_ok=True)
+AutoModel.register(PersonSearchPretrainConfig, PersonSearchPretrainModel, exist_ok=True)
 AutoImageProcessor.register(PersonSearchConfig, slow_image_processor_class=PersonSearchImageProcessor, exist_ok=True)
 # Saved folders carry the model code and an auto_map, so they load with trust_remote_code=True where
 # hf_personsearch is not installed (the Hub use case); where it is installed, the registered classes win.
 PersonSearchConfig.register_for_auto_class("AutoConfig")
 PersonSearchModel.register_for_auto_class("AutoModel")
 PersonSearchImageProcessor.register_for_auto_class("AutoImageProcessor")
+PersonSearchPretrainConfig.register_for_auto_class("AutoConfig")
+PersonSearchPretrainModel.register_for_auto_class("AutoModel")
 
 __all__ = [
     "PersonSearchConfig",
@@ -27,4 +33,7 @@ __all__ = [
     "PersonSearchModel",
     "PersonSearchOutput",
     "PersonSearchPreTrainedModel",
+    "PersonSearchPretrainConfig",
+    "PersonSearchPretrainModel",
+    "PersonSearchPretrainOutput",
 ]
