@@ -183,7 +183,12 @@ def _search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=10, help="matches to show (10)")
     parser.add_argument("--out", default=None, help="write the picture of the query and the matches here (.png)")
     parser.add_argument("--json", default=None, help="write the ranked matches as JSON here")
-    parser.add_argument("--backend", choices=("auto", "torch", "faiss"), default="auto", help="search backend")
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "faiss"),
+        default="torch",
+        help="exact search in torch, or with FAISS (needs faiss)",
+    )
 
 
 @register_subcommand(

@@ -5,10 +5,11 @@ list, the model it was made with and the settings). Loading checks both, because
 (or of the same model at another image size) are not comparable with a query's: the search would return
 ranked nonsense without any error.
 
-Search is exact inner product on L2-normalised embeddings (= cosine similarity): in torch by default, with
-FAISS (``pip install hf-personsearch[faiss]``) when asked for or when ``backend="auto"`` and FAISS is
-installed and the gallery is large; both give the same ranking (a FAISS flat index is exact too, and only
-faster on large galleries thanks to its BLAS blocking).
+Search is exact inner product on L2-normalised embeddings (= cosine similarity), in torch by default;
+``backend="faiss"`` uses a FAISS flat inner-product index (``pip install hf-personsearch[faiss]``), exact too,
+so both give the same ranking (tested). FAISS is opt-in because it is not faster everywhere: on the 2-core
+development machine (benchmarks/bench_search.py, 16 queries, d=256) it took 0.33x torch's time at 10k boxes but
+1.5x at 100k and 1M boxes. An approximate FAISS index (IVF/HNSW) would be the route to larger speed-ups.
 """
 
 from __future__ import annotations
@@ -23,10 +24,7 @@ import torch
 TENSORS_FILE = "gallery_index.safetensors"
 METADATA_FILE = "gallery_index.json"
 FORMAT_VERSION = 1
-FAISS_AUTO_MIN_BOXES = 50_000
-"""With ``backend="auto"``, FAISS is used from this many gallery boxes on (below it torch's one matmul is as
-fast and needs no index build); see benchmarks/bench_search.py for the crossover."""
-BACKENDS = ("auto", "torch", "faiss")
+BACKENDS = ("torch", "faiss")
 
 
 def faiss_available() -> bool:
@@ -157,15 +155,14 @@ class GalleryIndex:
 
     # ------------------------------------------------------------------ search
     def search(
-        self, query_embeddings: torch.Tensor, top_k: int = 10, backend: str = "auto"
+        self, query_embeddings: torch.Tensor, top_k: int = 10, backend: str = "torch"
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``top_k`` most similar gallery persons of each query.
 
         Args:
             query_embeddings: (Q, d) or (d,) L2-normalised query embeddings.
             top_k: matches per query (fewer when the gallery has fewer persons).
-            backend: "torch" (exact matmul + topk), "faiss" (exact flat inner-product index; needs faiss) or
-                "auto" (faiss from FAISS_AUTO_MIN_BOXES boxes on when installed, else torch).
+            backend: "torch" (exact matmul + topk) or "faiss" (exact flat inner-product index; needs faiss).
 
         Returns:
             similarities (Q, k) float32, descending, and indices (Q, k) int64 into the index's rows.
@@ -185,8 +182,6 @@ class GalleryIndex:
         k = min(top_k, len(self))
         if k == 0:
             return torch.zeros((queries.shape[0], 0)), torch.zeros((queries.shape[0], 0), dtype=torch.long)
-        if backend == "auto":
-            backend = "faiss" if len(self) >= FAISS_AUTO_MIN_BOXES and faiss_available() else "torch"
         if backend == "torch":
             similarities = queries @ self.embeddings.float().T
             values, indices = similarities.topk(k, dim=1)

@@ -95,7 +95,7 @@ class PersonSearchPipeline(Pipeline):
     ``[{"rank", "image", "image_index", "box", "similarity", "score"}]``, box in the gallery image's pixels,
     similarity = cosine of the re-ID embeddings, score = detection score. ``pipe(image)`` -> detections
     ``[{"box", "score"}]``. Options: ``threshold`` (0.5), ``batch_size`` (4), ``progress`` (None = a bar
-    for galleries of 100+ images), ``backend`` ("auto", "torch", "faiss").
+    for galleries of 100+ images), ``backend`` ("torch", "faiss").
     """
 
     _load_image_processor = True
@@ -211,7 +211,7 @@ class PersonSearchPipeline(Pipeline):
         query_box,
         index: GalleryIndex,
         top_k: int = 10,
-        backend: str = "auto",
+        backend: str = "torch",
         threshold: float | None = None,
     ) -> list[dict]:
         """Ranked matches of the query person in an index (checked to come from this model and settings).
@@ -249,7 +249,7 @@ class PersonSearchPipeline(Pipeline):
         threshold: float | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         progress: bool | None = None,
-        backend: str = "auto",
+        backend: str = "torch",
     ):
         if query_box is None:
             if gallery is not None or index is not None:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, pipeline
 
-from hf_personsearch.pipelines import GalleryIndex, PersonSearchPipeline
+from hf_personsearch.pipelines import GalleryIndex, PersonSearchPipeline, faiss_available
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_search_model import save_tiny_model, write_gallery  # noqa: E402
@@ -152,3 +152,13 @@ def test_bad_input_gives_clear_errors(setup, tmp_path):
         search(str(tmp_path / "missing.jpg"), query_box=[0, 0, 10, 10], gallery=str(root / "gallery"))
     with pytest.raises(ValueError, match="either gallery .* or index"):
         search(query, query_box=boxes[0][0].tolist())
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss is not installed (pip install 'hf-personsearch[faiss]')")
+def test_faiss_backend_returns_the_torch_matches(setup, direct_matches):
+    _, _, _, search, index, gallery = setup
+    query_box, _ = direct_matches
+    with_torch = search(str(gallery[1]), query_box=query_box, index=index, top_k=5, backend="torch")
+    with_faiss = search(str(gallery[1]), query_box=query_box, index=index, top_k=5, backend="faiss")
+    assert [(m["image"], m["box"]) for m in with_faiss] == [(m["image"], m["box"]) for m in with_torch]
+    np.testing.assert_allclose([m["similarity"] for m in with_faiss], [m["similarity"] for m in with_torch], atol=1e-5)
