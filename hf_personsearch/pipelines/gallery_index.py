@@ -7,9 +7,10 @@ ranked nonsense without any error.
 
 Search is exact inner product on L2-normalised embeddings (= cosine similarity), in torch by default;
 ``backend="faiss"`` uses a FAISS flat inner-product index (``pip install hf-personsearch[faiss]``), exact too,
-so both give the same ranking (tested). FAISS is opt-in because it is not faster everywhere: on the 2-core
-development machine (benchmarks/bench_search.py, 16 queries, d=256) it took 0.33x torch's time at 10k boxes but
-1.5x at 100k and 1M boxes. An approximate FAISS index (IVF/HNSW) would be the route to larger speed-ups.
+so both give the same ranking (tested). FAISS is opt-in because it is not faster everywhere: on the shared
+2-core development machine (benchmarks/bench_search.py, 16 queries, d=256, two runs) torch/FAISS time ratios
+were 1.0-3.0 at 10k boxes (FAISS as fast or faster) but 0.55-0.64 at 100k and 0.64-0.68 at 1M (torch faster).
+An approximate FAISS index (IVF/HNSW) would be the route to larger speed-ups.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import Pipeline
 
+from ..modeling_person_search import PersonSearchOutput
 from .gallery_index import GalleryIndex, model_fingerprint
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -125,9 +126,9 @@ class PersonSearchPipeline(Pipeline):
 
     def postprocess(self, model_outputs, threshold: float = DEFAULT_THRESHOLD):
         """Per image {"boxes" (n, 4) original pixels, "scores" (n,), "embeddings" (n, d) L2-normalised}."""
-        outputs = type("Outputs", (), {})()
-        outputs.boxes, outputs.scores = model_outputs["boxes"], model_outputs["scores"]
-        outputs.embeddings = model_outputs["embeddings"]
+        outputs = PersonSearchOutput(
+            boxes=model_outputs["boxes"], scores=model_outputs["scores"], embeddings=model_outputs["embeddings"]
+        )
         results = self.image_processor.post_process_person_search(
             outputs,
             target_sizes=model_outputs["original_sizes"],
