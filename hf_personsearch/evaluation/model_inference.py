@@ -17,6 +17,7 @@ about a particular dataset.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,9 @@ from tqdm.auto import tqdm
 
 from ..data.schema import NO_CAMERA
 from ..data.search_dataset import load_image
+from .results import SearchResult
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -155,3 +159,94 @@ def run_search_inference(
         detections=detect_gallery(model, processor, gallery_records, batch_size, progress),
         queries=embed_queries(model, processor, queries, gallery_records, batch_size, progress),
     )
+
+
+def resolve_gallery_size(dataset: str, gallery_size: int | str | None) -> int | None:
+    """The ``gallery_size`` passed to the query loader: CUHK-SYSU's TestG{N} or None (full set / not applicable).
+
+    ``None`` means the dataset's standard protocol: TestG100 for CUHK-SYSU (the size published tables
+    report), every other image for the others. ``"full"`` is CUHK-SYSU's full-set protocol. A number for a
+    dataset without gallery sizes is an error, so a requested protocol is never silently ignored.
+    """
+    from ..data.search_dataset import target_dataset
+
+    target = target_dataset(dataset)
+    if not target.has_gallery_sizes:
+        if gallery_size not in (None, "full"):
+            raise ValueError(
+                f"gallery_size={gallery_size!r}: only CUHK-SYSU has gallery sizes; {dataset} searches "
+                "every other image of its gallery split"
+            )
+        return None
+    if gallery_size is None:
+        return 100
+    if gallery_size == "full":
+        return None
+    if isinstance(gallery_size, bool) or not isinstance(gallery_size, int) or gallery_size < 1:
+        raise ValueError(f"gallery_size must be a positive integer, 'full' or None, got {gallery_size!r}")
+    return gallery_size
+
+
+def evaluate_on_target(
+    model,
+    processor,
+    dataset: str,
+    data_dir: str,
+    *,
+    gallery_size: int | str | None = None,
+    cross_camera: bool = False,
+    det_thresh: float = 0.5,
+    batch_size: int = 2,
+    progress: bool = True,
+) -> tuple[dict, SearchInputs]:
+    """Search and detection evaluation of ``model`` on a target dataset's raw folder.
+
+    Returns ``(summary, inputs)``: ``summary`` is the JSON-ready result in the model card's form
+    (``dataset``, ``protocol``, ``split``, ``mAP``, ``top1``/``top5``/``top10``, ``detection_ap``,
+    ``detection_recall``, ``num_queries``, ``settings``) plus ``search`` (the full
+    :class:`~.results.SearchResult`, per-query lists included) and ``detection``; ``inputs`` the
+    :class:`SearchInputs` it was computed from.
+    """
+    from ..data.search_dataset import load_target_queries, load_target_records, target_dataset
+    from .detection import evaluate_detection
+    from .search import evaluate_search
+
+    target = target_dataset(dataset)
+    size = resolve_gallery_size(dataset, gallery_size)
+    records = load_target_records(dataset, data_dir, target.gallery_split)
+    queries = load_target_queries(dataset, data_dir, size)
+    inputs = run_search_inference(model, processor, records, queries, batch_size, progress)
+    kept = sum(int((d["scores"] >= det_thresh).sum()) for d in inputs.detections)
+    if kept:
+        search = evaluate_search(
+            inputs.gallery,
+            inputs.detections,
+            inputs.queries,
+            target.protocol,
+            det_thresh=det_thresh,
+            cross_camera=cross_camera,
+        )
+    else:
+        # No gallery detection reaches det_thresh (an untrained or collapsed model): by the protocol every
+        # query's AP and top-k are 0. Stated here because evaluate_search cannot size an empty gallery.
+        logger.warning("no gallery detection has score >= %s: mAP and top-k are 0", det_thresh)
+        search = SearchResult(mAP=0.0, top1=0.0, top5=0.0, top10=0.0, protocol=target.protocol)
+        search.update(num_queries=len(inputs.queries), skipped_queries=[], per_query=[])
+    detection = evaluate_detection(inputs.gallery, inputs.detections)
+    settings = {"cross_camera": cross_camera, "det_thresh": det_thresh}
+    if target.has_gallery_sizes:
+        settings["gallery_size"] = "full" if size is None else size
+    summary = {
+        "dataset": target.display_name,
+        "protocol": target.protocol,
+        "split": target.gallery_split,
+        "mAP": float(search["mAP"]),
+        **{key: float(search[key]) for key in search.topk_keys()},
+        "detection_ap": float(detection["ap"]),
+        "detection_recall": float(detection["recall"]),
+        "num_queries": int(search["num_queries"]),
+        "settings": settings,
+        "search": search,
+        "detection": detection,
+    }
+    return summary, inputs
