@@ -1,0 +1,308 @@
+"""Hybrid pre-training of a person search model (the paper's Fig. 3) with Accelerate.
+
+    accelerate launch examples/run_pretrain.py --config examples/configs/pretrain_demo_cpu.yaml
+    accelerate launch --multi_gpu --num_processes 8 examples/run_pretrain.py --config my_pretrain_r50.yaml
+        # (a copy of examples/configs/pretrain_r50.yaml with the data_dir of each dataset filled in)
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 examples/run_pretrain.py --config ...   # 2 CPU processes
+
+With no data folder in the config the five sub-task datasets are generated synthetically (in their real raw
+formats, under ``<output_dir>/synthetic_data``) and read back through the real parsers, so the script runs
+anywhere. Outputs in ``training.output_dir``: ``resolved_config.yaml``, ``identity_space.json``,
+``checkpoint-<step>/`` (atomic, last K kept), ``loss_log.jsonl`` (every step's loss terms), ``logs/``
+(tensorboard), ``ranks/rank<r>.json`` (per-process record: samples drawn, OIM table checksums),
+``pretrain_model/`` and ``person_search_model/`` (the downstream model, image processor and model card;
+what ``--push_to_hub`` uploads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+
+import torch
+from torch.utils.data import DataLoader
+
+from hf_personsearch.data.augmentation import TwoViewAugmentation
+from hf_personsearch.data.collate import HybridPretrainDataset, collate_pretrain
+from hf_personsearch.data.identity import IdentitySpace
+from hf_personsearch.data.sampler import HybridSampler
+from hf_personsearch.modeling_person_search_pretrain import PersonSearchPretrainModel
+from hf_personsearch.training.checkpoints import load_checkpoint, resolve_resume_path, save_checkpoint
+from hf_personsearch.training.config import ConfigError, flatten_config, load_config, save_resolved_config
+from hf_personsearch.training.hub import push_folder_to_hub
+from hf_personsearch.training.loop import (
+    NonFiniteGuard,
+    SeededSampleDataset,
+    SeededSampleStream,
+    ThroughputMeter,
+    build_accelerator,
+    move_to_device,
+    progress_postfix,
+    train_step,
+    with_sample_keys,
+)
+from hf_personsearch.training.optim import build_optimizer, build_scheduler
+from hf_personsearch.training.pretraining import (
+    check_output_dir,
+    export_pretrained,
+    generate_synthetic_sources,
+    hardware_description,
+    load_sources,
+    uses_synthetic_data,
+    validate_pretrain_config,
+)
+
+logger = logging.getLogger("run_pretrain")
+
+MAX_RECORDED_SAMPLE_KEYS = 10000
+"""Sample keys kept in ranks/rank<r>.json: enough to compare what ranks drew, small for long runs."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=str, default=None, help="YAML file (examples/configs/...)")
+    parser.add_argument(
+        "-o", "--override", action="append", default=[], help="KEY=VALUE config override, e.g. training.max_steps=20"
+    )
+    parser.add_argument("--output_dir", type=str, default=None, help="= training.output_dir")
+    parser.add_argument("--max_steps", type=int, default=None, help="= training.max_steps")
+    parser.add_argument("--seed", type=int, default=None, help="= training.seed")
+    parser.add_argument(
+        "--resume_from_checkpoint", type=str, default=None, help="'latest' (newest complete one) or a checkpoint path"
+    )
+    parser.add_argument(
+        "--stop_after_steps",
+        type=int,
+        default=None,
+        help="end this session (with a checkpoint) once this many optimiser steps are done in all; for time-limited "
+        "job slots, continued with --resume_from_checkpoint latest",
+    )
+    parser.add_argument("--push_to_hub", action="store_true", help="= hub.push_to_hub")
+    parser.add_argument("--hub_model_id", type=str, default=None, help="= hub.hub_model_id ('org/name')")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> dict:
+    overrides = list(args.override)
+    for flag, key in (
+        ("output_dir", "training.output_dir"),
+        ("max_steps", "training.max_steps"),
+        ("seed", "training.seed"),
+        ("hub_model_id", "hub.hub_model_id"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    if args.push_to_hub:
+        overrides.append("hub.push_to_hub=true")
+    return load_config(args.config, overrides)
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args = parse_args(argv)
+    try:
+        config = resolve_config(args)
+        validate_pretrain_config(config)
+        output_dir = check_output_dir(config["training"]["output_dir"])
+    except ConfigError as error:
+        print(f"run_pretrain: configuration error: {error}", file=sys.stderr)
+        return 2
+    training = config["training"]
+
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    accelerator = build_accelerator(training, output_dir)
+    resume_path = None
+    if args.resume_from_checkpoint:
+        resume_path = resolve_resume_path(args.resume_from_checkpoint, output_dir)
+    set_seed(int(training["seed"]), device_specific=True)
+    if accelerator.is_main_process:
+        save_resolved_config(config, output_dir)
+
+    # ---- data: raw folders (given or synthetic) -> parsers -> unified records -> hybrid dataset
+    with accelerator.main_process_first():
+        sources = config["data"]["sources"]
+        cache_dir = config["data"]["cache_dir"]
+        if uses_synthetic_data(config):
+            logger.info("no data_dir given: generating the synthetic sub-task datasets in %s", output_dir)
+            sources = generate_synthetic_sources(config, output_dir)
+            cache_dir = cache_dir or str(output_dir / "synthetic_data" / ".cache")
+        loaded = load_sources(sources, cache_dir)
+    identity_space = IdentitySpace.from_person_ids([(name, task, data["person_ids"]) for name, task, data in loaded])
+    if accelerator.is_main_process:
+        (output_dir / "identity_space.json").write_text(json.dumps(identity_space.to_dict()))
+    data_config = config["data"]
+    augmentation_sizes = {}
+    if data_config["min_sizes"]:
+        augmentation_sizes["min_sizes"] = [int(s) for s in data_config["min_sizes"]]
+    if data_config["max_size"]:
+        augmentation_sizes["max_size"] = int(data_config["max_size"])
+    dataset = HybridPretrainDataset(
+        loaded,
+        identity_space=identity_space,
+        augmentation=TwoViewAugmentation(**augmentation_sizes),
+        reid_operation=data_config["reid_operation"],
+        canvas_size=tuple(data_config["canvas_size"]),
+        crops_per_canvas=int(data_config["crops_per_canvas"]),
+    )
+    weights = [s.get("weight") for s in config["data"]["sources"]]
+    sampler = HybridSampler(
+        dataset.source_sizes,
+        None if all(w is None for w in weights) else weights,
+        seed=int(training["seed"]),
+        num_replicas=accelerator.num_processes,
+        rank=accelerator.process_index,
+    )
+    stream = SeededSampleStream(sampler, int(training["seed"]), accelerator.process_index)
+
+    # ---- model, optimiser, schedule
+    from hf_personsearch.training.pretraining import build_pretrain_model_config
+
+    model = PersonSearchPretrainModel(build_pretrain_model_config(config["model"], identity_space))
+    model.train()
+    max_steps = int(training["max_steps"])
+    optimizer = build_optimizer(model, config["optimizer"])
+    scheduler = build_scheduler(optimizer, config["schedule"], max_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    guard = NonFiniteGuard(int(training["max_consecutive_nonfinite"]))
+    start_step = 0
+    if resume_path is not None:
+        state = load_checkpoint(accelerator, resume_path)
+        start_step = int(state["step"])
+        guard.load_state_dict(state.get("nonfinite", {}))
+        if state.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
+            raise ConfigError(
+                f"{resume_path} was written by {state['num_processes']} processes, this run has "
+                f"{accelerator.num_processes}: the per-process sample streams would not continue exactly"
+            )
+        logger.info("resumed from %s at step %d", resume_path, start_step)
+    batch_size = int(training["batch_size"])
+    accumulation = int(training["gradient_accumulation_steps"])
+    samples_per_step = batch_size * accumulation
+    stream.skip_to(start_step * samples_per_step)
+    loader = DataLoader(
+        SeededSampleDataset(dataset),
+        batch_size=batch_size,
+        sampler=stream,
+        collate_fn=with_sample_keys(collate_pretrain),
+        num_workers=int(data_config["num_workers"]),
+        generator=torch.Generator().manual_seed(int(training["seed"])),
+    )
+    batches = iter(loader)
+
+    if training["report_to"]:
+        accelerator.init_trackers("pretrain", config=flatten_config(config))
+    stop_at = max_steps if args.stop_after_steps is None else min(max_steps, args.stop_after_steps)
+    every = int(config["checkpointing"]["every"])
+    keep_last = int(config["checkpointing"]["keep_last"])
+    loss_log = output_dir / "loss_log.jsonl"
+    sample_keys: list = []
+    meter = ThroughputMeter()
+    progress = tqdm(
+        total=max_steps, initial=start_step, disable=not accelerator.is_local_main_process, desc="pre-training"
+    )
+    step = start_step
+    while step < stop_at:
+        micro_batches = [move_to_device(next(batches), accelerator.device) for _ in range(accumulation)]
+        for batch in micro_batches:
+            if len(sample_keys) < MAX_RECORDED_SAMPLE_KEYS:
+                sample_keys.extend(batch["sample_keys"])
+        result = train_step(
+            accelerator, model, optimizer, scheduler, micro_batches, guard, training["max_grad_norm"] or None
+        )
+        step += 1
+        meter.add(result.num_images * accelerator.num_processes)
+        lr = optimizer.param_groups[0]["lr"]
+        if accelerator.is_main_process:
+            with open(loss_log, "a") as file:
+                file.write(json.dumps({"step": step, "skipped": result.skipped, "lr": lr, **result.loss_terms}) + "\n")
+        if step % int(training["log_every"]) == 0 or step == stop_at:
+            rate = meter.rate()
+            progress.set_postfix(progress_postfix(result.loss_terms, rate, lr))
+            if training["report_to"]:
+                metrics = {f"train/{name}": value for name, value in result.loss_terms.items()}
+                metrics.update(
+                    {"train/lr": lr, "train/images_per_second": rate, "train/skipped_steps": guard.skipped_steps}
+                )
+                accelerator.log(metrics, step=step)
+        progress.update(1)
+        if step % every == 0 or step == stop_at:
+            trainer_state = {
+                "step": step,
+                "samples_per_process": step * samples_per_step,
+                "num_processes": accelerator.num_processes,
+                "nonfinite": guard.state_dict(),
+            }
+            save_checkpoint(accelerator, output_dir, step, trainer_state, keep_last=keep_last)
+    progress.close()
+
+    # ---- per-process record (what this rank drew, its copy of the OIM tables)
+    oim = accelerator.unwrap_model(model).person_search.oim
+    ranks_dir = output_dir / "ranks"
+    ranks_dir.mkdir(exist_ok=True)
+    (ranks_dir / f"rank{accelerator.process_index}.json").write_text(
+        json.dumps(
+            {
+                "rank": accelerator.process_index,
+                "num_processes": accelerator.num_processes,
+                "steps": step,
+                "sample_keys": [list(k) if isinstance(k, tuple) else k for k in sample_keys],
+                "oim_lut_sha256": tensor_digest(oim.lut),
+                "oim_queue_sha256": tensor_digest(oim.queue),
+                "skipped_steps": guard.skipped_steps,
+                "skipped_by_source": dict(guard.by_source),
+            }
+        )
+    )
+    accelerator.wait_for_everyone()
+    if step < max_steps:
+        logger.info("stopped after step %d of %d; continue with --resume_from_checkpoint latest", step, max_steps)
+        accelerator.end_training()
+        return 0
+
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        model_config = unwrapped.config
+        training_info = {
+            "data": ", ".join(
+                f"{s['name']} ({'synthetic' if uses_synthetic_data(config) else s['data_dir']}, {s.get('split', 'train')})"
+                for s in config["data"]["sources"]
+            ),
+            "identities in the pre-training OIM table": identity_space.num_identities,
+            "steps": max_steps,
+            "batch size (images per process x processes x accumulation)": (
+                f"{batch_size} x {accelerator.num_processes} x {accumulation}"
+            ),
+            "optimizer": f"{config['optimizer']['name']} lr {config['optimizer']['lr']}",
+            "schedule": f"{config['schedule']['name']}, warm-up {config['schedule']['warmup_steps']} steps",
+            "eta (contrastive_loss_weight)": model_config.contrastive_loss_weight,
+            "lambda (adversarial_loss_weight)": model_config.adversarial_loss_weight,
+            "hardware": hardware_description(accelerator),
+            "skipped non-finite steps": guard.skipped_steps,
+        }
+        folders = export_pretrained(
+            unwrapped, output_dir, config, training_info, repo_id=config["hub"]["hub_model_id"]
+        )
+        logger.info("saved %s", ", ".join(str(p) for p in folders.values()))
+        if config["hub"]["push_to_hub"]:
+            url = push_folder_to_hub(
+                folders["person_search_model"], config["hub"]["hub_model_id"], private=bool(config["hub"]["private"])
+            )
+            logger.info("pushed to %s", url)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Training configuration: a YAML file + command-line overrides, checked against the known keys.
+
+A run is described by one nested dict with the sections of :data:`PRETRAIN_DEFAULTS` (``data``, ``model``,
+``optimizer``, ``schedule``, ``training``, ``checkpointing``, ``hub``). A YAML file holds only what differs
+from the defaults (SeqNet's habit: per-recipe files are overrides); ``key.sub=value`` strings from the
+command line override the file (values are parsed as YAML, so ``training.max_steps=20`` is an int and
+``model.use_reid_iam=false`` a bool). Unknown keys are errors naming the file or override and the keys that
+exist, so a typo never silently trains with a default. The resolved dict is saved next to the outputs
+(:func:`save_resolved_config`).
+
+The fine-tuning script reuses :func:`load_config` with its own defaults dict.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import yaml
+
+PRETRAIN_DEFAULTS: dict = {
+    "data": {
+        # Each source: {name, data_dir (None -> synthetic when no source has one), split, weight, options}.
+        # The paper's five sub-task datasets, weighted by size (weight None) like one concatenated dataset.
+        "sources": [
+            {"name": "crowdhuman", "data_dir": None, "split": "train", "weight": None, "options": {}},
+            {"name": "ecp", "data_dir": None, "split": "train", "weight": None, "options": {}},
+            {"name": "msmt17", "data_dir": None, "split": "train", "weight": None, "options": {}},
+            {"name": "cuhk03", "data_dir": None, "split": "train", "weight": None, "options": {}},
+            {"name": "luperson", "data_dir": None, "split": "train", "weight": None, "options": {}},
+        ],
+        # Writer size arguments of the synthetic generator per dataset (see hf_personsearch.data.synthetic);
+        # empty = the writers' own small defaults.
+        "synthetic_sizes": {},
+        # Where the Arrow files of the prepared datasets go; None = the datasets cache (HF_DATASETS_CACHE),
+        # except for synthetic data, which is cached inside the output folder it was written to.
+        "cache_dir": None,
+        # Unification (paper "Data unification"): expand_resize for re-ID crops, canvas size of re-ID images.
+        "reid_operation": "expand_resize",
+        "canvas_size": [512, 512],
+        "crops_per_canvas": 1,
+        # Two-view augmentation sizes (shortest side drawn from min_sizes, longest <= max_size); None keeps
+        # the augmentation's detection defaults (480-800 / 1333).
+        "min_sizes": None,
+        "max_size": None,
+        # DataLoader worker processes; 2 keeps a GPU fed on augmentation-heavy batches without many cores.
+        "num_workers": 2,
+    },
+    # PersonSearchPretrainConfig arguments; "person_search" holds the PersonSearchConfig arguments.
+    # num_person_ids is always set from the identity space; num_detection_domains / num_reid_domains default
+    # to the number of sources of each IAM task and must match it when given.
+    "model": {"person_search": {}},
+    "optimizer": {
+        # SGD with momentum 0.9 and weight decay 5e-4 is what NAE/SeqNet (the paper's codebases) use;
+        # lr 0.003 is their value for batch size 5 (scale it linearly with the total batch size).
+        "name": "sgd",
+        "lr": 0.003,
+        "momentum": 0.9,
+        "weight_decay": 0.0005,
+        # AdamW only: the usual transformer values.
+        "betas": [0.9, 0.999],
+        "eps": 1.0e-8,
+    },
+    "schedule": {
+        # Linear warm-up from warmup_factor * lr over warmup_steps (SeqNet warms up over the first epoch
+        # from 1/1000), then "step" (x gamma at each milestone, fractions of max_steps when < 1) or "cosine".
+        "name": "step",
+        "warmup_steps": 100,
+        "warmup_factor": 0.001,
+        "milestones": [0.75],
+        "gamma": 0.1,
+        "min_lr_ratio": 0.0,
+    },
+    "training": {
+        "output_dir": "outputs/pretrain",
+        "seed": 0,
+        "max_steps": 1000,
+        # Images per process per forward; NAE/SeqNet train with 5 images per GPU.
+        "batch_size": 5,
+        "gradient_accumulation_steps": 1,
+        # "no", "bf16" or "fp16" (fp16 needs a GPU; on CPU it silently stays fp32, REFERENCE.md 5).
+        "mixed_precision": "no",
+        # Gradient clipping by global norm; 10 guards against OIM spikes early in training, 0/None = off.
+        "max_grad_norm": 10.0,
+        # Consecutive non-finite losses tolerated (each skipped and counted) before the run stops.
+        "max_consecutive_nonfinite": 5,
+        "log_every": 10,
+        # Trackers for accelerate (tensorboard at least; [] turns logging off).
+        "report_to": ["tensorboard"],
+        # True runs on CPU even where a GPU exists (the demo, tests).
+        "cpu": False,
+    },
+    "checkpointing": {"every": 500, "keep_last": 3},
+    "hub": {"push_to_hub": False, "hub_model_id": None, "private": False},
+}
+"""Defaults of pre-training; every value is commented with its reason."""
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run; the message names the file/override/key and what was expected."""
+
+
+OPEN_SECTIONS = ("model", "data.synthetic_sizes")
+"""Sections whose keys are not listed here: the model's config class and the synthetic writers check them."""
+
+
+def _merge(base: dict, update: Mapping, where: str, path: str = "") -> dict:
+    is_open = path.rstrip(".") in OPEN_SECTIONS or any(path.startswith(s + ".") for s in OPEN_SECTIONS)
+    for key, value in update.items():
+        full = f"{path}{key}"
+        if is_open:
+            if isinstance(base.get(key), dict) and isinstance(value, Mapping):
+                _merge(base[key], value, where, full + ".")
+            else:
+                base[key] = copy.deepcopy(value)
+            continue
+        if key not in base:
+            raise ConfigError(f"{where}: unknown key {full!r}; expected one of {sorted(base)} at this level")
+        if isinstance(base[key], dict) and (base[key] or full in OPEN_SECTIONS) and isinstance(value, Mapping):
+            _merge(base[key], value, where, full + ".")
+        elif isinstance(base[key], dict) and not base[key] and value is not None and not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: key {full!r} must be a mapping, got {value!r}")
+        else:
+            base[key] = copy.deepcopy(value) if not isinstance(value, Mapping) else dict(value)
+    return base
+
+
+def parse_override(text: str) -> dict:
+    """``"a.b.c=value"`` -> ``{"a": {"b": {"c": parsed value}}}`` (the value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. training.max_steps=20")
+    key, raw = text.split("=", 1)
+    parts = [part for part in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"override {text!r}: empty key part in {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML ({error})") from error
+    nested: dict = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        nested = {part: nested}
+    return nested
+
+
+def load_config(
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    defaults: Mapping = PRETRAIN_DEFAULTS,
+) -> dict:
+    """The resolved config: ``defaults`` <- YAML file at ``path`` (optional) <- each override in order."""
+    config = copy.deepcopy(dict(defaults))
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from error
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"{path}: expected a mapping of sections {sorted(config)}, got {type(loaded).__name__}")
+        _merge(config, loaded, str(path))
+    for text in overrides:
+        _merge(config, parse_override(text), f"override {text!r}")
+    return config
+
+
+def save_resolved_config(config: Mapping, output_dir: str | Path, name: str = "resolved_config.yaml") -> Path:
+    """Write the resolved config next to the outputs (what was really run, defaults included)."""
+    path = Path(output_dir) / name
+    path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    return path
+
+
+def flatten_config(config: Mapping, prefix: str = "") -> dict[str, int | float | str | bool]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` with lists/None as strings: the hparams trackers accept."""
+    flat: dict[str, int | float | str | bool] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_config(value, name + "."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat

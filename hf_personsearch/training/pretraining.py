@@ -1,0 +1,264 @@
+"""Pre-training setup: sources from the config, the synthetic default, the model config, the final export.
+
+Everything a config can get wrong is checked by :func:`validate_pretrain_config` BEFORE any data is
+generated or loaded and before the model is built: unknown dataset names, missing data folders, IAM domain
+counts that contradict the sources, bad mixing weights, an output folder that cannot be written.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from ..data.formats import FORMAT_MODULES
+from ..data.identity import IdentitySpace, alignment_task
+from .config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DATASET_TASKS = {
+    "crowdhuman": "detection",
+    "ecp": "detection",
+    "msmt17": "reid",
+    "cuhk03": "reid",
+    "luperson": "reid",
+    "prw": "search",
+    "cuhk_sysu": "search",
+    "posetrack21": "search",
+    "custom": "search",
+}
+"""The schema task of every dataset's records (what its parser yields), known before loading anything."""
+
+SOURCE_KEYS = ("name", "data_dir", "split", "weight", "options")
+SYNTHETIC_FOLDER = "synthetic_data"
+PRETRAIN_MODEL_FOLDER = "pretrain_model"
+PERSON_SEARCH_MODEL_FOLDER = "person_search_model"
+
+
+def check_output_dir(output_dir: str | Path) -> Path:
+    """Create ``output_dir`` and prove it is writable (a probe file), or raise naming the folder."""
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write_probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"training.output_dir {str(output_dir)!r} is not writable: {error}") from error
+    return output_dir
+
+
+def uses_synthetic_data(config: Mapping) -> bool:
+    """True when no source names a data folder: the run uses the synthetic generator (the embedded default)."""
+    return all(source.get("data_dir") is None for source in config["data"]["sources"])
+
+
+def domain_counts(config: Mapping) -> dict[str, int]:
+    """Sources per IAM task ("detection", "reid") as the config lists them."""
+    counts = {"detection": 0, "reid": 0}
+    for source in config["data"]["sources"]:
+        counts[alignment_task(DATASET_TASKS[source["name"]])] += 1
+    return counts
+
+
+def validate_pretrain_config(config: Mapping) -> None:
+    """Raise :class:`ConfigError` for any problem a run would otherwise meet later (module docstring)."""
+    from ..configuration_person_search import PersonSearchConfig
+    from ..configuration_person_search_pretrain import PersonSearchPretrainConfig
+
+    sources = config["data"]["sources"]
+    if not isinstance(sources, list) or not sources:
+        raise ConfigError(f"data.sources must be a non-empty list of sources, got {sources!r}")
+    names = []
+    for index, source in enumerate(sources):
+        where = f"data.sources[{index}]"
+        if not isinstance(source, Mapping) or "name" not in source:
+            raise ConfigError(f"{where}: expected a mapping with at least 'name', got {source!r}")
+        unknown = sorted(set(source) - set(SOURCE_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {unknown}; expected among {list(SOURCE_KEYS)}")
+        if source["name"] not in DATASET_TASKS:
+            raise ConfigError(f"{where}: unknown dataset {source['name']!r}; expected one of {FORMAT_MODULES}")
+        weight = source.get("weight")
+        if weight is not None and (not isinstance(weight, (int, float)) or weight < 0):
+            raise ConfigError(f"{where} ({source['name']}): weight must be a number >= 0 or null, got {weight!r}")
+        names.append(source["name"])
+    if len(set(names)) != len(names):
+        raise ConfigError(f"data.sources: each dataset may appear once, got {names}")
+    given = [s for s in sources if s.get("data_dir") is not None]
+    if given and len(given) != len(sources):
+        missing = [s["name"] for s in sources if s.get("data_dir") is None]
+        raise ConfigError(
+            f"data.sources: {missing} have no data_dir while other sources have one; give every source its "
+            f"folder, or none of them to run on the synthetic data"
+        )
+    for index, source in enumerate(given):
+        if not Path(source["data_dir"]).is_dir():
+            raise ConfigError(
+                f"data.sources[{index}] ({source['name']}): data_dir {source['data_dir']!r} is not a folder"
+            )
+    weights = [s.get("weight") for s in sources]
+    if any(w is not None for w in weights) and (None in weights or sum(weights) <= 0):
+        raise ConfigError(
+            f"data.sources: give a weight to every source or to none (sizes), with a positive sum; got {weights}"
+        )
+
+    model = dict(config["model"])
+    counts = domain_counts(config)
+    for key, task in (("num_detection_domains", "detection"), ("num_reid_domains", "reid")):
+        if model.get(key) is not None and model[key] != counts[task]:
+            raise ConfigError(
+                f"model.{key} = {model[key]} but data.sources has {counts[task]} {task} source(s) "
+                f"({[s['name'] for s in sources if alignment_task(DATASET_TASKS[s['name']]) == task]}); "
+                f"the IAM classifies one domain per source: remove the key or make it {counts[task]}"
+            )
+    for key, switch in (("num_detection_domains", "use_detection_iam"), ("num_reid_domains", "use_reid_iam")):
+        task = "detection" if key == "num_detection_domains" else "reid"
+        if counts[task] == 0 and model.get(switch, True):
+            raise ConfigError(
+                f"data.sources has no {task} source but model.{switch} is on; add a {task} source or set "
+                f"model.{switch}: false"
+            )
+    _check_keys(model, PersonSearchPretrainConfig, "model")
+    _check_keys(model.get("person_search") or {}, PersonSearchConfig, "model.person_search")
+    training = config["training"]
+    for key in ("max_steps", "batch_size", "gradient_accumulation_steps"):
+        if not isinstance(training[key], int) or training[key] < 1:
+            raise ConfigError(f"training.{key} must be an integer >= 1, got {training[key]!r}")
+    if training["mixed_precision"] not in ("no", "bf16", "fp16"):
+        raise ConfigError(
+            f"training.mixed_precision must be 'no', 'bf16' or 'fp16', got {training['mixed_precision']!r}"
+        )
+    if config["hub"]["push_to_hub"] and not config["hub"]["hub_model_id"]:
+        raise ConfigError("hub.push_to_hub is on but hub.hub_model_id is not set (expected 'org/name')")
+    from .optim import lr_factor
+
+    try:
+        lr_factor(0, config["schedule"], training["max_steps"])
+    except ValueError as error:
+        raise ConfigError(f"schedule: {error}") from error
+
+
+def _check_keys(values: Mapping, config_class, where: str) -> None:
+    accepted = set(inspect.signature(config_class.__init__).parameters) - {"self", "kwargs"}
+    unknown = sorted(set(values) - accepted)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; {config_class.__name__} accepts {sorted(accepted)}")
+
+
+def generate_synthetic_sources(config: Mapping, output_dir: str | Path) -> list[dict]:
+    """Write every source's synthetic raw folder under ``output_dir/synthetic_data`` (once) and return the
+    sources with their ``data_dir`` filled in. The folders are then read by the real parsers."""
+    from ..data.synthetic import generate
+
+    root = Path(output_dir) / SYNTHETIC_FOLDER
+    seed = int(config["training"]["seed"])
+    sizes = config["data"].get("synthetic_sizes") or {}
+    filled = []
+    for source in config["data"]["sources"]:
+        folder = root / source["name"]
+        marker = folder / ".generated.json"
+        arguments = dict(sizes.get(source["name"]) or {})
+        if not marker.is_file() or json.loads(marker.read_text()) != {"seed": seed, "sizes": arguments}:
+            generate(source["name"], folder, seed=seed, **arguments)
+            marker.write_text(json.dumps({"seed": seed, "sizes": arguments}))
+        filled.append({**source, "data_dir": str(folder)})
+    return filled
+
+
+def load_sources(sources: list[dict], cache_dir: str | Path | None) -> list[tuple[str, str, object]]:
+    """``(name, task, datasets.Dataset)`` per source, loaded through the dataset's parser and builder.
+
+    Raises when a source's records are not of the task the config assumed (e.g. a CUHK03 split of scenes).
+    """
+    from ..data.loading import load_person_search_dataset
+
+    loaded = []
+    for source in sources:
+        data = load_person_search_dataset(
+            source["name"],
+            data_dir=source["data_dir"],
+            split=source.get("split", "train"),
+            cache_dir=cache_dir,
+            **(source.get("options") or {}),
+        )
+        if len(data) == 0:
+            raise ConfigError(
+                f"source {source['name']} ({source['data_dir']}, split {source.get('split')}): no records"
+            )
+        tasks = set(data["task"])
+        expected = DATASET_TASKS[source["name"]]
+        if tasks != {expected}:
+            raise ConfigError(
+                f"source {source['name']}: records have tasks {sorted(tasks)}, expected only {expected!r}"
+            )
+        loaded.append((source["name"], expected, data))
+    return loaded
+
+
+def build_pretrain_model_config(model: Mapping, identity_space: IdentitySpace):
+    """PersonSearchPretrainConfig of the ``model`` section, with the OIM table sized by the identity space
+    and the IAM domain counts taken from the sources."""
+    from ..configuration_person_search_pretrain import PersonSearchPretrainConfig
+
+    values = dict(model)
+    person_search = dict(values.pop("person_search", None) or {})
+    person_search["num_person_ids"] = identity_space.num_identities
+    values["num_detection_domains"] = max(1, identity_space.num_domains("detection"))
+    values["num_reid_domains"] = max(1, identity_space.num_domains("reid"))
+    return PersonSearchPretrainConfig(person_search=person_search, **values)
+
+
+def hardware_description(accelerator) -> str:
+    """ "2 x cpu (gloo)", "8 x NVIDIA H100 80GB HBM3 (nccl)" ...: for the model card."""
+    device = accelerator.device
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{device.type} ({platform.processor() or platform.machine()})"
+    backend = ""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        backend = f", {torch.distributed.get_backend()}"
+    return f"{accelerator.num_processes} x {name}{backend}, mixed precision {accelerator.mixed_precision}"
+
+
+def export_pretrained(
+    model,
+    output_dir: str | Path,
+    config: Mapping,
+    training_info: Mapping,
+    repo_id: str | None = None,
+) -> dict[str, Path]:
+    """Write the final folders (main process only):
+
+    - ``pretrain_model/``: PersonSearchPretrainModel.save_pretrained (safetensors, with predictor and IAMs);
+    - ``person_search_model/``: the downstream PersonSearchModel + PersonSearchImageProcessor +
+      ``training_info.json`` + the model card README.md (hf_personsearch.hub.model_card), the folder pushed
+      to the Hub.
+    """
+    from ..hub.model_card import TRAINING_FILE, refresh_model_card
+    from ..image_processing_person_search import PersonSearchImageProcessor
+
+    output_dir = Path(output_dir)
+    pretrain_folder = output_dir / PRETRAIN_MODEL_FOLDER
+    model.save_pretrained(pretrain_folder)
+    folder = output_dir / PERSON_SEARCH_MODEL_FOLDER
+    person_search = model.export_person_search_model(folder)
+    ps_config = person_search.config
+    data = config["data"]
+    min_sizes = data.get("min_sizes")
+    processor = PersonSearchImageProcessor(
+        image_mean=ps_config.image_mean,
+        image_std=ps_config.image_std,
+        **({"min_size": int(max(min_sizes)), "max_size": int(data["max_size"])} if min_sizes else {}),
+    )
+    processor.save_pretrained(folder)
+    (folder / TRAINING_FILE).write_text(json.dumps({"kind": "pretrained", **training_info}, indent=1))
+    refresh_model_card(folder, kind="pretrained", repo_id=repo_id or folder.resolve().name)
+    return {"pretrain_model": pretrain_folder, "person_search_model": folder}
