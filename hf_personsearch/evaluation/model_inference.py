@@ -34,11 +34,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class SearchInputs:
-    """The three inputs of ``evaluate_search`` (``gallery``, ``detections``, ``queries``)."""
+    """The three inputs of ``evaluate_search`` (``gallery``, ``detections``, ``queries``), and ``images``:
+    each gallery record's ``image`` (path or image) by ``image_id``, to draw the results."""
 
     gallery: list[dict]
     detections: list[dict]
     queries: list[dict]
+    images: dict
 
 
 def gallery_annotations(records: Sequence[dict]) -> list[dict]:
@@ -158,6 +160,7 @@ def run_search_inference(
         gallery=gallery_annotations(gallery_records),
         detections=detect_gallery(model, processor, gallery_records, batch_size, progress),
         queries=embed_queries(model, processor, queries, gallery_records, batch_size, progress),
+        images={str(record["image_id"]): record["image"] for record in gallery_records},
     )
 
 
