@@ -20,7 +20,7 @@ def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float
 def _to_chw_float(image, index: int) -> torch.Tensor:
     """PIL image, HWC uint8/float numpy array or CHW tensor -> float CHW tensor in [0, 1]."""
     if hasattr(image, "convert"):  # PIL
-        image = np.asarray(image.convert("RGB"))
+        image = np.array(image.convert("RGB"))
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
