@@ -116,6 +116,33 @@ def _person_occurrences(gallery: Gallery) -> dict[int, list[tuple[int, np.ndarra
     return occurrences
 
 
+def _read_gallery_list(gallery_list, where: str, index_of: dict[str, int]) -> tuple[list[int], list]:
+    """One query's TestG list -> (gallery image indices, [(image index, GT box)] of the entries with a box).
+
+    Error messages are only built on error: full-set lists have thousands of entries per query.
+    """
+    member: list[int] = []
+    positives = []
+    for ei, entry in enumerate(gallery_list):
+        entry_id = str(require(entry, "image_id", f"{where}['gallery'][{ei}]"))
+        image_index = index_of.get(entry_id)
+        if image_index is None:
+            raise ValueError(f"{where}['gallery'][{ei}]: image {entry_id!r} is not in the gallery list")
+        member.append(image_index)
+        box = entry.get("box")
+        if box is not None:
+            positives.append((image_index, checked_array(box, np.float64, (4,), f"{where}['gallery'][{ei}]['box']")))
+    if len(set(member)) != len(member):
+        seen: set[int] = set()
+        for ei, image_index in enumerate(member):
+            if image_index in seen:
+                raise ValueError(
+                    f"{where}['gallery'][{ei}]: image {gallery_list[ei]['image_id']!r} listed twice in this query's gallery"
+                )
+            seen.add(image_index)
+    return member, positives
+
+
 def _read_queries(queries, protocol: str, gallery: Gallery, cross_camera: bool, cbgm: bool) -> dict:
     """Check queries; return their embeddings and, per query, its gallery (own image or list) and occurrences."""
     if not isinstance(queries, (list, tuple)) or len(queries) == 0:
@@ -149,20 +176,11 @@ def _read_queries(queries, protocol: str, gallery: Gallery, cross_camera: bool, 
             )
         member = None
         if gallery_list is not None:
-            member = []
-            for ei, entry in enumerate(gallery_list):
-                entry_where = f"{where}['gallery'][{ei}]"
-                entry_id = str(require(entry, "image_id", entry_where))
-                if entry_id not in gallery.index_of:
-                    raise ValueError(f"{entry_where}: image {entry_id!r} is not in the gallery list")
-                image_index = gallery.index_of[entry_id]
-                if image_index in member:
-                    raise ValueError(f"{entry_where}: image {entry_id!r} listed twice in this query's gallery")
-                member.append(image_index)
-                if entry.get("box") is not None:
-                    pair_query.append(qi)
-                    pair_image.append(image_index)
-                    pair_box.append(checked_array(entry["box"], np.float64, (4,), f"{entry_where}['box']"))
+            member, positives = _read_gallery_list(gallery_list, where, gallery.index_of)
+            for image_index, gt_box in positives:
+                pair_query.append(qi)
+                pair_image.append(image_index)
+                pair_box.append(gt_box)
         else:
             if own is None:
                 raise ValueError(
@@ -211,6 +229,14 @@ def _positive_candidates(gallery: Gallery, pair_image: np.ndarray, pair_box: np.
     iou = paired_box_iou(gallery.det_boxes[cand_det], pair_box[cand_pair])
     keep = iou >= search_iou_threshold(pair_box)[cand_pair]
     return cand_pair[keep], cand_det[keep]
+
+
+def _detections_of_images(gallery: Gallery, images: np.ndarray) -> np.ndarray:
+    """Indices of the kept detections of the given gallery images (their contiguous ranges, concatenated)."""
+    starts = gallery.det_start[images]
+    counts = gallery.det_start[images + 1] - starts
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.repeat(starts, counts) + offsets
 
 
 RANK_SPARE = 8
@@ -318,8 +344,9 @@ def evaluate_search(
             highest detection score first (the query itself is always the first graph node).
         protocol: "prw", "cuhk_sysu" or "posetrack21".
         det_thresh: minimum detection score; 0.5 is the search setting of every public codebase.
-        cross_camera: PRW option: the gallery keeps only images from other cameras than the query's.
-            Default False = the standard setting (same-camera frames stay in the gallery).
+        cross_camera: the gallery keeps only images from other cameras than the query's (PRW; also
+            PoseTrack21, whose camera is the video). Default False = the standard setting of the
+            published tables (same-camera frames stay in the gallery).
         topk: the k of the top-k accuracies; (1, 5, 10) as published tables report.
         cbgm: re-score with context bipartite graph matching (SeqNet); off by default as in the tables
             of the paper this package implements.
@@ -341,6 +368,8 @@ def evaluate_search(
     topk = tuple(int(k) for k in topk)
     if not topk or min(topk) < 1:
         raise ValueError(f"topk: expected positive integers, got {topk}")
+    if cross_camera and protocol == "cuhk_sysu":
+        raise ValueError("cross_camera: CUHK-SYSU has no camera ids; the option applies to 'prw' and 'posetrack21'")
     if chunk_size < 1:
         raise ValueError(f"chunk_size: expected >= 1, got {chunk_size}")
     default_k1, default_k2 = CBGM_DEFAULTS[protocol]
@@ -386,16 +415,23 @@ def evaluate_search(
         if len(chunk) == 0:
             continue
         chunk_queries = query_embeddings[chunk]
-        similarity = chunk_queries.astype(matrix_embeddings.dtype) @ matrix_embeddings.T
+        matrix_queries = chunk_queries.astype(matrix_embeddings.dtype)
+        has_list = [q["members"][qi] is not None for qi in chunk]
+        if any(has_list):
+            # CUHK-SYSU TestG lists: only the listed images' detections are scored, the rest stay -inf
+            similarity = np.full((len(chunk), num_dets), -np.inf, dtype=matrix_embeddings.dtype)
+        else:
+            similarity = matrix_queries @ matrix_embeddings.T
         margin = error_scale * np.sqrt(np.einsum("ij,ij->i", chunk_queries, chunk_queries)) + (
             0.0 if exact_matrix else 1e-30
         )
         for row, qi in enumerate(chunk):
-            if q["members"][qi] is not None:
-                member = np.zeros(len(flat.image_ids), dtype=bool)
-                member[q["members"][qi]] = True
-                similarity[row, ~member[flat.det_image]] = -np.inf
+            if has_list[row]:
+                listed = _detections_of_images(flat, np.asarray(q["members"][qi], dtype=np.int64))
+                similarity[row, listed] = matrix_embeddings[listed] @ matrix_queries[row]
             else:
+                if any(has_list):
+                    similarity[row] = matrix_embeddings @ matrix_queries[row]
                 own = q["own_image"][qi]
                 similarity[row, flat.det_start[own] : flat.det_start[own + 1]] = -np.inf
                 if cross_camera:

@@ -313,3 +313,8 @@ def test_cross_camera_equals_removing_same_camera_images(seed):
         assert cross["top1"] == removed["top1"]
         cameras = {g["image_id"]: g["camera_id"] for g in gallery}
         assert all(cameras[r["image_id"]] != query["camera_id"] for r in cross["per_query"][0]["ranked"])
+
+
+def test_cross_camera_is_rejected_for_cuhk_sysu():
+    with pytest.raises(ValueError, match="CUHK-SYSU has no camera ids"):
+        evaluate_search(*prw_scene(), protocol="cuhk_sysu", cross_camera=True)
