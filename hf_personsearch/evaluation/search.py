@@ -276,7 +276,7 @@ def context_bipartite_graph_matching(
     matching's total weight as its new similarity. Other detections keep theirs.
     """
     valid = np.flatnonzero(np.isfinite(similarity))
-    if len(valid) == 0:
+    if len(valid) == 0 or top_detections < 1:
         return
     if len(valid) > top_detections:
         top = valid[np.argpartition(similarity[valid], len(valid) - top_detections)[-top_detections:]]

@@ -318,3 +318,26 @@ def test_cross_camera_equals_removing_same_camera_images(seed):
 def test_cross_camera_is_rejected_for_cuhk_sysu():
     with pytest.raises(ValueError, match="CUHK-SYSU has no camera ids"):
         evaluate_search(*prw_scene(), protocol="cuhk_sysu", cross_camera=True)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_float32_path_equals_the_float64_path(seed):
+    # cbgm=True with k1 = 0 re-scores nothing but computes every similarity in float64
+    gallery, detections, queries = random_scene(seed)
+    queries = queries_with_occurrences(gallery, queries)
+    fast = evaluate_search(gallery, detections, queries, protocol="prw", chunk_size=4)
+    exact = evaluate_search(gallery, detections, queries, protocol="prw", cbgm=True, cbgm_top_detections=0)
+    np.testing.assert_allclose([p["ap"] for p in fast["per_query"]], [p["ap"] for p in exact["per_query"]], atol=1e-12)
+    assert [fast[f"top{k}"] for k in (1, 5, 10)] == [exact[f"top{k}"] for k in (1, 5, 10)]
+    for a, b in zip(fast["per_query"], exact["per_query"]):
+        assert [r["correct"] for r in a["ranked"]] == [r["correct"] for r in b["ranked"]]
+
+
+def test_queries_with_and_without_gallery_lists_in_one_call():
+    gallery, detections, queries = prw_scene()
+    listed = dict(
+        queries[0], gallery=[{"image_id": "a.jpg", "box": [0, 0, 50, 100]}, {"image_id": "d.jpg", "box": None}]
+    )
+    both = evaluate_search(gallery, detections, [listed, queries[0]], protocol="cuhk_sysu")
+    assert [p["ap"] for p in both["per_query"]] == pytest.approx([1.0, 2 / 3])
+    assert both["mAP"] == pytest.approx((1.0 + 2 / 3) / 2)
