@@ -38,8 +38,10 @@ from hf_personsearch.pipelines.visualization import BACKGROUND, render_search_re
 
 logger = logging.getLogger("run_eval")
 
-CORRECT_COLOUR = (0, 200, 0)
+CORRECT_COLOUR = (30, 230, 30)
 WRONG_COLOUR = (230, 0, 0)
+"""Frame colours of a true positive / a wrong match (the correct green differs from the visualisation's box
+green, so the two marks can be told apart)."""
 FRAME_FRACTION = 0.04
 """Width of the correct/wrong frame around a gallery tile, as a fraction of the image's shorter side: 4%
 stays visible after the tile is scaled to 256 px height without covering the persons."""
