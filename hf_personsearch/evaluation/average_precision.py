@@ -3,9 +3,8 @@
 The community's evaluation code (NAE / SeqNet ``eval_func.py``) computes average precision with
 ``sklearn.metrics.average_precision_score``: a step-wise sum over the distinct score thresholds,
 ``sum_n (R_n - R_{n-1}) * P_n``, with no interpolation. sklearn is not a dependency of this package, so
-:func:`average_precision` re-implements exactly that definition in numpy, and
-:func:`average_precision_at_positives` gives the same number from the positives' ranks alone, which is
-what makes the vectorised search evaluation fast (no sort of the whole gallery per query).
+:func:`average_precision` re-implements exactly that definition in numpy (the vectorised search
+evaluation gets the same number from the true positives' ranks alone, see ``search.py``).
 """
 
 from __future__ import annotations
@@ -91,24 +90,3 @@ def average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
     recall = true_positives / n_positive
     recall_gain = np.diff(np.r_[0.0, recall])
     return float(np.sum(recall_gain * precision))
-
-
-def average_precision_at_positives(positive_scores: np.ndarray, n_at_or_above: np.ndarray) -> float:
-    """The same AP as :func:`average_precision`, from the positives only.
-
-    Args:
-        positive_scores: (t,) scores of the positives.
-        n_at_or_above: (t,) for each positive, how many items (positives and negatives) score >= it.
-
-    Why it is equal: a positive with score s lies in the threshold group of s, whose precision is
-    #positives(>= s) / #items(>= s); each positive adds 1/t recall at its group, so
-    AP = (1/t) * sum over positives of #positives(>= s) / #items(>= s), ties included.
-    """
-    positive_scores = np.asarray(positive_scores, dtype=np.float64).ravel()
-    n_at_or_above = np.asarray(n_at_or_above, dtype=np.float64).ravel()
-    n_positive = positive_scores.size
-    if n_positive == 0:
-        return 0.0
-    sorted_scores = np.sort(positive_scores)
-    positives_at_or_above = n_positive - np.searchsorted(sorted_scores, positive_scores, side="left")
-    return float(np.sum(positives_at_or_above / n_at_or_above) / n_positive)
