@@ -1,0 +1,167 @@
+"""examples/run_pretrain.py on the synthetic default: exact resume, bad input caught before any compute,
+2 CPU processes (identical OIM tables, different samples), and the export pushed to a fake hub."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+
+from tests.support.fake_hub import FakeHub
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "examples" / "run_pretrain.py"
+DEMO = ROOT / "examples" / "configs" / "pretrain_demo_cpu.yaml"
+TINY = [
+    "training.batch_size=2",
+    "training.log_every=1",
+    "data.synthetic_sizes.crowdhuman={num_train: 3, num_val: 1, width: 160, height: 128}",
+    "data.synthetic_sizes.ecp={num_per_subset: 2, width: 200, height: 112}",
+    "data.min_sizes=[112, 128]",
+    "data.max_size=200",
+    "data.canvas_size=[128, 128]",
+]
+"""Smaller than the demo: a step takes about a second on one CPU thread."""
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("run_pretrain", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def losses(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "loss_log.jsonl").read_text().splitlines()]
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    script = load_script()
+    base = [
+        "--config",
+        str(DEMO),
+        "--max_steps",
+        "4",
+        "-o",
+        "checkpointing.every=2",
+        *sum((["-o", o] for o in TINY), []),
+    ]
+    assert script.main([*base, "--output_dir", str(tmp_path / "straight")]) == 0
+    interrupted = tmp_path / "interrupted"
+    assert script.main([*base, "--output_dir", str(interrupted), "--stop_after_steps", "2"]) == 0
+    assert not (interrupted / "pretrain_model").exists()  # a stopped session exports nothing
+    assert script.main([*base, "--output_dir", str(interrupted), "--resume_from_checkpoint", "latest"]) == 0
+
+    straight, resumed = losses(tmp_path / "straight"), losses(interrupted)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    assert resumed == straight  # every loss term and lr, bit for bit
+    assert len({r["loss"] for r in straight}) == 4  # the losses do change from step to step
+    weights_a = load_file(tmp_path / "straight" / "pretrain_model" / "model.safetensors")
+    weights_b = load_file(interrupted / "pretrain_model" / "model.safetensors")
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:  # parameters and the OIM lookup table / queue
+        assert torch.equal(weights_a[key], weights_b[key]), key
+    # the OIM table is sized by the identity space; the IAMs by the number of sources per task
+    identity = json.loads((interrupted / "identity_space.json").read_text())
+    config = json.loads((interrupted / "pretrain_model" / "config.json").read_text())
+    assert config["person_search"]["num_person_ids"] == identity["num_identities"]
+    assert weights_a["person_search.oim.lut"].shape[0] == identity["num_identities"]
+    assert (config["num_detection_domains"], config["num_reid_domains"]) == (2, 3)
+    # tensorboard got the loss terms and the learning rate
+    assert list((interrupted / "logs").rglob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((tmp_path / "straight" / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert {"train/lr", "train/reid_oim", "train/con", "train/adv", "train/loss"} <= set(events.Tags()["scalars"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.sources=[{name: crowdhumans}]"], "unknown dataset 'crowdhumans'"),
+        (
+            ["data.sources=[{name: ecp, data_dir: /nonexistent/ECP}, {name: msmt17, data_dir: /nonexistent/MSMT}]"],
+            "data.sources[0] (ecp): data_dir '/nonexistent/ECP' is not a folder",
+        ),
+        (["model.num_reid_domains=2"], "model.num_reid_domains = 2 but data.sources has 3 reid source(s)"),
+        ([], "is not writable"),
+        (["model.person_search.backbone_name=resnet50"], "model.person_search: unknown keys ['backbone_name']"),
+    ],
+)
+def test_bad_input_is_reported_before_any_compute(tmp_path, capsys, overrides, message):
+    script = load_script()
+    output = tmp_path / "out"
+    if message == "is not writable":  # a regular file where a folder is needed: nothing can be written below it
+        (tmp_path / "file").write_text("")
+        output = tmp_path / "file" / "out"
+    args = ["--config", str(DEMO), "--output_dir", str(output)]
+    for override in overrides:
+        args += ["-o", override]
+    assert script.main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (output / "synthetic_data").exists()  # nothing generated, loaded or trained
+
+
+def run(command: list[str], env: dict, timeout: int = 170) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def test_two_cpu_processes_keep_identical_oim_tables_and_draw_different_samples(tmp_path):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    output = tmp_path / "ddp"
+    with socket.socket() as probe:  # a free port for the rendezvous (torchrun's port 0 does not work here)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    command += [str(SCRIPT), "--config", str(DEMO), "--output_dir", str(output), "--max_steps", "3"]
+    for override in TINY:
+        command += ["-o", override]
+    run(command, env)
+    ranks = [json.loads((output / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["num_processes"] for r in ranks] == [2, 2] and [r["steps"] for r in ranks] == [3, 3]
+    assert ranks[0]["oim_lut_sha256"] == ranks[1]["oim_lut_sha256"]
+    assert ranks[0]["oim_queue_sha256"] == ranks[1]["oim_queue_sha256"]
+    keys = [[tuple(k) for k in r["sample_keys"]] for r in ranks]
+    assert len(keys[0]) == len(keys[1]) == 6 and keys[0] != keys[1]
+    # and the LUT saved by the main process is the one both ranks hold, updated by training
+    lut = load_file(output / "pretrain_model" / "model.safetensors")["person_search.oim.lut"]
+    assert lut.abs().sum() > 0
+
+
+def test_export_and_push_to_fake_hub(tmp_path):
+    output = tmp_path / "push"
+    with FakeHub() as hub:
+        env = {**os.environ, **hub.environment(), "OMP_NUM_THREADS": "1"}
+        command = [sys.executable, str(SCRIPT), "--config", str(DEMO), "--output_dir", str(output), "--max_steps", "1"]
+        command += ["--push_to_hub", "--hub_model_id", "org/prtps-demo"]
+        for override in TINY:
+            command += ["-o", override]
+        run(command, env)
+        uploaded = hub.repos["org/prtps-demo"]
+    folder = output / "person_search_model"
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= set(uploaded)
+    assert uploaded["model.safetensors"] == (folder / "model.safetensors").read_bytes()
+    card = ModelCard(uploaded["README.md"].decode())
+    assert "pretrained" in card.data.tags and "org/prtps-demo" in card.text
+    assert "**steps**: 1" in card.text and "lambda (adversarial_loss_weight)" in card.text
+
+    from transformers import AutoImageProcessor, AutoModel
+
+    import hf_personsearch  # noqa: F401  (registers the Auto classes)
+
+    model = AutoModel.from_pretrained(folder, dtype=torch.float32)
+    identities = json.loads((output / "identity_space.json").read_text())["num_identities"]
+    assert type(model).__name__ == "PersonSearchModel" and model.config.num_person_ids == identities
+    assert AutoImageProcessor.from_pretrained(folder).min_size == 128

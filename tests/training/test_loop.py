@@ -1,0 +1,102 @@
+"""Loop helpers: NaN/inf step skipping with counts per source, the stop after N in a row, per-sample seeds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from hf_personsearch.data.sampler import HybridSampler
+from hf_personsearch.training.loop import (
+    NonFiniteGuard,
+    NonFiniteLossError,
+    SeededSampleDataset,
+    SeededSampleStream,
+    move_to_device,
+    train_step,
+)
+from hf_personsearch.training.optim import build_optimizer, build_scheduler
+
+
+def quadratic_forward(model, batch):
+    loss = (model.weight * batch["pixel_values"]).sum() ** 2
+    return loss, {"quadratic": loss}
+
+
+def make_step_parts():
+    accelerator = Accelerator(cpu=True)
+    model = nn.Linear(2, 1, bias=False)
+    nn.init.constant_(model.weight, 1.0)
+    optimizer = build_optimizer(model, {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0})
+    scheduler = build_scheduler(optimizer, {"name": "constant", "warmup_steps": 0}, 10)
+    return accelerator, *accelerator.prepare(model, optimizer, scheduler)
+
+
+def batch(x0: float, x1: float, source: str) -> dict:
+    return {"pixel_values": torch.tensor([[x0, x1]]), "sources": [source]}
+
+
+def test_finite_step_matches_hand_computed_sgd_update_with_accumulation():
+    accelerator, model, optimizer, scheduler = make_step_parts()
+    guard = NonFiniteGuard()
+    # loss_i = (w . x_i)^2, w = (1, 1); mean over 2 micro-batches; grad = mean of 2 (w.x_i) x_i
+    micro = [batch(1.0, 2.0, "ecp"), batch(0.5, 0.0, "msmt17")]
+    result = train_step(accelerator, model, optimizer, scheduler, micro, guard, forward=quadratic_forward)
+    grad = (2 * 3.0 * torch.tensor([1.0, 2.0]) + 2 * 0.5 * torch.tensor([0.5, 0.0])) / 2
+    assert torch.allclose(model.weight.detach()[0], torch.tensor([1.0, 1.0]) - 0.1 * grad)
+    assert not result.skipped and result.num_images == 2
+    assert result.loss_terms["quadratic"] == pytest.approx((9.0 + 0.25) / 2)
+
+
+def test_nonfinite_step_is_skipped_counted_by_source_and_stops_after_n_in_a_row():
+    accelerator, model, optimizer, scheduler = make_step_parts()
+    guard = NonFiniteGuard(max_consecutive=3)
+    bad = [batch(float("nan"), 1.0, "crowdhuman"), batch(1.0, 1.0, "luperson")]
+    result = train_step(accelerator, model, optimizer, scheduler, bad, guard, forward=quadratic_forward)
+    assert result.skipped and torch.equal(model.weight.detach(), torch.ones(1, 2))  # no update at all
+    assert model.weight.grad is None and scheduler.scheduler.last_epoch == 0  # nothing stepped
+    assert guard.state_dict() == {"skipped_steps": 1, "consecutive": 1, "by_source": {"crowdhuman": 1, "luperson": 1}}
+    train_step(accelerator, model, optimizer, scheduler, [batch(1.0, 0.0, "ecp")], guard, forward=quadratic_forward)
+    assert guard.consecutive == 0 and guard.skipped_steps == 1  # a finite step resets the run of failures
+    inf = [batch(float("inf"), 0.0, "crowdhuman")]
+    train_step(accelerator, model, optimizer, scheduler, inf, guard, forward=quadratic_forward)
+    train_step(accelerator, model, optimizer, scheduler, inf, guard, forward=quadratic_forward)
+    with pytest.raises(NonFiniteLossError, match=r"3 consecutive steps \(4 skipped in all; batches by source: "):
+        train_step(accelerator, model, optimizer, scheduler, inf, guard, forward=quadratic_forward)
+    restored = NonFiniteGuard()
+    restored.load_state_dict(guard.state_dict())
+    assert restored.by_source == {"crowdhuman": 4, "luperson": 1}
+
+
+class RandomItems(torch.utils.data.Dataset):
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, key):
+        return {"value": float(torch.rand(()))}
+
+
+def test_seeded_stream_resumes_with_the_same_keys_and_augmentation_draws():
+    def draws(start: int, count: int, rank: int = 0) -> list:
+        stream = SeededSampleStream(HybridSampler([3, 4], seed=5, num_replicas=2, rank=rank), seed=5, rank=rank)
+        stream.skip_to(start)
+        dataset = SeededSampleDataset(RandomItems())
+        out = []
+        for pair, _ in zip(stream, range(count)):
+            item = dataset[pair]
+            out.append((item["sample_key"], item["value"]))
+        return out
+
+    state = torch.get_rng_state()
+    full = draws(0, 8)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG (the model's) is untouched
+    assert draws(5, 3) == full[5:]  # a restart at sample 5 continues identically
+    assert [key for key, _ in draws(0, 8, rank=1)] != [key for key, _ in full]  # ranks draw other samples
+    assert len({value for _, value in full}) == 8  # every sample has its own seed
+
+
+def test_move_to_device_walks_nested_batches():
+    batch_in = {"a": torch.ones(1), "labels": [{"boxes": torch.zeros(1, 4)}], "sources": ["ecp"]}
+    moved = move_to_device(batch_in, torch.device("cpu"))
+    assert moved["sources"] == ["ecp"] and torch.equal(moved["labels"][0]["boxes"], torch.zeros(1, 4))
