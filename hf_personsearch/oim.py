@@ -110,7 +110,9 @@ class OIMLoss(nn.Module):
 
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             features, person_ids = _gather_from_all_ranks(features.contiguous(), person_ids.contiguous())
-        features = features.to(self.lut.dtype)
+        # A non-finite feature (a diverging step the trainer will skip) must not poison the tables.
+        finite = torch.isfinite(features).all(dim=1)
+        features, person_ids = features[finite].to(self.lut.dtype), person_ids[finite]
         labeled = person_ids != self.no_identity_id
         labeled_features, labeled_ids = features[labeled], person_ids[labeled]
         if labeled_ids.unique().numel() == labeled_ids.numel():

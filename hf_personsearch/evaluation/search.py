@@ -401,6 +401,8 @@ def evaluate_search(
     exact_matrix = cbgm
     query_embeddings = q["embeddings"]
     gallery_embeddings = flat.det_embeddings
+    if num_dets == 0:  # nothing reached det_thresh (an untrained model): every query scores AP 0, no hit
+        gallery_embeddings = np.zeros((0, query_embeddings.shape[1]))
     matrix_embeddings = gallery_embeddings if exact_matrix else gallery_embeddings.astype(np.float32)
     dim = gallery_embeddings.shape[1]
     # |fl32(q.e) - q.e| <= gamma_(d+2) * |q| * |e| (dot-product error bound incl. rounding inputs to float32),

@@ -87,3 +87,11 @@ def test_ids_outside_the_table_are_a_clear_error():
 def test_tables_are_persistent_buffers():
     keys = set(make_oim().state_dict())
     assert keys == {"lut", "queue", "queue_head"}
+
+
+def test_non_finite_features_never_reach_the_tables():
+    oim = make_oim().train()
+    before_lut, before_queue = oim.lut.clone(), oim.queue.clone()
+    bad = torch.tensor([[float("nan"), 0.0], [float("inf"), 1.0]])
+    oim.update(bad, torch.tensor([0, -1]))
+    assert torch.equal(oim.lut, before_lut) and torch.equal(oim.queue, before_queue)
