@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import SkipCounter
 from ..schema import NO_IDENTITY, make_record
-from . import BAD_LINE, UNKNOWN_KEY, check_data_dir, check_split, clean_box, read_image_size, xywh_to_xyxy
+from ._common import BAD_LINE, UNKNOWN_KEY, check_data_dir, check_split, clean_box, read_image_size, xywh_to_xyxy
 
 NAME = "crowdhuman"
 SPLITS = ("train", "val")

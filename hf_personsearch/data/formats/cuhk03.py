@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..errors import DataFormatError, SkipCounter
 from ..schema import make_record
-from . import BAD_LINE, CORRUPT_IMAGE, UNKNOWN_KEY, check_data_dir, check_split, read_image_size
+from ._common import BAD_LINE, CORRUPT_IMAGE, UNKNOWN_KEY, check_data_dir, check_split, read_image_size
 
 NAME = "cuhk03"
 SPLITS = ("train", "query", "gallery", "full")

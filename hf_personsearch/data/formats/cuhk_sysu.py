@@ -30,8 +30,8 @@ import numpy as np
 
 from ..errors import DataFormatError, SkipCounter
 from ..schema import NO_CAMERA, NO_IDENTITY, clip_box_xyxy, make_record
-from .custom import check_data_dir, read_image_size, require_file, xywh_box
-from .prw import load_mat, mat_string
+from ._common import check_data_dir, check_split, read_image_header_size, require_file, xywh_box, xywh_to_xyxy
+from .matlab import load_mat, mat_string, struct_entries, unwrap_cells
 
 SOURCE = "cuhk_sysu"
 SPLITS = ("train", "test")
@@ -49,15 +49,6 @@ SUBSETS = {"occlusion": ("annotation/test/subset/Occlusion.mat", "Occlusion1"),
 """The query subsets of the release (occluded and low-resolution query persons) and their .mat keys."""
 
 
-def _entries(array: np.ndarray, fields: tuple[str, ...], where: str) -> np.ndarray:
-    """The struct array flattened to 1-D after checking that it has ``fields`` (raises naming what is missing)."""
-    names = array.dtype.names or ()
-    missing = [field for field in fields if field not in names]
-    if missing:
-        raise DataFormatError(f"{where}: expected a struct array with fields {fields}, missing {missing}")
-    return array.reshape(-1)
-
-
 def _box(value) -> tuple[float, float, float, float] | None:
     """An ``idlocate`` as an xywh tuple, None when empty (a distractor gallery entry)."""
     box = np.asarray(value, dtype=np.float64).reshape(-1)
@@ -68,23 +59,15 @@ def _box(value) -> tuple[float, float, float, float] | None:
     return tuple(float(v) for v in box)
 
 
-def _unwrap_struct(value) -> np.ndarray:
-    """A struct array as scipy loads it, out of the 1x1 cells it may sit in (Train.mat has a cell of structs)."""
-    value = np.asarray(value)
-    while value.dtype == object and value.size == 1:
-        value = np.asarray(value.reshape(-1)[0])
-    return value
-
-
 def read_images(root: Path) -> dict[str, list[tuple[float, ...]]]:
     """Images.mat: image name -> its persons' ``idlocate`` boxes (xywh), in the file's order."""
     path = require_file(root / "annotation/Images.mat", SOURCE, HOW_TO_OBTAIN)
     images = {}
-    for index, entry in enumerate(_entries(load_mat(path, "Img"), ("imname", "box"), f"{path} key 'Img'")):
+    for index, entry in enumerate(struct_entries(load_mat(path, "Img"), ("imname", "box"), f"{path} key 'Img'")):
         where = f"{path} Img[{index}]"
         try:
             name = mat_string(entry["imname"])
-            boxes = _entries(_unwrap_struct(entry["box"]), ("idlocate",), f"{where}.box")
+            boxes = struct_entries(unwrap_cells(entry["box"]), ("idlocate",), f"{where}.box")
             images[name] = [_box(b["idlocate"]) for b in boxes]
         except ValueError as error:
             raise DataFormatError(f"{where}: {error}") from error
@@ -106,8 +89,8 @@ def read_train_identities(root: Path) -> list[list[tuple[str, tuple[float, ...]]
     identities = []
     for index, cell in enumerate(load_mat(path, "Train").reshape(-1)):
         where = f"{path} Train[{index}]"
-        identity = _entries(_unwrap_struct(cell), ("scene",), where)[0]
-        scenes = _entries(_unwrap_struct(identity["scene"]), ("imname", "idlocate"), f"{where}.scene")
+        identity = struct_entries(unwrap_cells(cell), ("scene",), where)[0]
+        scenes = struct_entries(unwrap_cells(identity["scene"]), ("imname", "idlocate"), f"{where}.scene")
         try:
             identities.append([(mat_string(s["imname"]), _box(s["idlocate"])) for s in scenes])
         except ValueError as error:
@@ -118,10 +101,10 @@ def read_train_identities(root: Path) -> list[list[tuple[str, tuple[float, ...]]
 def read_protocol(path: Path, key: str) -> list[tuple[tuple[str, tuple], list[tuple[str, tuple | None]]]]:
     """A TestG{N}.mat (or subset) file: per query ``((imname, idlocate), [(imname, idlocate or None), ...])``."""
     protocol = []
-    for index, item in enumerate(_entries(load_mat(path, key), ("Query", "Gallery"), f"{path} key {key!r}")):
+    for index, item in enumerate(struct_entries(load_mat(path, key), ("Query", "Gallery"), f"{path} key {key!r}")):
         where = f"{path} {key}[{index}]"
-        query = _entries(_unwrap_struct(item["Query"]), ("imname", "idlocate"), f"{where}.Query")[0]
-        gallery = _entries(_unwrap_struct(item["Gallery"]), ("imname", "idlocate"), f"{where}.Gallery")
+        query = struct_entries(unwrap_cells(item["Query"]), ("imname", "idlocate"), f"{where}.Query")[0]
+        gallery = struct_entries(unwrap_cells(item["Gallery"]), ("imname", "idlocate"), f"{where}.Gallery")
         try:
             protocol.append(
                 (
@@ -181,8 +164,7 @@ def parse(
         skips: a counter to add the skipped items to (its own ``strict`` applies); by default a new one,
             reported when parsing ends.
     """
-    if split not in SPLITS:
-        raise ValueError(f"{SOURCE}: unknown split {split!r}; expected one of {SPLITS}")
+    check_split(split, SPLITS, SOURCE)
     root = check_data_dir(data_dir, SOURCE, HOW_TO_OBTAIN)
     own_counter = skips is None
     skips = SkipCounter(strict) if skips is None else skips
@@ -208,7 +190,7 @@ def parse(
             skips.skip("pool image not in Images.mat", str(root / "annotation/pool.mat"), name)
             continue
         image_path = root / IMAGE_DIR / name
-        size = read_image_size(image_path, skips)
+        size = read_image_header_size(image_path, skips)
         if size is None:
             continue
         boxes, person_ids = [], []
@@ -302,7 +284,7 @@ def load_queries(
             skips.skip("gallery lists a match after a distractor", where, "expected matches first, then distractors")
             continue
         if query_name not in sizes:
-            sizes[query_name] = read_image_size(root / IMAGE_DIR / query_name, skips)
+            sizes[query_name] = read_image_header_size(root / IMAGE_DIR / query_name, skips)
         if sizes[query_name] is None:
             continue
         box = xywh_box(query_box, *sizes[query_name], f"{where}.Query", skips)
@@ -313,8 +295,7 @@ def load_queries(
             gallery_box = None
             if xywh is not None:
                 # Gallery images are not opened (2900 x N headers): boxes are checked, clipped at 0 only.
-                x, y, w, h = xywh
-                gallery_box, reason = clip_box_xyxy([x, y, x + w, y + h], np.inf, np.inf)
+                gallery_box, reason = clip_box_xyxy(xywh_to_xyxy(xywh), np.inf, np.inf)
                 if gallery_box is None:
                     skips.skip(reason, f"{where}.Gallery[{g}]", f"idlocate {xywh}")
                     break

@@ -13,9 +13,8 @@ The full description for users is ``docs/custom_format.md``. In short::
                       "person_id": 7,                # optional: absent, null or -1 = no identity
                       "ignore": 0}]}                 # optional: 1 (or "iscrowd": 1) = ignore region
 
-This module also holds the pieces that every scene-dataset parser needs (reading a COCO-style json,
-checking xywh boxes, reading an image's size from its header): PoseTrack21 is this format plus video
-ids and polygon ignore regions, and PRW / CUHK-SYSU reuse :func:`read_image_size` and :func:`xywh_box`.
+This module also holds the COCO-style json pieces (reading the file, grouping annotations, person ids,
+query files) that PoseTrack21 reuses: it is this format plus video ids and polygon ignore regions.
 """
 
 from __future__ import annotations
@@ -25,10 +24,9 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import DataFormatError, SkipCounter
-from ..schema import NO_CAMERA, NO_IDENTITY, clip_box_xyxy, make_record
+from ..schema import NO_CAMERA, NO_IDENTITY, make_record
+from ._common import check_data_dir, read_image_header_size, require_file, xywh_box
 
 SOURCE = "custom"
 SPLITS = ("train", "test")
@@ -42,53 +40,11 @@ HOW_TO_OBTAIN = (
 DATA_URL = "docs/custom_format.md"
 
 
-def check_data_dir(data_dir: str | Path, name: str, how_to_obtain: str) -> Path:
-    """The dataset root as a Path; a missing folder raises an error that says where to get the data."""
-    root = Path(data_dir).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"{name}: data_dir {str(root)!r} does not exist. To obtain {name}: {how_to_obtain}")
-    return root
-
-
-def require_file(path: Path, name: str, how_to_obtain: str) -> Path:
-    """``path`` if it exists; otherwise an error naming the file and where the dataset is obtained."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{name}: expected file {str(path)!r} is missing. To obtain {name}: {how_to_obtain}")
-    return path
-
-
-def read_image_size(path: Path, skips: SkipCounter) -> tuple[int, int] | None:
-    """``(width, height)`` from the image header (cheap: no decoding), or None after counting the skip.
-
-    Missing, empty and unreadable image files are counted under their own reason (or raise when strict).
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        skips.skip("image file missing", str(path))
-        return None
-    if path.stat().st_size == 0:
-        skips.skip("image file empty", str(path))
-        return None
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, UnidentifiedImageError) as error:
-        skips.skip("image file unreadable", str(path), str(error))
-        return None
-
-
-def xywh_box(value, width: int, height: int, where: str, skips: SkipCounter) -> np.ndarray | None:
-    """An ``[x, y, w, h]`` annotation as a clipped xyxy float32 box, or None after counting why it is bad."""
-    try:
-        x, y, w, h = (float(v) for v in value)
-    except (TypeError, ValueError):
-        skips.skip("box is not 4 numbers", where, f"got {value!r}")
-        return None
-    box, reason = clip_box_xyxy([x, y, x + w, y + h], width, height)
-    if box is None:
-        skips.skip(reason, where, f"xywh={[x, y, w, h]} in a {width}x{height} image")
-    return box
+def image_size(image: dict, root: Path, skips: SkipCounter) -> tuple[int, int] | None:
+    """``(width, height)`` of an ``images`` entry: its optional fields, else the image header (None if unreadable)."""
+    if "width" in image and "height" in image:
+        return int(image["width"]), int(image["height"])
+    return read_image_header_size(root / str(image["file_name"]), skips)
 
 
 def read_coco_json(path: Path) -> dict:
@@ -160,12 +116,9 @@ def parse(
     grouped = annotations_by_image(document, path, skips)
     for image in image_entries(document, path, skips):
         file_name = str(image["file_name"])
-        if "width" in image and "height" in image:
-            size = (int(image["width"]), int(image["height"]))
-        else:
-            size = read_image_size(root / file_name, skips)
-            if size is None:
-                continue
+        size = image_size(image, root, skips)
+        if size is None:
+            continue
         width, height = size
         boxes, person_ids, ignore_regions = [], [], []
         for a_index, annotation in grouped.get(image["id"], []):
@@ -211,12 +164,9 @@ def queries_from_coco(path: Path, root: Path, skips: SkipCounter, camera_of) -> 
             skips.skip("query refers to an unknown image_id", where, f"image_id={annotation.get('image_id')!r}")
             continue
         file_name = str(image["file_name"])
-        if "width" in image and "height" in image:
-            size = (int(image["width"]), int(image["height"]))
-        else:
-            size = read_image_size(root / file_name, skips)
-            if size is None:
-                continue
+        size = image_size(image, root, skips)
+        if size is None:
+            continue
         box = xywh_box(annotation.get("bbox"), size[0], size[1], where, skips)
         person_id = person_id_of(annotation, where, skips)
         if box is None or person_id is None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import SkipCounter
 from ..schema import NO_IDENTITY, make_record
-from . import BAD_LINE, check_data_dir, check_split, clean_box, read_image_size
+from ._common import BAD_LINE, check_data_dir, check_split, clean_box, read_image_size
 
 NAME = "ecp"
 SPLITS = ("train", "val")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import SkipCounter
 from ..schema import make_record
-from . import BAD_LINE, check_data_dir, check_split, read_image_size
+from ._common import BAD_LINE, check_data_dir, check_split, read_image_size
 
 NAME = "msmt17"
 SPLITS = ("train", "val", "query", "gallery")

@@ -22,17 +22,8 @@ import numpy as np
 
 from ..errors import SkipCounter
 from ..schema import clip_box_xyxy, make_record
-from .custom import (
-    annotations_by_image,
-    check_data_dir,
-    image_entries,
-    person_id_of,
-    queries_from_coco,
-    read_coco_json,
-    read_image_size,
-    require_file,
-    xywh_box,
-)
+from ._common import check_data_dir, check_split, read_image_header_size, require_file, xywh_box
+from .custom import annotations_by_image, image_entries, person_id_of, queries_from_coco, read_coco_json
 
 SOURCE = "posetrack21"
 SPLITS = ("train", "val")
@@ -86,8 +77,7 @@ def parse(
         skips: a counter to add the skipped items to (its own ``strict`` applies); by default a new one,
             reported when parsing ends.
     """
-    if split not in SPLITS:
-        raise ValueError(f"{SOURCE}: unknown split {split!r}; expected one of {SPLITS}")
+    check_split(split, SPLITS, SOURCE)
     root = check_data_dir(data_dir, SOURCE, HOW_TO_OBTAIN)
     own_counter = skips is None
     skips = SkipCounter(strict) if skips is None else skips
@@ -96,7 +86,7 @@ def parse(
     grouped = annotations_by_image(document, path, skips)
     for image in image_entries(document, path, skips):
         file_name = str(image["file_name"])
-        size = read_image_size(root / file_name, skips)
+        size = read_image_header_size(root / file_name, skips)
         if size is None:
             continue
         width, height = size

@@ -24,7 +24,8 @@ from scipy.io import loadmat
 
 from ..errors import DataFormatError, SkipCounter
 from ..schema import NO_IDENTITY, make_record
-from .custom import check_data_dir, read_image_size, require_file, xywh_box
+from ._common import check_data_dir, check_split, read_image_header_size, require_file, xywh_box
+from .matlab import load_mat, mat_string
 
 SOURCE = "prw"
 SPLITS = ("train", "test")
@@ -48,32 +49,9 @@ def camera_of(frame_name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def mat_string(value) -> str:
-    """The text of a MATLAB char array as scipy loads it, however deep it sits in 1x1 cells."""
-    value = np.asarray(value)
-    while value.dtype == object and value.size == 1:
-        value = np.asarray(value.reshape(-1)[0])
-    if value.dtype.kind != "U" or value.size != 1:
-        raise ValueError(f"expected a MATLAB string, got an array of dtype {value.dtype} and shape {value.shape}")
-    return str(value.reshape(-1)[0])
-
-
-def load_mat(path: Path, key: str) -> np.ndarray:
-    """``loadmat(path)[key]``; an unreadable file or a missing key raises naming the file and key."""
-    try:
-        content = loadmat(str(path))
-    except Exception as error:  # scipy raises ValueError/TypeError/OSError... for broken files
-        raise DataFormatError(f"{path}: not a readable MATLAB file ({error})") from error
-    if key not in content:
-        found = sorted(k for k in content if not k.startswith("__"))
-        raise DataFormatError(f"{path}: expected key {key!r}, found keys {found}")
-    return content[key]
-
-
 def frame_names(root: Path, split: str) -> list[str]:
     """The frame names (without ".jpg") of a split, from frame_train.mat / frame_test.mat."""
-    if split not in FRAME_LISTS:
-        raise ValueError(f"{SOURCE}: unknown split {split!r}; expected one of {SPLITS}")
+    check_split(split, SPLITS, SOURCE)
     file_name, key = FRAME_LISTS[split]
     path = require_file(root / file_name, SOURCE, HOW_TO_OBTAIN)
     names = []
@@ -147,7 +125,7 @@ def parse(
         if found is None:
             continue
         key, rows = found
-        size = read_image_size(image_path, skips)
+        size = read_image_header_size(image_path, skips)
         if size is None:
             continue
         boxes, person_ids = [], []
@@ -211,7 +189,7 @@ def load_queries(
             skips.skip("malformed query line", where, f"expected pid >= 0 and a c<digit> frame name, got {raw!r}")
             continue
         if name not in sizes:
-            sizes[name] = read_image_size(root / "frames" / f"{name}.jpg", skips)
+            sizes[name] = read_image_header_size(root / "frames" / f"{name}.jpg", skips)
         if sizes[name] is None:
             continue
         box = xywh_box(xywh, sizes[name][0], sizes[name][1], where, skips)

@@ -1,0 +1,170 @@
+"""The checks every raw-format parser shares: data folder, split, required file, image size, boxes.
+
+One implementation per check, so that a rule (what makes a box unusable, when a data folder is
+missing) is written once. Two families of parsers grew side by side and report under different
+reason strings, which users and tests already rely on (``SkipCounter.counts`` keys):
+
+- the detection and re-ID parsers (CrowdHuman, ECP, MSMT17, CUHK03, LUPerson) use the reason
+  constants below, :func:`read_image_size` and :func:`clean_box`;
+- the person search parsers (PRW, CUHK-SYSU, PoseTrack21, custom) use
+  :func:`read_image_header_size`, :func:`xywh_box` and the reasons of
+  :data:`hf_personsearch.data.schema.BOX_ERRORS`.
+
+Both box checks apply the same rule, :func:`hf_personsearch.data.schema.clip_box_xyxy`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import SkipCounter
+from ..schema import BOX_ERRORS, clip_box_xyxy
+
+# One reason string per kind of bad input (the keys of SkipCounter.counts), detection / re-ID parsers.
+MISSING_IMAGE = "missing image"
+CORRUPT_IMAGE = "corrupt or truncated image"
+BAD_LINE = "malformed annotation line"
+NON_FINITE_BOX = "box with NaN or infinite coordinates"
+EMPTY_BOX = "box with width or height <= 0"
+OUTSIDE_BOX = "box entirely outside the image"
+UNKNOWN_KEY = "unknown key or label"
+
+# The same kinds of bad input as the person search parsers report them.
+IMAGE_FILE_MISSING = "image file missing"
+IMAGE_FILE_EMPTY = "image file empty"
+IMAGE_FILE_UNREADABLE = "image file unreadable"
+BOX_NOT_4_NUMBERS = "box is not 4 numbers"
+
+_CLEAN_BOX_REASONS = {
+    BOX_ERRORS[0]: (NON_FINITE_BOX, "box {box}"),
+    BOX_ERRORS[1]: (EMPTY_BOX, "xyxy box {box}"),
+    BOX_ERRORS[2]: (OUTSIDE_BOX, "xyxy box {box} in a {width}x{height} image"),
+}
+"""clip_box_xyxy's reasons -> the reason and detail :func:`clean_box` reports them under."""
+
+
+def check_data_dir(data_dir: str | Path | None, name: str, how_to_obtain: str, expected: str | None = None) -> Path:
+    """``data_dir`` as a Path, or a FileNotFoundError that says where to get the data.
+
+    None of the datasets may be redistributed, so the error is the user's pointer to the download.
+
+    Args:
+        expected: what the folder should hold, named in the error ("a folder with Images/ ..."); None
+            (the person search parsers, whose ``how_to_obtain`` already lists the layout) says
+            "does not exist. To obtain <name>: ..." instead.
+    """
+    if expected is None:
+        root = Path(data_dir).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"{name}: data_dir {str(root)!r} does not exist. To obtain {name}: {how_to_obtain}"
+            )
+        return root
+    if data_dir is None or not Path(data_dir).is_dir():
+        raise FileNotFoundError(
+            f"{name}: data_dir {str(data_dir)!r} is not a folder; expected {expected}. {how_to_obtain}"
+        )
+    return Path(data_dir)
+
+
+def check_split(split: str, splits: tuple[str, ...], name: str) -> None:
+    """Reject a split the dataset does not have, listing the ones it has."""
+    if split not in splits:
+        raise ValueError(f"{name}: unknown split {split!r}; expected one of {splits}")
+
+
+def require_file(path: Path, name: str, how_to_obtain: str) -> Path:
+    """``path`` if it exists; otherwise an error naming the file and where the dataset is obtained."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: expected file {str(path)!r} is missing. To obtain {name}: {how_to_obtain}")
+    return path
+
+
+def read_image_size(path: Path, where: str, skips: SkipCounter, *, verify: bool = True) -> tuple[int, int] | None:
+    """``(width, height)`` of an image file, or None when it is missing or unreadable (skipped/raised).
+
+    Reports under :data:`MISSING_IMAGE` / :data:`CORRUPT_IMAGE` at ``where`` (the annotation line).
+
+    Args:
+        verify: decode the whole image, not only its header, so a truncated file is found once at
+            preparation time rather than during training. Default True: preparing runs once per dataset.
+    """
+    if not path.is_file():
+        skips.skip(MISSING_IMAGE, where, f"no file {path}")
+        return None
+    try:
+        with Image.open(path) as image:
+            size = image.size
+            if verify:
+                image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        skips.skip(CORRUPT_IMAGE, where, f"{path}: {error}")
+        return None
+    return size
+
+
+def read_image_header_size(path: Path, skips: SkipCounter) -> tuple[int, int] | None:
+    """``(width, height)`` from the image header (cheap: no decoding), or None after counting the skip.
+
+    The person search parsers read thousands of full-HD frames, so only headers are read. Missing,
+    empty and unreadable files are counted under their own reason at the image path (or raise when
+    strict).
+    """
+    if not path.is_file():
+        skips.skip(IMAGE_FILE_MISSING, str(path))
+        return None
+    if path.stat().st_size == 0:
+        skips.skip(IMAGE_FILE_EMPTY, str(path))
+        return None
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, UnidentifiedImageError) as error:
+        skips.skip(IMAGE_FILE_UNREADABLE, str(path), str(error))
+        return None
+
+
+def xywh_to_xyxy(box) -> list[float]:
+    """``[x, y, w, h]`` -> ``[x1, y1, x2, y2]`` (no +1: pixel edges)."""
+    x, y, w, h = (float(v) for v in box)
+    return [x, y, x + w, y + h]
+
+
+def clean_box(xyxy, width: int, height: int, where: str, skips: SkipCounter) -> np.ndarray | None:
+    """A valid float32 xyxy box clipped to the image, or None (skipped and counted / raised when strict).
+
+    NaN/inf coordinates, width or height <= 0 and boxes entirely outside the image are bad input;
+    a box partly outside (CrowdHuman full-body boxes) is clipped (:func:`clip_box_xyxy`).
+    """
+    try:
+        box = [float(v) for v in xyxy]
+        if len(box) != 4:
+            raise ValueError
+    except (TypeError, ValueError):
+        skips.skip(BAD_LINE, where, f"expected 4 numbers for a box, got {xyxy!r}")
+        return None
+    clipped, reason = clip_box_xyxy(box, width, height)
+    if clipped is None:
+        own_reason, detail = _CLEAN_BOX_REASONS[reason]
+        skips.skip(own_reason, where, detail.format(box=box, width=width, height=height))
+    return clipped
+
+
+def xywh_box(value, width: int, height: int, where: str, skips: SkipCounter) -> np.ndarray | None:
+    """An ``[x, y, w, h]`` annotation as a clipped xyxy float32 box, or None after counting why it is bad.
+
+    Reports under :data:`BOX_NOT_4_NUMBERS` or a reason of :data:`BOX_ERRORS` (PRW has negative
+    coordinates: a box partly outside the image is clipped).
+    """
+    try:
+        xyxy = xywh_to_xyxy(value)
+    except (TypeError, ValueError):
+        skips.skip(BOX_NOT_4_NUMBERS, where, f"got {value!r}")
+        return None
+    box, reason = clip_box_xyxy(xyxy, width, height)
+    if box is None:
+        skips.skip(reason, where, f"xywh={[float(v) for v in value]} in a {width}x{height} image")
+    return box
