@@ -93,6 +93,7 @@ def model_index_metrics(card: ModelCard) -> dict[tuple[str, str], float]:
 
 
 def _architecture(config) -> dict[str, str]:
+    config = getattr(config, "person_search", config)  # a pre-training config holds the model's config
     return {
         "architecture": "NAE (Faster R-CNN + norm-aware embedding), OIM re-ID loss",
         "backbone": f"{config.backbone} ({config.backbone_library})",
@@ -103,11 +104,18 @@ def _architecture(config) -> dict[str, str]:
 
 
 def _loss_weights(config) -> dict[str, float]:
-    """Every ``loss_weight_*`` of the config, and the paper's eta / lambda when the config has them."""
-    weights = {key: value for key, value in sorted(config.to_dict().items()) if key.startswith("loss_weight")}
-    for key in ("eta", "lambda_adv", "loss_weight_consistency", "loss_weight_alignment"):
-        if hasattr(config, key) and key not in weights:
-            weights[key] = getattr(config, key)
+    """Every ``loss_weight_*`` of the model's config, and the paper's eta / lambda for a pre-training config."""
+    model_config = getattr(config, "person_search", config)
+    weights = {key: value for key, value in sorted(model_config.to_dict().items()) if key.startswith("loss_weight")}
+    paper_names = {
+        "contrastive_loss_weight": "eta (contrastive, Eq. 1)",
+        "adversarial_loss_weight": "lambda (adversarial, Eq. 1)",
+        "iam_consistency_weight": "IAM consistency (Eq. 7)",
+        "gradient_reversal_weight": "gradient reversal",
+    }
+    for key, name in paper_names.items():
+        if hasattr(config, key):
+            weights[name] = getattr(config, key)
     return weights
 
 
