@@ -1,28 +1,46 @@
-"""LUPerson: unlabeled person crops ``<country>/<city>/[<video>/]<frame:08d>_<obj:04d>.jpg``.
+"""LUPerson: unlabeled person crops, as a crop folder or as the released LMDB + keys.pkl.
 
-No identities (every crop is ``NO_IDENTITY``; unification gives each a new one) and no cameras. The
-LMDB + keys.pkl release is not read yet: extract it to this folder layout first.
+Two layouts of the same crops (REFERENCE.md 4):
+
+- ``"folder"``: ``<country>/<city>/[<video>/]<frame:08d>_<obj:04d>.jpg`` files under ``data_dir``;
+- ``"lmdb"``: the public release, an LMDB environment (``data.mdb``/``lock.mdb``, in ``data_dir/lmdb/``
+  or in ``data_dir`` itself) plus ``data_dir/keys.pkl``, a pickled list of the keys (the crop names);
+  each value is the JPEG bytes of one crop. Needs the optional ``lmdb`` package
+  (``pip install hf-personsearch[lmdb]``); records carry the image as ``{"bytes": ..., "path": key}``.
+
+No identities (every crop is ``NO_IDENTITY``; unification gives each a new one) and no cameras.
 """
 
 from __future__ import annotations
 
+import io
+import pickle
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import SkipCounter
+from PIL import Image
+
+from ..errors import DataFormatError, SkipCounter
 from ..schema import NO_IDENTITY, make_record
-from . import BAD_LINE, check_data_dir, check_split, read_image_size
+from ._common import BAD_LINE, CORRUPT_IMAGE, MISSING_IMAGE, check_data_dir, check_split, read_image_size
 
 NAME = "luperson"
 SPLITS = ("train",)
+LAYOUTS = ("auto", "folder", "lmdb")
 HOW_TO_OBTAIN = (
     "LUPerson is not redistributable: follow https://github.com/DengpanFu/LUPerson (the authors' "
     "download scripts rebuild it from the YouTube videos) and point data_dir at the folder holding "
-    "<country>/<city>/... crops (the paper uses a 30k-crop subset)."
+    "<country>/<city>/... crops, or at the released LMDB folder (lmdb/ with data.mdb, and keys.pkl) "
+    "(the paper uses a 30k-crop subset)."
 )
 DATA_URL = "https://github.com/DengpanFu/LUPerson"
 CROP_NAME = re.compile(r"^\d{8}_\d{4}\.jpg$")
+KEYS_FILE = "keys.pkl"
+LMDB_FOLDER = "lmdb"
+DUPLICATE_KEY = "duplicate key"
+_SAFE_PICKLE_GLOBALS = {("builtins", "list"), ("builtins", "str"), ("builtins", "bytes"), ("builtins", "tuple")}
+"""The only globals keys.pkl may name: a pickle can call anything it names, so anything else is refused."""
 
 
 def parse(
@@ -32,11 +50,28 @@ def parse(
     strict: bool = False,
     skips: SkipCounter | None = None,
     verify_images: bool = True,
+    layout: str = "auto",
 ) -> Iterator[dict]:
-    """Yield one unlabeled re-ID record per crop, in sorted path order (reproducible everywhere)."""
+    """Yield one unlabeled re-ID record per crop, in sorted key order (the same order in both layouts).
+
+    Args:
+        verify_images: decode every crop, not only its header, so a truncated one is found here once.
+        layout: one of :data:`LAYOUTS`; "auto" (default) reads the LMDB layout when ``keys.pkl`` and an
+            LMDB environment are there, the crop folder otherwise, so one ``data_dir`` argument serves both.
+    """
     check_split(split, SPLITS, NAME)
-    root = check_data_dir(data_dir, NAME, HOW_TO_OBTAIN, "a folder of <country>/<city>/.../<frame>_<obj>.jpg crops")
+    if layout not in LAYOUTS:
+        raise ValueError(f"{NAME}: unknown layout {layout!r}; expected one of {LAYOUTS}")
+    root = check_data_dir(
+        data_dir,
+        NAME,
+        HOW_TO_OBTAIN,
+        "a folder of <country>/<city>/.../<frame>_<obj>.jpg crops, or an LMDB folder with keys.pkl",
+    )
     skips = skips if skips is not None else SkipCounter(strict)
+    if layout == "lmdb" or (layout == "auto" and find_lmdb(root) is not None):
+        yield from _parse_lmdb(root, split, skips, verify_images)
+        return
     for path in sorted(root.rglob("*.jpg")):
         image_id = path.relative_to(root).as_posix()
         if not CROP_NAME.match(path.name) or len(path.relative_to(root).parts) not in (3, 4):
@@ -45,15 +80,120 @@ def parse(
         size = read_image_size(path, image_id, skips, verify=verify_images)
         if size is None:
             continue
-        width, height = size
-        yield make_record(
-            image=str(path),
-            image_id=image_id,
-            width=width,
-            height=height,
-            boxes=[[0, 0, width, height]],
-            person_ids=[NO_IDENTITY],
-            source=NAME,
-            task="reid",
-            split=split,
+        yield _crop_record(str(path), image_id, size, split)
+
+
+def find_lmdb(root: Path) -> Path | None:
+    """The LMDB environment folder of the release under ``root`` (``root/lmdb`` or ``root``), or None.
+
+    None unless ``root/keys.pkl`` exists too: the LMDB alone has no list of its crops.
+    """
+    if not (root / KEYS_FILE).is_file():
+        return None
+    for folder in (root / LMDB_FOLDER, root):
+        if (folder / "data.mdb").is_file():
+            return folder
+    return None
+
+
+class _KeysUnpickler(pickle.Unpickler):
+    """Unpickles keys.pkl allowing only builtins list/str/bytes/tuple, never an arbitrary class."""
+
+    def find_class(self, module: str, name: str):
+        module = "builtins" if module == "__builtin__" else module  # Python 2 pickles name it so
+        if (module, name) not in _SAFE_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refers to {module}.{name}; only builtins list/str/bytes/tuple are allowed "
+                "(a pickle may run any code it names, so nothing else is loaded)"
+            )
+        return super().find_class(module, name)
+
+
+def read_keys(path: str | Path) -> list[str]:
+    """The crop keys listed in a LUPerson ``keys.pkl``, read without running arbitrary pickled code.
+
+    Accepts a pickled list (or tuple) of str or UTF-8 bytes keys; anything else raises
+    :class:`DataFormatError` naming the file and what was found.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as file:
+            keys = _KeysUnpickler(file).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
+        raise DataFormatError(f"{path}: not a safe pickled list of keys: {error}") from error
+    if not isinstance(keys, (list, tuple)):
+        raise DataFormatError(f"{path}: expected a pickled list of str keys, got {type(keys).__name__}")
+    decoded = []
+    for index, key in enumerate(keys):
+        if isinstance(key, bytes):
+            try:
+                key = key.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataFormatError(f"{path}: key {index} {key!r} is not UTF-8: {error}") from error
+        if not isinstance(key, str) or not key:
+            raise DataFormatError(f"{path}: key {index} must be a non-empty str, got {key!r}")
+        decoded.append(key)
+    return decoded
+
+
+def _open_lmdb(folder: Path):
+    """A read-only LMDB environment, or an ImportError saying how to install the optional ``lmdb``."""
+    try:
+        import lmdb
+    except ImportError as error:
+        raise ImportError(
+            f"{NAME}: reading the LMDB layout at {folder} needs the lmdb package: pip install hf-personsearch[lmdb]"
+        ) from error
+    # lock=False: the release is read-only and may sit on a read-only disk where lock.mdb cannot be written.
+    return lmdb.open(str(folder), readonly=True, lock=False, readahead=False, subdir=True)
+
+
+def _parse_lmdb(root: Path, split: str, skips: SkipCounter, verify_images: bool) -> Iterator[dict]:
+    folder = find_lmdb(root)
+    if folder is None:
+        raise FileNotFoundError(
+            f"{NAME}: {root} has no LMDB layout: expected {root / KEYS_FILE} and {root / LMDB_FOLDER}/data.mdb "
+            f"(or data.mdb in {root}). {HOW_TO_OBTAIN}"
         )
+    keys_path = root / KEYS_FILE
+    keys = read_keys(keys_path)
+    environment = _open_lmdb(folder)
+    try:
+        with environment.begin(buffers=False) as transaction:
+            seen = set()
+            for key in sorted(keys):
+                where = f"{keys_path}: key {key!r}"
+                if key in seen:
+                    skips.skip(DUPLICATE_KEY, where, "listed twice in keys.pkl; kept once")
+                    continue
+                seen.add(key)
+                value = transaction.get(key.encode("utf-8"))
+                if value is None:
+                    skips.skip(MISSING_IMAGE, where, f"no value for this key in the LMDB at {folder}")
+                    continue
+                try:
+                    with Image.open(io.BytesIO(value)) as image:
+                        size = image.size
+                        if verify_images:
+                            image.load()
+                except (OSError, SyntaxError, ValueError) as error:
+                    skips.skip(CORRUPT_IMAGE, where, f"value in the LMDB at {folder} is not a readable image: {error}")
+                    continue
+                yield _crop_record({"bytes": bytes(value), "path": key}, key, size, split)
+    finally:
+        environment.close()
+
+
+def _crop_record(image, image_id: str, size: tuple[int, int], split: str) -> dict:
+    width, height = size
+    return make_record(
+        image=image,
+        image_id=image_id,
+        width=width,
+        height=height,
+        boxes=[[0, 0, width, height]],
+        person_ids=[NO_IDENTITY],
+        source=NAME,
+        task="reid",
+        split=split,
+    )
