@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from format_checks import generated_dataset
 
 from hf_personsearch.data.errors import DataFormatError, SkipCounter
 from hf_personsearch.data.formats import crowdhuman, record_differences
@@ -14,8 +15,7 @@ from hf_personsearch.data.synthetic import generate
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("crowdhuman")
-    return root, generate("crowdhuman", root, seed=0)
+    return generated_dataset(tmp_path_factory, "crowdhuman", seed=0)
 
 
 def _parse_all(root, **kwargs):

@@ -9,17 +9,16 @@ import h5py
 import numpy as np
 import pytest
 import scipy.io
+from format_checks import generated_dataset
 from PIL import Image
 
 from hf_personsearch.data.errors import DataFormatError, SkipCounter
 from hf_personsearch.data.formats import cuhk03, record_differences
-from hf_personsearch.data.synthetic import generate
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cuhk03")
-    return root, generate("cuhk03", root, seed=0)
+    return generated_dataset(tmp_path_factory, "cuhk03", seed=0)
 
 
 def _splits(root, **kwargs):

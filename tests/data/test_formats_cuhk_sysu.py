@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from format_checks import assert_same, generated_dataset
 from scipy.io import loadmat, savemat
 
 from hf_personsearch.data.errors import DataFormatError, SkipCounter
@@ -14,26 +15,9 @@ from hf_personsearch.data.synthetic import generate
 PROTOCOL = "annotation/test/train_test"
 
 
-def assert_same(parsed, truth):
-    """Deep equality of records / queries (numpy arrays compared exactly, dtypes included)."""
-    if isinstance(truth, dict):
-        assert parsed.keys() == truth.keys()
-        for key in truth:
-            assert_same(parsed[key], truth[key])
-    elif isinstance(truth, list):
-        assert len(parsed) == len(truth)
-        for a, b in zip(parsed, truth):
-            assert_same(a, b)
-    elif isinstance(truth, np.ndarray):
-        assert parsed.dtype == truth.dtype and np.array_equal(parsed, truth)
-    else:
-        assert parsed == truth
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cuhk_sysu")
-    return root, generate("cuhk_sysu", root, seed=5)
+    return generated_dataset(tmp_path_factory, "cuhk_sysu", seed=5)
 
 
 def test_round_trip_records(dataset):

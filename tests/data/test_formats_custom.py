@@ -6,28 +6,13 @@ import json
 
 import numpy as np
 import pytest
+from format_checks import assert_same
 from PIL import Image
 
 from hf_personsearch.data.errors import DataFormatError, SkipCounter
 from hf_personsearch.data.formats import custom
 from hf_personsearch.data.schema import NO_CAMERA, NO_IDENTITY
 from hf_personsearch.data.synthetic import generate
-
-
-def assert_same(parsed, truth):
-    """Deep equality of records / queries (numpy arrays compared exactly, dtypes included)."""
-    if isinstance(truth, dict):
-        assert parsed.keys() == truth.keys()
-        for key in truth:
-            assert_same(parsed[key], truth[key])
-    elif isinstance(truth, list):
-        assert len(parsed) == len(truth)
-        for a, b in zip(parsed, truth):
-            assert_same(a, b)
-    elif isinstance(truth, np.ndarray):
-        assert parsed.dtype == truth.dtype and np.array_equal(parsed, truth)
-    else:
-        assert parsed == truth
 
 
 def test_round_trip_records_and_queries(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from format_checks import generated_dataset
 
 from hf_personsearch.data.errors import DataFormatError, SkipCounter
 from hf_personsearch.data.formats import msmt17, record_differences
@@ -11,8 +12,7 @@ from hf_personsearch.data.synthetic import generate
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("msmt17")
-    return root, generate("msmt17", root, seed=0)
+    return generated_dataset(tmp_path_factory, "msmt17", seed=0)
 
 
 def test_round_trip_reproduces_generator_truth(dataset):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from format_checks import assert_same, generated_dataset
 from scipy.io import loadmat, savemat
 
 from hf_personsearch.data.errors import DataFormatError, SkipCounter
@@ -12,26 +13,9 @@ from hf_personsearch.data.schema import NO_IDENTITY
 from hf_personsearch.data.synthetic import generate
 
 
-def assert_same(parsed, truth):
-    """Deep equality of records / queries (numpy arrays compared exactly, dtypes included)."""
-    if isinstance(truth, dict):
-        assert parsed.keys() == truth.keys()
-        for key in truth:
-            assert_same(parsed[key], truth[key])
-    elif isinstance(truth, list):
-        assert len(parsed) == len(truth)
-        for a, b in zip(parsed, truth):
-            assert_same(a, b)
-    elif isinstance(truth, np.ndarray):
-        assert parsed.dtype == truth.dtype and np.array_equal(parsed, truth)
-    else:
-        assert parsed == truth
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prw")
-    return root, generate("prw", root, seed=3)
+    return generated_dataset(tmp_path_factory, "prw", seed=3)
 
 
 def test_round_trip_records_and_queries(dataset):
