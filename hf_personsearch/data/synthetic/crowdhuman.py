@@ -15,12 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..schema import NO_IDENTITY, make_record
+from ._common import xyxy_to_xywh
 from .render import render_person, render_scene
-
-
-def _xywh(box) -> list[float]:
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return [x1, y1, x2 - x1, y2 - y1]
 
 
 def _gtbox(tag: str, fbox, vbox, box_id: int, ignore: int = 0) -> dict:
@@ -83,7 +79,7 @@ def write(
             # The last drawn person is marked ignore (CrowdHuman's extra.ignore), the others are positives.
             for k, box in enumerate(drawn):
                 is_ignored = k == len(drawn) - 1
-                gtboxes.append(_gtbox("person", _xywh(box), _xywh(box), k, ignore=int(is_ignored)))
+                gtboxes.append(_gtbox("person", xyxy_to_xywh(box), xyxy_to_xywh(box), k, ignore=int(is_ignored)))
                 (ignore if is_ignored else boxes).append(box)
             # A person cut by the left border: its full-body box starts at a negative x.
             h = height // 3

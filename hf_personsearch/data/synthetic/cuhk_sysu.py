@@ -17,6 +17,7 @@ from scipy.io import savemat
 
 from ..formats.cuhk_sysu import IMAGE_DIR, PROTOCOL_DIR, SUBSETS
 from ..schema import NO_CAMERA, NO_IDENTITY, make_record
+from ._common import xyxy_to_xywh
 from .render import DOMAINS, render_scene
 
 UNLABELED_APPEARANCES = (3000, 4000)
@@ -103,7 +104,7 @@ def write(
             looks, width=image_width, height=height, domain=k % DOMAINS, rng=rng, max_person_height=height - 10
         )
         image.save(root / IMAGE_DIR / name, quality=92)
-        xywh = [(float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])) for b in boxes]
+        xywh = [xyxy_to_xywh(b) for b in boxes]
         box_rows = [{"idlocate": np.array([box], np.float64), "ishard": np.array([[0.0]])} for box in xywh]
         image_rows.append(
             {

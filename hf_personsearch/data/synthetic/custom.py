@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..schema import NO_IDENTITY, make_record
+from ._common import add_coco_query, xyxy_to_xywh
 from .render import DOMAINS, render_scene
 
 UNLABELED_APPEARANCES = (3000, 4000)
@@ -68,18 +69,12 @@ def write(
                 entry.update(width=width, height=height)
             document["images"].append(entry)
             for identity, box in zip(ids, boxes):
-                annotation = {"image_id": image_id, "bbox": [float(v) for v in (*box[:2], *(box[2:] - box[:2]))]}
+                annotation = {"image_id": image_id, "bbox": xyxy_to_xywh(box)}
                 if identity != NO_IDENTITY:  # person_id omitted = no identity
                     annotation["person_id"] = identity
                 document["annotations"].append(annotation)
                 if split == "test" and identity != NO_IDENTITY and identity not in [q["person_id"] for q in queries]:
-                    query_document["annotations"].append(dict(annotation))
-                    if entry not in query_document["images"]:
-                        query_document["images"].append(entry)
-                    queries.append(
-                        {"image_id": file_name, "box": box.copy(), "person_id": identity, "camera_id": camera,
-                         "gallery": None}
-                    )  # fmt: skip
+                    add_coco_query(query_document, queries, entry, annotation, box, camera)
             ignore = None
             if k == 0:  # an ignore box (e.g. a crowd nobody annotated) in the bottom-left corner
                 document["annotations"].append(

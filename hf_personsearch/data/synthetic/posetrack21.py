@@ -13,6 +13,7 @@ import numpy as np
 
 from ..formats.posetrack21 import ANNOTATION_DIR
 from ..schema import make_record
+from ._common import add_coco_query, xyxy_to_xywh
 from .render import DOMAINS, render_scene
 
 NUM_KEYPOINTS = 17
@@ -87,7 +88,7 @@ def write(
                     }
                 )
                 for track, (identity, box) in enumerate(zip(cast, boxes)):
-                    x, y, w, h = (float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1]))
+                    x, y, w, h = xyxy_to_xywh(box)
                     annotation = {
                         "id": image_id * 100 + track,
                         "image_id": image_id,
@@ -100,13 +101,7 @@ def write(
                     }
                     document["annotations"].append(annotation)
                     if split == "val" and frame == 0 and v == identities.index(identity) % num_videos:
-                        query_document["annotations"].append(dict(annotation))
-                        if document["images"][-1] not in query_document["images"]:
-                            query_document["images"].append(document["images"][-1])
-                        queries.append(
-                            {"image_id": file_name, "box": box.copy(), "person_id": identity, "camera_id": video,
-                             "gallery": None}
-                        )  # fmt: skip
+                        add_coco_query(query_document, queries, document["images"][-1], annotation, box, video)
                 records.append(
                     make_record(
                         image=str(root / file_name),
