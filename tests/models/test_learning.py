@@ -16,13 +16,16 @@ def test_overfits_generated_scenes_detects_every_person_and_retrieves_identities
     batch, labels = scene_batch(SCENES)
     model = PersonSearchModel(tiny_config())
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    # a 10x lower rate for the last quarter lets the boxes settle (seeds 0, 1, 2: worst IoU 0.66-0.79)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[120], gamma=0.1)
     model.train()
     first_loss = None
-    for _ in range(150):
+    for _ in range(160):
         output = model(batch["pixel_values"], batch["image_sizes"], labels=labels)
         optimizer.zero_grad()
         output.loss.backward()
         optimizer.step()
+        scheduler.step()
         first_loss = first_loss if first_loss is not None else output.loss.item()
     assert output.loss.item() < 0.5 * first_loss
 
