@@ -19,15 +19,15 @@ def test_overfits_generated_scenes_detects_every_person_and_retrieves_identities
     # a 10x lower rate for the last quarter lets the boxes settle (seeds 0, 1, 2: worst IoU 0.66-0.79)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[120], gamma=0.1)
     model.train()
-    first_loss = None
+    losses = []
     for _ in range(160):
         output = model(batch["pixel_values"], batch["image_sizes"], labels=labels)
         optimizer.zero_grad()
         output.loss.backward()
         optimizer.step()
         scheduler.step()
-        first_loss = first_loss if first_loss is not None else output.loss.item()
-    assert output.loss.item() < 0.5 * first_loss
+        losses.append(output.loss.item())
+    assert sum(losses[-10:]) < 0.6 * sum(losses[:10]), losses
 
     model.eval()
     with torch.no_grad():
