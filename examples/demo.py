@@ -76,9 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads",
         type=int,
         default=1,
-        help="OMP_NUM_THREADS / torch threads of each stage. Default 1: the stages run one after the other "
-        "and the tiny model gains nothing from a second thread on a shared 2-core machine (measured, see "
-        "the report in summary.json's threads field)",
+        help="OMP_NUM_THREADS of each stage (default 1: the stages run one after the other, and on the shared "
+        "2-core machine 80 fine-tuning steps took 27 s with 1 thread and 98 s with 2)",
     )
     parser.add_argument("--pretrain_config", default=str(PRETRAIN_CONFIG), help="run_pretrain.py YAML")
     parser.add_argument("--finetune_config", default=str(FINETUNE_CONFIG), help="run_finetune.py YAML")
