@@ -211,3 +211,13 @@ def test_loading_by_hub_id_from_an_offline_cache(model, tmp_path, monkeypatch):
     loaded = AutoModel.from_pretrained("org/prtps-tiny", cache_dir=tmp_path / "cache")
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_bf16_autocast_step_keeps_fp32_tables(model, batch):
+    pixel_batch, labels = batch
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(pixel_batch["pixel_values"], pixel_batch["image_sizes"], labels=labels)
+    output.loss.backward()
+    assert torch.isfinite(output.loss)
+    assert model.oim.lut.dtype == torch.float32 and model.oim.lut.abs().sum() > 0
