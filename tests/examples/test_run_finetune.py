@@ -47,7 +47,7 @@ def _run(output_dir: Path, *overrides: str) -> dict:
 def scratch_run(tmp_path_factory):
     AcceleratorState._reset_state(reset_partial_state=True)
     output_dir = tmp_path_factory.mktemp("finetune") / "scratch"
-    sizes = "data.synthetic_sizes={num_train_frames: 6, num_test_frames: 8, num_train_identities: 4}"
+    sizes = "data.synthetic_sizes={num_train_frames: 6, num_test_frames: 8, num_train_identities: 4, num_test_identities: 4}"
     final = _run(output_dir, sizes, "evaluation.det_thresh=0.0")
     return output_dir, final
 
