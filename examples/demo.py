@@ -1,6 +1,6 @@
 """The README demo: the paper's claim, end to end, on synthetic data and a CPU.
 
-    python examples/demo.py            # 6.5-8 minutes on 2 shared CPU cores (measured: 392 s and 468 s)
+    python examples/demo.py            # about 7 minutes on 2 CPU cores (measured: 407 s with 40 test queries, load ~1)
     python examples/demo.py --quick    # a smoke run: a few steps per stage, under a minute
 
 Stages, each a subprocess whose progress is streamed here and saved to ``<output_dir>/<stage>.log``:
