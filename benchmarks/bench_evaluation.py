@@ -91,8 +91,8 @@ def _iou(a, b) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def reference_prw(gallery, detections, queries, det_thresh=0.5, cross_camera=False, topk=(1, 5, 10)):
-    """The straightforward per-query loop of the community's PRW evaluation (no vectorisation)."""
+def _kept_detections(gallery, detections, det_thresh):
+    """image_id -> (boxes, embeddings) of the detections scoring at least det_thresh."""
     kept = {}
     for item, det in zip(gallery, detections):
         keep = np.asarray(det["scores"]) >= det_thresh
@@ -101,6 +101,42 @@ def reference_prw(gallery, detections, queries, det_thresh=0.5, cross_camera=Fal
                 np.asarray(det["boxes"], np.float64)[keep],
                 np.asarray(det["embeddings"], np.float64)[keep],
             )
+    return kept
+
+
+def _score_image(boxes, feats, feat, gt, y_true, y_score) -> int:
+    """Append one gallery image's labels and similarities; only the most similar detection matching the
+    ground truth ``gt`` (None: the person is absent) is a true positive. Returns 1 for a true positive."""
+    sim = feats @ feat
+    label = np.zeros(len(sim), dtype=int)
+    found = 0
+    if gt is not None:
+        w, h = gt[2] - gt[0], gt[3] - gt[1]
+        thresh = min(0.5, w * h / ((w + 10) * (h + 10)))
+        order = np.argsort(sim)[::-1]
+        sim, boxes = sim[order], boxes[order]
+        for j, box in enumerate(boxes):
+            if _iou(box, gt) >= thresh:
+                label[j] = 1
+                found = 1
+                break
+    y_true.extend(label.tolist())
+    y_score.extend(sim.tolist())
+    return found
+
+
+def _query_result(y_true, y_score, count_tp, count_gt, topk):
+    """(AP x recall, top-k hits) of one query from its ranked lists."""
+    recall = count_tp / count_gt
+    ap = 0.0 if count_tp == 0 else reference_average_precision(y_true, y_score) * recall
+    order = np.argsort(y_score)[::-1]
+    ranked = np.asarray(y_true)[order]
+    return ap, [min(1, int(ranked[:k].sum())) for k in topk]
+
+
+def reference_prw(gallery, detections, queries, det_thresh=0.5, cross_camera=False, topk=(1, 5, 10)):
+    """The straightforward per-query loop of the community's PRW evaluation (no vectorisation)."""
+    kept = _kept_detections(gallery, detections, det_thresh)
     aps, accs = [], []
     for query in queries:
         feat = np.asarray(query["embedding"], np.float64)
@@ -117,27 +153,10 @@ def reference_prw(gallery, detections, queries, det_thresh=0.5, cross_camera=Fal
             count_gt += name in occurrences
             if name not in kept:
                 continue
-            boxes, feats = kept[name]
-            sim = feats @ feat
-            label = np.zeros(len(sim), dtype=int)
-            if name in occurrences:
-                gt = occurrences[name]
-                w, h = gt[2] - gt[0], gt[3] - gt[1]
-                thresh = min(0.5, w * h / ((w + 10) * (h + 10)))
-                order = np.argsort(sim)[::-1]
-                sim, boxes = sim[order], boxes[order]
-                for j, box in enumerate(boxes):
-                    if _iou(box, gt) >= thresh:
-                        label[j] = 1
-                        count_tp += 1
-                        break
-            y_true.extend(label.tolist())
-            y_score.extend(sim.tolist())
-        recall = count_tp / count_gt
-        aps.append(0.0 if count_tp == 0 else reference_average_precision(y_true, y_score) * recall)
-        order = np.argsort(y_score)[::-1]
-        y_true = np.asarray(y_true)[order]
-        accs.append([min(1, int(y_true[:k].sum())) for k in topk])
+            count_tp += _score_image(*kept[name], feat, occurrences.get(name), y_true, y_score)
+        ap, acc = _query_result(y_true, y_score, count_tp, count_gt, topk)
+        aps.append(ap)
+        accs.append(acc)
     accs = np.mean(accs, axis=0)
     return {"mAP": float(np.mean(aps)), "aps": aps, **{f"top{k}": float(a) for k, a in zip(topk, accs)}}
 
@@ -172,14 +191,7 @@ def add_cuhk_gallery_lists(gallery, queries, gallery_size: int, seed: int = 1) -
 
 def reference_cuhk(gallery, detections, queries, det_thresh=0.5, topk=(1, 5, 10)):
     """The straightforward per-query loop of the community's CUHK-SYSU evaluation (TestG lists)."""
-    kept = {}
-    for item, det in zip(gallery, detections):
-        keep = np.asarray(det["scores"]) >= det_thresh
-        if keep.any():
-            kept[item["image_id"]] = (
-                np.asarray(det["boxes"], np.float64)[keep],
-                np.asarray(det["embeddings"], np.float64)[keep],
-            )
+    kept = _kept_detections(gallery, detections, det_thresh)
     aps, accs = [], []
     for query in queries:
         feat = np.asarray(query["embedding"], np.float64)
@@ -190,26 +202,10 @@ def reference_cuhk(gallery, detections, queries, det_thresh=0.5, topk=(1, 5, 10)
             count_gt += gt is not None
             if entry["image_id"] not in kept:
                 continue
-            boxes, feats = kept[entry["image_id"]]
-            sim = feats @ feat
-            label = np.zeros(len(sim), dtype=int)
-            if gt is not None:
-                w, h = gt[2] - gt[0], gt[3] - gt[1]
-                thresh = min(0.5, w * h / ((w + 10) * (h + 10)))
-                order = np.argsort(sim)[::-1]
-                sim, boxes = sim[order], boxes[order]
-                for j, box in enumerate(boxes):
-                    if _iou(box, gt) >= thresh:
-                        label[j] = 1
-                        count_tp += 1
-                        break
-            y_true.extend(label.tolist())
-            y_score.extend(sim.tolist())
-        recall = count_tp / count_gt
-        aps.append(0.0 if count_tp == 0 else reference_average_precision(y_true, y_score) * recall)
-        order = np.argsort(y_score)[::-1]
-        y_true = np.asarray(y_true)[order]
-        accs.append([min(1, int(y_true[:k].sum())) for k in topk])
+            count_tp += _score_image(*kept[entry["image_id"]], feat, gt, y_true, y_score)
+        ap, acc = _query_result(y_true, y_score, count_tp, count_gt, topk)
+        aps.append(ap)
+        accs.append(acc)
     accs = np.mean(accs, axis=0)
     return {"mAP": float(np.mean(aps)), "aps": aps, **{f"top{k}": float(a) for k, a in zip(topk, accs)}}
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_person_search_config
 
-from hf_personsearch.configuration_person_search import PersonSearchConfig
 from hf_personsearch.configuration_person_search_pretrain import PersonSearchPretrainConfig
 from hf_personsearch.data.synthetic.render import render_scene
 from hf_personsearch.modeling_person_search_pretrain import PersonSearchPretrainModel
@@ -102,21 +102,7 @@ def pretrain_batch(pixels, boxes, domains, index: torch.Tensor) -> dict:
 
 
 def build(reversal_weight: float, seed: int = 0) -> PersonSearchPretrainModel:
-    person_search = PersonSearchConfig(
-        backbone="test_resnet",
-        freeze_stem=False,
-        freeze_batchnorm=False,
-        anchor_sizes=(16, 32),
-        anchor_aspect_ratios=(0.5, 1.0),
-        rpn_batch_size_per_image=16,
-        rpn_pre_nms_top_n_train=60,
-        rpn_post_nms_top_n_train=8,
-        box_batch_size_per_image=4,
-        roi_output_size=4,
-        embedding_dim=16,
-        num_person_ids=4,
-        oim_queue_size=8,
-    )
+    person_search = tiny_person_search_config(num_person_ids=4, oim_queue_size=8)
     config = PersonSearchPretrainConfig(
         person_search=person_search,
         num_detection_domains=2,

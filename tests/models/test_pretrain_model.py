@@ -5,35 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import tiny_person_search_config
 
-from hf_personsearch.configuration_person_search import PersonSearchConfig
 from hf_personsearch.configuration_person_search_pretrain import PersonSearchPretrainConfig
 from hf_personsearch.modeling_person_search_pretrain import PS_TERMS, PersonSearchPretrainModel
 
 IMAGE_SIZE = 64
-
-
-def tiny_person_search_config(**overrides) -> PersonSearchConfig:
-    """A test_resnet person search model with few anchors/RoIs, so one step takes well under a second."""
-    values = dict(
-        backbone="test_resnet",
-        freeze_stem=False,
-        freeze_batchnorm=False,
-        anchor_sizes=(16, 32),
-        anchor_aspect_ratios=(0.5, 1.0),
-        rpn_batch_size_per_image=16,
-        rpn_pre_nms_top_n_train=60,
-        rpn_post_nms_top_n_train=8,
-        rpn_pre_nms_top_n_test=60,
-        rpn_post_nms_top_n_test=8,
-        box_batch_size_per_image=4,
-        roi_output_size=4,
-        embedding_dim=16,
-        num_person_ids=12,
-        oim_queue_size=6,
-    )
-    values.update(overrides)
-    return PersonSearchConfig(**values)
 
 
 def tiny_pretrain_config(**overrides) -> PersonSearchPretrainConfig:

@@ -48,3 +48,26 @@ def scene_batch(scenes=((0, 1), (1, 2), (2, 0)), width=160, height=128, seed=0):
         labels.append({"boxes": torch.tensor(boxes), "person_ids": torch.tensor(identities)})
     batch = PersonSearchImageProcessor(min_size=height, max_size=width)(images)
     return batch, labels
+
+
+def tiny_person_search_config(**overrides) -> PersonSearchConfig:
+    """A test_resnet person search model with few anchors/RoIs, so one step takes well under a second."""
+    values = dict(
+        backbone="test_resnet",
+        freeze_stem=False,
+        freeze_batchnorm=False,
+        anchor_sizes=(16, 32),
+        anchor_aspect_ratios=(0.5, 1.0),
+        rpn_batch_size_per_image=16,
+        rpn_pre_nms_top_n_train=60,
+        rpn_post_nms_top_n_train=8,
+        rpn_pre_nms_top_n_test=60,
+        rpn_post_nms_top_n_test=8,
+        box_batch_size_per_image=4,
+        roi_output_size=4,
+        embedding_dim=16,
+        num_person_ids=12,
+        oim_queue_size=6,
+    )
+    values.update(overrides)
+    return PersonSearchConfig(**values)
