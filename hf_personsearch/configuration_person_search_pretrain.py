@@ -51,6 +51,12 @@ class PersonSearchPretrainConfig(PreTrainedConfig):
         iam_instance_hidden_dim (`int`, 256): width of the instance-branch layers (same reason).
         iam_consistency_weight (`float`, 1.0): weight of the image/instance consistency regularizer
             inside L_adv (Eq. 7 adds the three terms with weight 1).
+        iam_negative_slope (`float`, 0.2): negative slope of the LeakyReLU between the IAM layers (the
+            paper does not say; Domain Adaptive Faster R-CNN uses ReLU). Measured: with ReLU the reversed
+            gradient drives every pre-activation of the domain classifier negative within ~100 steps,
+            after which it outputs a constant (chance accuracy) and passes no gradient back, so the
+            features keep the domain cue (benchmarks/bench_alignment.py, variant relu). 0.2 is the
+            usual GAN-discriminator slope; 0 gives ReLU.
     Ablation switches (the paper's Tables 5 and Fig. 6; each removes exactly its loss terms)
         use_contrastive (`bool`, True): L_con on images without real identities.
         use_detection_iam (`bool`, True): the detection IAM (encoder map, detection-head vectors) on
@@ -81,6 +87,7 @@ class PersonSearchPretrainConfig(PreTrainedConfig):
         iam_conv_channels: int = 256,
         iam_instance_hidden_dim: int = 256,
         iam_consistency_weight: float = 1.0,
+        iam_negative_slope: float = 0.2,
         use_contrastive: bool = True,
         use_detection_iam: bool = True,
         use_reid_iam: bool = True,
@@ -109,6 +116,7 @@ class PersonSearchPretrainConfig(PreTrainedConfig):
         self.iam_conv_channels = iam_conv_channels
         self.iam_instance_hidden_dim = iam_instance_hidden_dim
         self.iam_consistency_weight = iam_consistency_weight
+        self.iam_negative_slope = iam_negative_slope
         self.use_contrastive = use_contrastive
         self.use_detection_iam = use_detection_iam
         self.use_reid_iam = use_reid_iam
@@ -122,6 +130,10 @@ class PersonSearchPretrainConfig(PreTrainedConfig):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _check(
             self.iam_consistency_weight >= 0, f"iam_consistency_weight must be >= 0, got {self.iam_consistency_weight}"
+        )
+        _check(
+            0 <= self.iam_negative_slope < 1,
+            f"iam_negative_slope must lie in [0, 1) (0 = ReLU), got {self.iam_negative_slope}",
         )
         for name in ("predictor_hidden_dim", "iam_num_convs", "iam_conv_channels", "iam_instance_hidden_dim"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")

@@ -98,6 +98,8 @@ class IntraTaskAlignmentModule(nn.Module):
         conv_channels: width of the image branch.
         instance_hidden_dim: width of the instance branch.
         reversal_weight: the gradient reversal weight (0 = the features get no gradient from the IAM).
+        negative_slope: LeakyReLU slope between the layers (0 = ReLU). A small slope keeps the classifier
+            alive: with ReLU the reversed gradient turns every unit off (see PersonSearchPretrainConfig).
 
     ``forward(image_features (K, C, H, W), image_domains (K,), instance_features (N, d),
     instance_image_index (N,) the image of each instance, valid (K, H, W) bool or None)`` returns an
@@ -113,6 +115,7 @@ class IntraTaskAlignmentModule(nn.Module):
         conv_channels: int = 256,
         instance_hidden_dim: int = 256,
         reversal_weight: float = 1.0,
+        negative_slope: float = 0.2,
     ):
         super().__init__()
         self.num_domains = num_domains
@@ -120,9 +123,9 @@ class IntraTaskAlignmentModule(nn.Module):
         image_layers, instance_layers = [], []
         for index in range(num_convs):
             image_layers += [nn.Conv2d(image_channels if index == 0 else conv_channels, conv_channels, 3, padding=1)]
-            image_layers += [nn.ReLU(inplace=True)]
+            image_layers += [nn.LeakyReLU(negative_slope, inplace=True)]
             instance_layers += [nn.Linear(instance_dim if index == 0 else instance_hidden_dim, instance_hidden_dim)]
-            instance_layers += [nn.ReLU(inplace=True)]
+            instance_layers += [nn.LeakyReLU(negative_slope, inplace=True)]
         self.image_convs = nn.Sequential(*image_layers)
         self.image_head = nn.Conv2d(conv_channels, num_domains, 1)
         self.instance_layers = nn.Sequential(*instance_layers)

@@ -126,6 +126,7 @@ class PersonSearchPretrainModel(PersonSearchPretrainPreTrainedModel):
                 conv_channels=config.iam_conv_channels,
                 instance_hidden_dim=config.iam_instance_hidden_dim,
                 reversal_weight=config.gradient_reversal_weight,
+                negative_slope=config.iam_negative_slope,
             )
 
         if config.use_detection_iam:
@@ -150,6 +151,20 @@ class PersonSearchPretrainModel(PersonSearchPretrainPreTrainedModel):
         if save_directory is not None:
             self.person_search.save_pretrained(save_directory, **save_kwargs)
         return self.person_search
+
+    def domain_classifier_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the alignment modules (the domain classifiers behind gradient reversal).
+
+        The trainer leaves them out of gradient clipping: a classifier only pushes the features towards
+        domain invariance while it keeps up with them, and clipped together with the model (whose
+        reversed domain gradient is large) it learns too slowly; the features then keep the domain cue
+        although the classifier reads "chance" (benchmarks/bench_alignment.py, variant clip-all)."""
+        return [
+            parameter
+            for attribute in ALIGNMENT_MODULES.values()
+            if hasattr(self, attribute)
+            for parameter in getattr(self, attribute).parameters()
+        ]
 
     # ------------------------------------------------------------------ checks
     def _check_batch(self, batch_size: int, domain_ids, is_reid, has_identity, labels, labels_2, device):

@@ -232,12 +232,21 @@ def train_step(
     grad_norm = None
     if clean:
         if max_grad_norm:
-            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm))
+            grad_norm = float(accelerator.clip_grad_norm_(clipped_parameters(accelerator, model), max_grad_norm))
         optimizer.step()
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     terms = {name: value / len(micro_batches) for name, value in sums.items()}
     return StepResult(skipped=not clean, loss_terms=terms, grad_norm=grad_norm, num_images=num_images)
+
+
+def clipped_parameters(accelerator, model) -> list[torch.nn.Parameter]:
+    """The parameters gradient clipping applies to: all but the model's domain classifiers, if it has
+    any (``domain_classifier_parameters``: they must keep up with the features they judge)."""
+    unwrapped = accelerator.unwrap_model(model)
+    excluded = getattr(unwrapped, "domain_classifier_parameters", None)
+    excluded_ids = {id(parameter) for parameter in excluded()} if excluded else set()
+    return [parameter for parameter in model.parameters() if id(parameter) not in excluded_ids]
 
 
 def default_forward(model, batch: Mapping) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -91,3 +91,28 @@ def test_domain_out_of_range_names_the_ids():
     module = IntraTaskAlignmentModule(4, 6, num_domains=2, num_convs=1, conv_channels=4, instance_hidden_dim=4)
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
         module(torch.randn(1, 4, 2, 2), torch.tensor([2]), torch.randn(1, 6), torch.tensor([0]))
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.2])
+def test_negative_inputs_pass_through_the_branches_with_the_configured_slope(slope):
+    """With ReLU (slope 0) a branch whose inputs are all negative outputs its bias only and passes no
+    gradient back (the dead classifier of PersonSearchPretrainConfig.iam_negative_slope); a slope keeps
+    both the output and the gradient alive."""
+    module = IntraTaskAlignmentModule(
+        2, 2, num_domains=2, num_convs=1, conv_channels=2, instance_hidden_dim=2, negative_slope=slope
+    )
+    with torch.no_grad():
+        for layer in (module.image_convs[0], module.instance_layers[0]):
+            layer.weight.fill_(1.0)
+            layer.bias.fill_(0.0)
+    features = torch.full((1, 2, 3, 3), -1.0, requires_grad=True)
+    instances = torch.full((1, 2), -1.0, requires_grad=True)
+    image_logits, instance_logits = module.domain_logits(features, instances)
+    (image_logits[:, 0].sum() + instance_logits[:, 0].sum()).backward()
+    if slope == 0:
+        assert torch.equal(features.grad, torch.zeros_like(features))
+        assert torch.equal(instances.grad, torch.zeros_like(instances))
+    else:
+        assert features.grad.abs().sum() > 0 and instances.grad.abs().sum() > 0
+        hidden = module.instance_layers(instances.detach())
+        assert torch.allclose(hidden, torch.full((1, 2), -2.0 * slope))  # LeakyReLU(-2) = -2 * slope

@@ -135,6 +135,26 @@ def test_each_ablation_switch_removes_exactly_its_terms(switch):
     assert torch.allclose(ablated_terms["adv"], full_terms["adv"] - removed_adv, atol=1e-5)
 
 
+def test_domain_classifier_parameters_are_exactly_the_alignment_modules():
+    model = build(**ALL_ON)
+    expected = {
+        name
+        for name, _ in model.named_parameters()
+        if name.split(".")[0] in ("detection_alignment", "reid_alignment", "inter_task_alignment")
+    }
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    assert expected and {names[id(p)] for p in model.domain_classifier_parameters()} == expected
+    assert build(**{name: False for name in ALL_ON}).domain_classifier_parameters() == []
+
+
+def test_iam_negative_slope_reaches_every_module_and_is_validated():
+    model = build(**ALL_ON, iam_negative_slope=0.1)
+    slopes = {m.negative_slope for m in model.modules() if isinstance(m, torch.nn.LeakyReLU)}
+    assert slopes == {0.1}
+    with pytest.raises(ValueError, match="iam_negative_slope"):
+        tiny_pretrain_config(iam_negative_slope=1.5)
+
+
 def test_all_switches_off_leaves_l_ps_only():
     model = build(**{name: False for name in ALL_ON})
     output = _run(model)

@@ -49,6 +49,40 @@ def test_finite_step_matches_hand_computed_sgd_update_with_accumulation():
     assert result.loss_terms["quadratic"] == pytest.approx((9.0 + 0.25) / 2)
 
 
+class ModelWithDomainClassifier(nn.Module):
+    """A feature weight and a domain classifier weight, like PersonSearchPretrainModel's split."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Linear(1, 1, bias=False)
+        self.classifier = nn.Linear(1, 1, bias=False)
+        nn.init.constant_(self.features.weight, 1.0)
+        nn.init.constant_(self.classifier.weight, 1.0)
+
+    def domain_classifier_parameters(self):
+        return list(self.classifier.parameters())
+
+
+def test_gradient_clipping_leaves_the_domain_classifiers_out():
+    accelerator = Accelerator(cpu=True)
+    model = ModelWithDomainClassifier()
+    optimizer = build_optimizer(model, {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0})
+    scheduler = build_scheduler(optimizer, {"name": "constant", "warmup_steps": 0}, 10)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    def forward(model, batch):  # d/d features = 30, d/d classifier = 40
+        loss = 30.0 * model.features.weight.sum() + 40.0 * model.classifier.weight.sum()
+        return loss, {"loss": loss}
+
+    result = train_step(
+        accelerator, model, optimizer, scheduler, [batch(1.0, 1.0, "ecp")], NonFiniteGuard(), 3.0, forward
+    )
+    # only the feature gradient counts in the norm (30, not 50) and is clipped to 3; the classifier's is not
+    assert result.grad_norm == pytest.approx(30.0)
+    assert model.features.weight.item() == pytest.approx(1.0 - 0.1 * 3.0)
+    assert model.classifier.weight.item() == pytest.approx(1.0 - 0.1 * 40.0)
+
+
 def test_nonfinite_step_is_skipped_counted_by_source_and_stops_after_n_in_a_row():
     accelerator, model, optimizer, scheduler = make_step_parts()
     guard = NonFiniteGuard(max_consecutive=3)
