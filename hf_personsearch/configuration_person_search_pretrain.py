@@ -52,10 +52,10 @@ class PersonSearchPretrainConfig(PreTrainedConfig):
         iam_consistency_weight (`float`, 1.0): weight of the image/instance consistency regularizer
             inside L_adv (Eq. 7 adds the three terms with weight 1).
         iam_negative_slope (`float`, 0.2): negative slope of the LeakyReLU between the IAM layers (the
-            paper does not say; Domain Adaptive Faster R-CNN uses ReLU). Measured: with ReLU the reversed
-            gradient drives every pre-activation of the domain classifier negative within ~100 steps,
-            after which it outputs a constant (chance accuracy) and passes no gradient back, so the
-            features keep the domain cue (benchmarks/bench_alignment.py, variant relu). 0.2 is the
+            paper does not say; Domain Adaptive Faster R-CNN uses ReLU). Measured on the learning test's
+            setting: with ReLU the reversed gradient drives every pre-activation of the domain classifier
+            negative (no unit active on held-out images), after which it outputs a constant (chance
+            accuracy) and passes no gradient back, so the features keep the domain cue (benchmarks/bench_alignment.py, variant relu). 0.2 is the
             usual GAN-discriminator slope; 0 gives ReLU.
     Ablation switches (the paper's Tables 5 and Fig. 6; each removes exactly its loss terms)
         use_contrastive (`bool`, True): L_con on images without real identities.

@@ -82,6 +82,7 @@ PRETRAIN_DEFAULTS: dict = {
         # "no", "bf16" or "fp16" (fp16 needs a GPU; on CPU it silently stays fp32, REFERENCE.md 5).
         "mixed_precision": "no",
         # Gradient clipping by global norm; 10 guards against OIM spikes early in training, 0/None = off.
+        # The domain classifiers (IAMs) are left out: they must keep up with the features (loop.py).
         "max_grad_norm": 10.0,
         # Consecutive non-finite losses tolerated (each skipped and counted) before the run stops.
         "max_consecutive_nonfinite": 5,
