@@ -2,6 +2,7 @@
 
     python examples/demo.py            # about 7 minutes on 2 CPU cores (measured: 407 s with 40 test queries, load ~1)
     python examples/demo.py --quick    # a smoke run: a few steps per stage, under a minute
+    python examples/demo.py --finetune_seeds 0 1 2   # both fine-tunings with 3 seeds: mean +- std (~14 min)
 
 Stages, each a subprocess whose progress is streamed here and saved to ``<output_dir>/<stage>.log``:
 
@@ -16,6 +17,11 @@ Both fine-tunings read the same PRW folder with the same config and seed, so the
 difference. The table printed at the end (init, mAP, top-1, detection AP and recall, wall time) is read
 from each run's ``results.json``; ``<output_dir>/summary.json`` holds the same numbers, the commands, the
 wall time of every stage and the load average of the machine before and after.
+
+At this size one fine-tuning seed moves mAP by several points, so ``--finetune_seeds`` repeats stages 3
+and 4 with each seed (``training.seed``; stage folders ``finetune_pretrained_seed<S>`` etc. when several
+seeds are given) and the table shows the mean +- the standard deviation over the seeds; every run's
+numbers are in ``summary.json`` under ``runs``. The pre-training itself runs once.
 """
 
 from __future__ import annotations
@@ -37,8 +43,14 @@ FINETUNE_CONFIG = EXAMPLES / "configs" / "finetune_demo_cpu.yaml"
 DEMO_MARKER = ".hf_personsearch_demo"
 """File that marks a folder as written by this demo, so a rerun may clear it (and nothing else)."""
 
-STAGE_FOLDERS = ("pretrain", "data", "finetune_pretrained", "finetune_scratch")
-"""Sub-folders of the output folder a run writes; a rerun clears them (run_pretrain appends to its logs)."""
+STAGE_FOLDERS = ("pretrain", "data")
+"""Sub-folders of the output folder a run writes, with every ``finetune_*`` one; a rerun clears them
+(run_pretrain appends to its logs)."""
+
+INITS = (("pre-trained", "finetune_pretrained"), ("scratch", "finetune_scratch"))
+"""Table name and stage name of the two fine-tunings."""
+
+METRICS = ("mAP", "top1", "detection_ap", "detection_recall")
 
 QUICK_PRETRAIN = [
     "training.max_steps=3",
@@ -79,9 +91,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="OMP_NUM_THREADS of each stage (default 1: the stages run one after the other, and on the shared "
         "2-core machine 80 fine-tuning steps took 27 s with 1 thread and 98 s with 2)",
     )
+    parser.add_argument(
+        "--finetune_seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="training.seed of the fine-tunings; several seeds run both fine-tunings once per seed and print the "
+        "mean +- standard deviation (default: 0 only, to keep the demo at ~7 minutes)",
+    )
     parser.add_argument("--pretrain_config", default=str(PRETRAIN_CONFIG), help="run_pretrain.py YAML")
     parser.add_argument("--finetune_config", default=str(FINETUNE_CONFIG), help="run_finetune.py YAML")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if len(set(args.finetune_seeds)) != len(args.finetune_seeds):
+        parser.error(f"--finetune_seeds has a repeated seed: {args.finetune_seeds}")
+    return args
 
 
 def prepare_output_dir(output_dir: Path) -> None:
@@ -100,6 +123,9 @@ def prepare_output_dir(output_dir: Path) -> None:
     (output_dir / DEMO_MARKER).write_text("written by examples/demo.py; a rerun clears the stage folders\n")
     for name in STAGE_FOLDERS:
         shutil.rmtree(output_dir / name, ignore_errors=True)
+    for folder in output_dir.glob("finetune_*"):
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def target_sizes(finetune_config: Path, quick: bool) -> dict:
@@ -134,23 +160,22 @@ def build_stages(args: argparse.Namespace, output_dir: Path) -> list[tuple[str, 
     ]
     finetune += QUICK_FINETUNE if args.quick else []
     exported = output_dir / "pretrain" / "person_search_model"
-    return [
-        ("pretrain", pretrain),
-        ("data", generate),
-        (
-            "finetune_pretrained",
-            finetune
-            + [
-                f"training.output_dir={output_dir / 'finetune_pretrained'}",
-                "init.from=pretrained",
-                f"init.path={exported}",
-            ],
-        ),
-        (
-            "finetune_scratch",
-            finetune + [f"training.output_dir={output_dir / 'finetune_scratch'}", "init.from=scratch"],
-        ),
-    ]
+    init_overrides = {
+        "finetune_pretrained": ["init.from=pretrained", f"init.path={exported}"],
+        "finetune_scratch": ["init.from=scratch"],
+    }
+    stages = [("pretrain", pretrain), ("data", generate)]
+    for seed in args.finetune_seeds:
+        for _, stage in INITS:
+            name = finetune_stage_name(stage, seed, args.finetune_seeds)
+            overrides = [f"training.output_dir={output_dir / name}", f"training.seed={seed}"]
+            stages.append((name, finetune + overrides + init_overrides[stage]))
+    return stages
+
+
+def finetune_stage_name(stage: str, seed: int, seeds: list[int]) -> str:
+    """``stage`` itself for a single seed, ``<stage>_seed<seed>`` when several seeds run."""
+    return stage if len(seeds) == 1 else f"{stage}_seed{seed}"
 
 
 def run_stage(name: str, command: list[str], log_path: Path, threads: int) -> float:
@@ -197,10 +222,32 @@ def result_row(init: str, finetune_dir: Path, wall_s: float) -> dict:
     }
 
 
+def mean_row(init: str, runs: list[dict]) -> dict:
+    """The mean of ``runs`` (rows of one init, one per seed); with several runs also ``<metric>_std``
+    (population standard deviation over the seeds) and ``seeds``."""
+    row = {"init": init}
+    for key in (*METRICS, "wall_s"):
+        values = [run[key] for run in runs]
+        row[key] = sum(values) / len(values)
+        if len(runs) > 1 and key in METRICS:
+            row[f"{key}_std"] = (sum((value - row[key]) ** 2 for value in values) / len(values)) ** 0.5
+    row["num_queries"] = runs[0]["num_queries"]
+    row["step"] = runs[0]["step"]
+    if len(runs) > 1:
+        row["seeds"] = [run["seed"] for run in runs]
+    return row
+
+
 def format_table(rows: list[dict]) -> str:
-    """Rows as an aligned plain-text table (metrics as percentages, times in seconds)."""
+    """Rows as an aligned plain-text table (metrics as percentages, times in seconds; ``+- std`` in points
+    where a row has ``<metric>_std``)."""
+
+    def cell(row: dict, key: str, fmt: str) -> str:
+        text = fmt.format(row[key])
+        return text + (f" +- {100 * row[key + '_std']:.1f}" if key + "_std" in row else "")
+
     cells = [[header for header, _, _ in TABLE_COLUMNS]]
-    cells += [[fmt.format(row[key]) for _, key, fmt in TABLE_COLUMNS] for row in rows]
+    cells += [[cell(row, key, fmt) for _, key, fmt in TABLE_COLUMNS] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(TABLE_COLUMNS))]
     lines = [
         "  ".join(
@@ -224,14 +271,18 @@ def main(argv: list[str] | None = None) -> dict:
         wall = run_stage(name, command, output_dir / f"{name}.log", args.threads)
         stages.append({"name": name, "command": command, "wall_s": round(wall, 1)})
     walls = {stage["name"]: stage["wall_s"] for stage in stages}
-    rows = [
-        result_row("pre-trained", output_dir / "finetune_pretrained", walls["finetune_pretrained"]),
-        result_row("scratch", output_dir / "finetune_scratch", walls["finetune_scratch"]),
-    ]
+    runs = []
+    for seed in args.finetune_seeds:
+        for init, stage in INITS:
+            name = finetune_stage_name(stage, seed, args.finetune_seeds)
+            runs.append({**result_row(init, output_dir / name, walls[name]), "seed": seed})
+    rows = [mean_row(init, [run for run in runs if run["init"] == init]) for init, _ in INITS]
     summary = {
         "quick": args.quick,
         "threads": args.threads,
+        "finetune_seeds": args.finetune_seeds,
         "results": rows,
+        "runs": runs,
         "stages": stages,
         "total_wall_s": round(time.perf_counter() - started, 1),
         "load_average_before": [round(x, 2) for x in load_before],
@@ -239,7 +290,8 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_count": os.cpu_count(),
     }
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"\nSynthetic PRW test split ({rows[0]['num_queries']} queries), search at detection score >= 0.5:")
+    seeds = f", mean +- std over fine-tuning seeds {args.finetune_seeds}" if len(args.finetune_seeds) > 1 else ""
+    print(f"\nSynthetic PRW test split ({rows[0]['num_queries']} queries), search at detection score >= 0.5{seeds}:")
     print(format_table(rows))
     print(
         f"pre-training {walls['pretrain']:.0f} s, total {summary['total_wall_s']:.0f} s "

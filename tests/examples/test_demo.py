@@ -144,3 +144,57 @@ def test_rerun_clears_only_its_stage_folders(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     demo.prepare_output_dir(tmp_path)
     assert not (tmp_path / "pretrain").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_several_finetune_seeds_run_each_init_per_seed_and_print_mean_and_std(tmp_path, monkeypatch, capsys):
+    """Stages and aggregation with --finetune_seeds 0 1 (run_stage replaced: it writes a results.json whose
+    mAP depends on the init and the seed, read back from the stage's command)."""
+    commands = {}
+
+    def fake_run_stage(name, command, log_path, threads):
+        commands[name] = command
+        overrides = dict(item.split("=", 1) for item in command if "=" in item and not item.startswith("--"))
+        if name.startswith("finetune_"):
+            seed = int(overrides["training.seed"])
+            pretrained = overrides["init.from"] == "pretrained"
+            final = {"mAP": 0.2 + 0.1 * seed + (0.1 if pretrained else 0.0), "top1": 0.5, "step": 7}
+            final.update(detection_ap=0.25, detection_recall=0.75, num_queries=40)
+            folder = Path(overrides["training.output_dir"])
+            folder.mkdir(parents=True)
+            (folder / "results.json").write_text(json.dumps({"final": final}))
+        return 10.0 + seed if name.startswith("finetune_") else 1.0
+
+    monkeypatch.setattr(demo, "run_stage", fake_run_stage)
+    summary = demo.main(["--output_dir", str(tmp_path / "out"), "--finetune_seeds", "0", "1"])
+    assert list(commands) == [
+        "pretrain",
+        "data",
+        "finetune_pretrained_seed0",
+        "finetune_scratch_seed0",
+        "finetune_pretrained_seed1",
+        "finetune_scratch_seed1",
+    ]
+    assert "training.seed=1" in commands["finetune_scratch_seed1"]
+    assert summary["finetune_seeds"] == [0, 1] and len(summary["runs"]) == 4
+    rows = {row["init"]: row for row in summary["results"]}
+    # pre-trained: mAP 0.3 and 0.4 -> mean 0.35, std 0.05; scratch: 0.2 and 0.3 -> 0.25, 0.05
+    assert rows["pre-trained"]["mAP"] == pytest.approx(0.35) and rows["pre-trained"]["mAP_std"] == pytest.approx(0.05)
+    assert rows["scratch"]["mAP"] == pytest.approx(0.25) and rows["scratch"]["top1_std"] == pytest.approx(0.0)
+    assert rows["scratch"]["seeds"] == [0, 1] and rows["scratch"]["wall_s"] == pytest.approx(10.5)
+    out = capsys.readouterr().out
+    assert "mean +- std over fine-tuning seeds [0, 1]" in out
+    assert "35.00% +- 5.0" in next(line for line in out.splitlines() if line.startswith("pre-trained"))
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["results"] == summary["results"]
+
+
+def test_repeated_finetune_seed_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--finetune_seeds", "1", "1"])
+    assert "repeated seed" in capsys.readouterr().err
+
+
+def test_rerun_clears_the_seeded_finetune_folders(tmp_path):
+    demo.prepare_output_dir(tmp_path)
+    (tmp_path / "finetune_scratch_seed3").mkdir()
+    demo.prepare_output_dir(tmp_path)
+    assert not (tmp_path / "finetune_scratch_seed3").exists()
