@@ -1,6 +1,6 @@
 """The README demo: the paper's claim, end to end, on synthetic data and a CPU.
 
-    python examples/demo.py            # about 7 minutes on 2 CPU cores (measured: 407 s with 40 test queries, load ~1)
+    python examples/demo.py            # about 7 minutes on 2 CPU cores (measured: 419 s, 40 test queries, load ~0.8)
     python examples/demo.py --quick    # a smoke run: a few steps per stage, under a minute
     python examples/demo.py --finetune_seeds 0 1 2   # both fine-tunings with 3 seeds: mean +- std (~14 min)
 
