@@ -1,4 +1,4 @@
-"""The README demo: the paper's claim, end to end, on synthetic data and a CPU.
+"""The README demo: the paper's pipeline, end to end, on synthetic data and a CPU.
 
     python examples/demo.py            # about 7 minutes on 2 CPU cores (measured: 419 s, 40 test queries, load ~0.8)
     python examples/demo.py --quick    # a smoke run: a few steps per stage, under a minute
