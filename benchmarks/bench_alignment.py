@@ -19,7 +19,7 @@ Variants (the test's recipe is "sgd"):
 - adam: the same with Adam (lr 1e-3) instead of SGD;
 - clip-all: the same with the domain classifiers clipped together with the rest of the model.
 
-    .venv/bin/python benchmarks/bench_alignment.py                       # the five variants, seed 0 (~9 min)
+    .venv/bin/python benchmarks/bench_alignment.py                       # the five variants, seed 0 (~7 min)
     .venv/bin/python benchmarks/bench_alignment.py --variants sgd --seeds 0 1 2
 """
 
