@@ -51,7 +51,13 @@ from hf_personsearch.data.search_dataset import (
     target_dataset,
 )
 from hf_personsearch.evaluation.model_inference import evaluate_on_target, resolve_gallery_size
-from hf_personsearch.training.config import ConfigError, flatten_config, load_config, save_resolved_config
+from hf_personsearch.training.config import (
+    ConfigError,
+    check_output_dir,
+    flatten_config,
+    load_config,
+    save_resolved_config,
+)
 from hf_personsearch.training.optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger("run_finetune")
@@ -146,17 +152,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_writable(folder: Path) -> None:
-    """Create ``folder`` and write a probe file there, or raise naming the folder (before any compute)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write_probe"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise ConfigError(f"training.output_dir {str(folder)!r} is not writable ({error})") from error
-
-
 def check_config(config: dict) -> None:
     """Every problem that can be found without computing: raise :class:`ConfigError` naming the key."""
     data, init, training = config["data"], config["init"], config["training"]
@@ -188,7 +183,7 @@ def check_config(config: dict) -> None:
         raise ConfigError(f"training.max_steps must be a positive integer or null, got {training['max_steps']!r}")
     if "num_person_ids" in config["model"]:
         raise ConfigError("model.num_person_ids is set from the training split's identities; remove it")
-    check_writable(Path(training["output_dir"]))
+    check_output_dir(training["output_dir"])
 
 
 def prepare_data_dir(config: dict) -> str:

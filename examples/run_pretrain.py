@@ -31,7 +31,13 @@ from hf_personsearch.data.identity import IdentitySpace
 from hf_personsearch.data.sampler import HybridSampler
 from hf_personsearch.modeling_person_search_pretrain import PersonSearchPretrainModel
 from hf_personsearch.training.checkpoints import load_checkpoint, resolve_resume_path, save_checkpoint
-from hf_personsearch.training.config import ConfigError, flatten_config, load_config, save_resolved_config
+from hf_personsearch.training.config import (
+    ConfigError,
+    check_output_dir,
+    flatten_config,
+    load_config,
+    save_resolved_config,
+)
 from hf_personsearch.training.hub import push_folder_to_hub
 from hf_personsearch.training.loop import (
     NonFiniteGuard,
@@ -46,7 +52,6 @@ from hf_personsearch.training.loop import (
 )
 from hf_personsearch.training.optim import build_optimizer, build_scheduler
 from hf_personsearch.training.pretraining import (
-    check_output_dir,
     export_pretrained,
     generate_synthetic_sources,
     hardware_description,

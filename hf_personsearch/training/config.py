@@ -187,3 +187,16 @@ def flatten_config(config: Mapping, prefix: str = "") -> dict[str, int | float |
         else:
             flat[name] = str(value)
     return flat
+
+
+def check_output_dir(output_dir: str | Path) -> Path:
+    """Create ``output_dir`` and prove it is writable (a probe file), or raise naming the folder."""
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write_probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"training.output_dir {str(output_dir)!r} is not writable: {error}") from error
+    return output_dir

@@ -41,19 +41,6 @@ PRETRAIN_MODEL_FOLDER = "pretrain_model"
 PERSON_SEARCH_MODEL_FOLDER = "person_search_model"
 
 
-def check_output_dir(output_dir: str | Path) -> Path:
-    """Create ``output_dir`` and prove it is writable (a probe file), or raise naming the folder."""
-    output_dir = Path(output_dir)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write_probe"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise ConfigError(f"training.output_dir {str(output_dir)!r} is not writable: {error}") from error
-    return output_dir
-
-
 def uses_synthetic_data(config: Mapping) -> bool:
     """True when no source names a data folder: the run uses the synthetic generator (the embedded default)."""
     return all(source.get("data_dir") is None for source in config["data"]["sources"])

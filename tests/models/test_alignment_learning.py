@@ -180,14 +180,12 @@ def linear_probe(train_x, train_y, test_x, test_y) -> float:
 def head_probe(train_maps, train_y, test_maps, test_y, channels: int = 16, steps: int = 150) -> float:
     """Held-out per-location accuracy of a fresh head shaped like the IAM's image branch (3x3 conv,
     LeakyReLU, 1x1 conv), 150 Adam steps on the frozen maps."""
-    generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)
     head = torch.nn.Sequential(
         torch.nn.Conv2d(train_maps.shape[1], channels, 3, padding=1),
         torch.nn.LeakyReLU(0.2),
         torch.nn.Conv2d(channels, 2, 1),
     )
-    torch.random.set_rng_state(generator_state)
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
     for _ in range(steps):
         logits = head(train_maps)
