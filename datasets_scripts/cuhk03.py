@@ -9,12 +9,10 @@ Usage (datasets 5 no longer runs loading scripts; use the builder directly)::
 
 or ``hf_personsearch.data.load_person_search_dataset("cuhk03", data_dir=..., split=...)``. The splits,
 the expected folder layout and where to obtain the data: ``hf_personsearch.data.formats.cuhk03``.
+The class is the package's own builder of the dataset (named by its ``SPEC.builder_name``, which also
+names the cache folder), so this file and ``load_person_search_dataset`` share one cache.
 """
 
-from hf_personsearch.data.builder import PersonSearchBuilder
+from hf_personsearch.data.builder import builder_class
 
-
-class CUHK03(PersonSearchBuilder):
-    """cuhk03: see ``hf_personsearch.data.formats.cuhk03`` for the raw format this reads."""
-
-    DATASET_NAME = "cuhk03"
+CUHK03 = builder_class("cuhk03")

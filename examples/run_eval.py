@@ -32,7 +32,8 @@ from accelerate import Accelerator
 from PIL import Image, ImageDraw
 
 from hf_personsearch import PersonSearchImageProcessor, PersonSearchModel
-from hf_personsearch.data.search_dataset import TARGET_DATASETS, load_image, target_dataset
+from hf_personsearch.data.formats import target_names
+from hf_personsearch.data.search_dataset import load_image, target_dataset
 from hf_personsearch.evaluation.model_inference import evaluate_on_target, resolve_gallery_size
 from hf_personsearch.pipelines.visualization import BACKGROUND, render_search_result
 
@@ -55,7 +56,7 @@ class UsageError(ValueError):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="saved model folder or hub id")
-    parser.add_argument("--dataset", required=True, help=f"one of {tuple(TARGET_DATASETS)}")
+    parser.add_argument("--dataset", required=True, help=f"one of {target_names()}")
     parser.add_argument("--data_dir", default=None, help="raw dataset folder (default: generate synthetic data)")
     parser.add_argument("--output_dir", default="outputs/eval", help="where JSON and picture go")
     parser.add_argument("--gallery_size", default=None, help="CUHK-SYSU TestG{N} or 'full' (default: 100)")

@@ -7,8 +7,8 @@ datasets 5 no longer runs loading scripts through ``load_dataset``, but a
     builder.download_and_prepare()
     train = builder.as_dataset("train")
 
-:class:`PersonSearchBuilder` does the work for any parser; ``datasets_scripts/<name>.py`` (and
-:func:`builder_class`) only name the dataset. Nothing is downloaded: the data is the user's local
+:class:`PersonSearchBuilder` does the work for any registered dataset; :func:`builder_class` makes its
+class, named after the dataset's ``DatasetSpec.builder_name`` (``datasets_scripts/<name>.py`` re-export it). Nothing is downloaded: the data is the user's local
 copy (none of these datasets may be redistributed) and a missing ``data_dir`` says where to get it.
 """
 
@@ -22,22 +22,10 @@ import datasets
 import numpy as np
 
 from .errors import SkipCounter
-from .formats import FORMAT_MODULES, get_format
+from .formats import DatasetSpec, get_spec
 from .schema import features
 
 logger = logging.getLogger(__name__)
-
-CLASS_NAMES = {
-    "crowdhuman": "CrowdHuman",
-    "ecp": "EuroCityPersons",
-    "msmt17": "MSMT17",
-    "cuhk03": "CUHK03",
-    "luperson": "LUPerson",
-    "prw": "PRW",
-    "cuhk_sysu": "CUHKSYSU",
-    "posetrack21": "PoseTrack21",
-    "custom": "CustomPersonSearch",
-}
 
 
 @dataclasses.dataclass
@@ -61,45 +49,47 @@ class PersonSearchBuilderConfig(datasets.BuilderConfig):
 class PersonSearchBuilder(datasets.GeneratorBasedBuilder):
     """Builds the unified records (:mod:`hf_personsearch.data.schema`) of ``DATASET_NAME``.
 
-    Subclasses set ``DATASET_NAME`` to a key of :data:`hf_personsearch.data.formats.FORMAT_MODULES`.
-    After preparation, ``self.skip_reports`` maps each split to the parser's skip report.
+    Subclasses set ``DATASET_NAME`` to a name of :func:`hf_personsearch.data.formats.dataset_names`.
+    After preparation, ``self.skip_reports`` maps each split to the parser's skip report (the parser also
+    logs it).
     """
 
     DATASET_NAME: ClassVar[str] = ""
     VERSION = datasets.Version("1.0.0")
     BUILDER_CONFIG_CLASS = PersonSearchBuilderConfig
 
-    def _parser(self):
-        if self.DATASET_NAME not in FORMAT_MODULES:
-            raise TypeError(f"{type(self).__name__}.DATASET_NAME must be one of {FORMAT_MODULES}")
-        return get_format(self.DATASET_NAME)
+    def _spec(self) -> DatasetSpec:
+        try:
+            return get_spec(self.DATASET_NAME)
+        except ValueError as error:
+            raise TypeError(f"{type(self).__name__}.DATASET_NAME: {error}") from error
 
     def _info(self) -> datasets.DatasetInfo:
-        module = self._parser()
+        spec = self._spec()
         return datasets.DatasetInfo(
-            description=f"{self.DATASET_NAME} in the hf-personsearch unified schema. {module.HOW_TO_OBTAIN}",
+            description=f"{spec.display_name} in the hf-personsearch unified schema. {spec.how_to_obtain}",
             features=features(),
-            homepage=getattr(module, "DATA_URL", ""),
+            homepage=spec.data_url,
         )
 
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
-        module = self._parser()
-        splits = self.config.splits or module.SPLITS
-        unknown = [split for split in splits if split not in module.SPLITS]
+        spec = self._spec()
+        splits = self.config.splits or spec.splits
+        unknown = [split for split in splits if split not in spec.splits]
         if unknown:
-            raise ValueError(f"{self.DATASET_NAME}: unknown split(s) {unknown}; expected among {module.SPLITS}")
+            raise ValueError(f"{self.DATASET_NAME}: unknown split(s) {unknown}; expected among {spec.splits}")
         if self.config.data_dir is None:
-            raise FileNotFoundError(f"{self.DATASET_NAME}: pass data_dir=<your local copy>. {module.HOW_TO_OBTAIN}")
+            raise FileNotFoundError(f"{self.DATASET_NAME}: pass data_dir=<your local copy>. {spec.how_to_obtain}")
         return [datasets.SplitGenerator(name=split, gen_kwargs={"split": split}) for split in splits]
 
     def _generate_examples(self, split: str):
         skips = SkipCounter(strict=self.config.strict)
-        parse = self._parser().parse
+        parse = self._spec().parse
         for key, record in enumerate(parse(self.config.data_dir, split, skips=skips, **self.config.parse_options)):
             yield key, to_example(record)
         if not hasattr(self, "skip_reports"):
             self.skip_reports = {}
-        self.skip_reports[split] = skips.report(f"{self.DATASET_NAME}/{split}")
+        self.skip_reports[split] = skips.summary(f"{self.DATASET_NAME}/{split}")
 
 
 def to_example(record: dict) -> dict:
@@ -115,13 +105,12 @@ _CLASSES: dict[str, type[PersonSearchBuilder]] = {}
 
 
 def builder_class(name: str) -> type[PersonSearchBuilder]:
-    """The builder class of dataset ``name`` (same class name as in ``datasets_scripts/``, so both
-    share one cache folder)."""
-    if name not in CLASS_NAMES:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {tuple(CLASS_NAMES)}")
+    """The builder class of dataset ``name``, named ``DatasetSpec.builder_name`` (which names its cache
+    folder); one class per dataset, also the one ``datasets_scripts/<name>.py`` exports."""
+    spec = get_spec(name)
     if name not in _CLASSES:
         _CLASSES[name] = type(
-            CLASS_NAMES[name],
+            spec.builder_name,
             (PersonSearchBuilder,),
             {"DATASET_NAME": name, "__module__": __name__, "__doc__": f"Builder of {name} (see PersonSearchBuilder)."},
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 import datasets
 from datasets.table import embed_table_storage
 
-from .formats import FORMAT_MODULES, get_format
+from .formats import dataset_names, get_spec
 from .loading import load_person_search_dataset
 
 
@@ -34,7 +34,7 @@ def convert(
 
     Returns the DatasetDict with embedded images (what is pushed by ``--push-to-hub``).
     """
-    splits = list(splits or get_format(name).SPLITS)
+    splits = list(splits or get_spec(name).splits)
     out = Path(out_dir) / "data"
     out.mkdir(parents=True, exist_ok=True)
     result = {}
@@ -48,7 +48,7 @@ def convert(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hf_personsearch.data.convert", description=__doc__.split("\n")[0])
-    parser.add_argument("name", choices=FORMAT_MODULES)
+    parser.add_argument("name", choices=dataset_names())
     parser.add_argument("data_dir", help="your local copy of the raw dataset")
     parser.add_argument("out", help="output folder (Parquet files under OUT/data/)")
     parser.add_argument("--split", action="append", dest="splits", help="a split to convert (repeatable; default all)")

@@ -25,9 +25,9 @@ def load_person_search_dataset(
     """Prepare (if not cached) and return one split of dataset ``name`` in the unified schema.
 
     Args:
-        name: one of ``hf_personsearch.data.formats.FORMAT_MODULES`` ("crowdhuman", "prw", ...).
+        name: a registered dataset (:func:`hf_personsearch.data.formats.dataset_names`: "crowdhuman", "prw" ...).
         data_dir: the user's local copy; when missing, the error says where to obtain the dataset.
-        split: one of the parser's ``SPLITS``; only that split is prepared, so a user without e.g.
+        split: one of the dataset's ``DatasetSpec.splits``; only that split is prepared, so a user without e.g.
             CUHK03's protocol file can still load its "full" split.
         strict: raise on the first bad annotation/image instead of skipping and counting.
         cache_dir: where the Arrow files go; default: the ``datasets`` cache (HF_DATASETS_CACHE).

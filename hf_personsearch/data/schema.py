@@ -17,8 +17,7 @@ Record fields
                     (CrowdHuman "mask" / ignore boxes, ECP groups and depictions, PoseTrack21 ignore
                     polygons reduced to their bounding boxes).
 ``camera_id``       int, camera (PRW c<d>, MSMT17 camera, PoseTrack21 video) or :data:`NO_CAMERA`.
-``source``          str, the dataset name ("crowdhuman", "ecp", "msmt17", "cuhk03", "luperson", "prw",
-                    "cuhk_sysu", "posetrack21", "custom").
+``source``          str, the dataset name (one of :func:`hf_personsearch.data.formats.dataset_names`).
 ``task``            one of :data:`TASKS`: "detection" (boxes, no ids), "reid" (one crop = one person,
                     ``boxes == [[0, 0, width, height]]``) or "search" (scene images with boxes and ids).
 ``split``           str, "train", "val", "test", "query", "gallery" ...
@@ -42,8 +41,6 @@ NO_CAMERA = -1
 """Camera id of images whose source has no camera information."""
 
 TASKS = ("detection", "reid", "search")
-
-SOURCES = ("crowdhuman", "ecp", "msmt17", "cuhk03", "luperson", "prw", "cuhk_sysu", "posetrack21", "custom")
 
 
 def features():

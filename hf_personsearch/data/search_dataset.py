@@ -6,9 +6,9 @@ anything in custom data) become rows 0..K-1 of the fine-tuned model's OIM lookup
 :class:`TargetIdentityMap`; persons without identity keep :data:`~.schema.NO_IDENTITY`, so the OIM loss
 sends them to its circular queue as NAE does.
 
-:data:`TARGET_DATASETS` says, per dataset, which split trains, which split is the search gallery, which
-evaluation protocol applies and how queries are read, so the fine-tuning and evaluation scripts never
-hard-code a dataset.
+:func:`target_dataset` gives, per dataset, its ``DatasetSpec`` (declared in its parser module): which split
+trains, which split is the search gallery, which evaluation protocol applies and how queries are read, so
+the fine-tuning and evaluation scripts never hard-code a dataset.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import io
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,55 +25,28 @@ from torch.utils.data import Dataset
 
 from .augmentation import SingleViewAugmentation
 from .errors import DataFormatError, SkipCounter
+from .formats import DatasetSpec, get_spec, target_names
 from .schema import NO_IDENTITY
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TargetDataset:
-    """How one target dataset is trained and evaluated.
-
-    Attributes:
-        name: the parser name (:data:`hf_personsearch.data.formats.FORMAT_MODULES`).
-        display_name: the name papers and model cards use ("PRW", "CUHK-SYSU" ...).
-        train_split / gallery_split: parser splits of the training images and of the search gallery.
-        protocol: the :func:`hf_personsearch.evaluation.evaluate_search` protocol.
-        has_gallery_sizes: queries come with per-query galleries of a chosen size (CUHK-SYSU TestG{N}).
-    """
-
-    name: str
-    display_name: str
-    train_split: str
-    gallery_split: str
-    protocol: str
-    has_gallery_sizes: bool = False
+def target_dataset(name: str) -> DatasetSpec:
+    """The :class:`~.formats.DatasetSpec` of target dataset ``name`` (its ``train_split``, ``gallery_split``,
+    ``protocol``, ``display_name`` ...); other names raise listing the target datasets."""
+    if name not in target_names():
+        raise ValueError(f"unknown target dataset {name!r}; expected one of {target_names()}")
+    return get_spec(name)
 
 
-TARGET_DATASETS = {
-    "prw": TargetDataset("prw", "PRW", "train", "test", "prw"),
-    "cuhk_sysu": TargetDataset("cuhk_sysu", "CUHK-SYSU", "train", "test", "cuhk_sysu", has_gallery_sizes=True),
-    "posetrack21": TargetDataset("posetrack21", "PoseTrack21", "train", "val", "posetrack21"),
-    # Custom data follows PoseTrack21's rules: every other image is the gallery, detections in the user's
-    # ignore regions are dropped, and a query whose person appears nowhere else is skipped, not an error.
-    "custom": TargetDataset("custom", "custom", "train", "test", "posetrack21"),
-}
-"""The datasets fine-tuning and evaluation accept, by parser name."""
-
-
-def target_dataset(name: str) -> TargetDataset:
-    """The :class:`TargetDataset` of ``name``; unknown names raise listing the accepted ones."""
-    if name not in TARGET_DATASETS:
-        raise ValueError(f"unknown target dataset {name!r}; expected one of {tuple(TARGET_DATASETS)}")
-    return TARGET_DATASETS[name]
+def with_gallery_sizes() -> str:
+    """The display names of the target datasets with per-query gallery sizes, for error messages."""
+    return " and ".join(get_spec(name).display_name for name in target_names() if get_spec(name).gallery_sizes)
 
 
 def load_target_records(name: str, data_dir: str | Path, split: str, strict: bool = False) -> list[dict]:
     """Every unified record of one split of a target dataset's raw folder (parsed, not cached)."""
-    from .formats import get_format
-
-    target_dataset(name)
-    return list(get_format(name).parse(data_dir, split, strict=strict))
+    return list(target_dataset(name).parse(data_dir, split, strict=strict))
 
 
 def load_target_queries(
@@ -82,18 +54,17 @@ def load_target_queries(
 ) -> list[dict]:
     """The queries of a target dataset (schema.py query form), searched in its gallery split.
 
-    ``gallery_size`` is CUHK-SYSU's TestG{N} (None = full set); the other datasets have no such option
-    and reject one, so a requested protocol is never silently ignored.
+    ``gallery_size`` is the per-query gallery size of datasets that have them (CUHK-SYSU's TestG{N}; None =
+    full set); the other datasets reject one, so a requested protocol is never silently ignored.
     """
-    from .formats import get_format
-
     target = target_dataset(name)
-    module = get_format(name)
-    if target.has_gallery_sizes:
-        return module.load_queries(data_dir, target.gallery_split, gallery_size=gallery_size, strict=strict)
+    if target.gallery_sizes:
+        return target.load_queries(data_dir, target.gallery_split, gallery_size=gallery_size, strict=strict)
     if gallery_size is not None:
-        raise ValueError(f"{name}: gallery_size applies to CUHK-SYSU only; {name} searches every other image")
-    return module.load_queries(data_dir, target.gallery_split, strict=strict)
+        raise ValueError(
+            f"{name}: gallery_size applies to {with_gallery_sizes()} only; {name} searches every other image"
+        )
+    return target.load_queries(data_dir, target.gallery_split, strict=strict)
 
 
 def select_fraction(num_records: int, fraction: float, seed: int) -> list[int]:

@@ -165,24 +165,26 @@ def run_search_inference(
 
 
 def resolve_gallery_size(dataset: str, gallery_size: int | str | None) -> int | None:
-    """The ``gallery_size`` passed to the query loader: CUHK-SYSU's TestG{N} or None (full set / not applicable).
+    """The ``gallery_size`` passed to the query loader: a per-query gallery size (CUHK-SYSU's TestG{N}) or None
+    (full set / not applicable).
 
-    ``None`` means the dataset's standard protocol: TestG100 for CUHK-SYSU (the size published tables
-    report), every other image for the others. ``"full"`` is CUHK-SYSU's full-set protocol. A number for a
-    dataset without gallery sizes is an error, so a requested protocol is never silently ignored.
+    ``None`` means the dataset's standard protocol: its ``default_gallery_size`` for a dataset with per-query
+    galleries (CUHK-SYSU: TestG100, the size published tables report), every other image for the others.
+    ``"full"`` is the full-set protocol. A number for a dataset without gallery sizes is an error, so a
+    requested protocol is never silently ignored.
     """
-    from ..data.search_dataset import target_dataset
+    from ..data.search_dataset import target_dataset, with_gallery_sizes
 
     target = target_dataset(dataset)
-    if not target.has_gallery_sizes:
+    if not target.gallery_sizes:
         if gallery_size not in (None, "full"):
             raise ValueError(
-                f"gallery_size={gallery_size!r}: only CUHK-SYSU has gallery sizes; {dataset} searches "
+                f"gallery_size={gallery_size!r}: only {with_gallery_sizes()} has gallery sizes; {dataset} searches "
                 "every other image of its gallery split"
             )
         return None
     if gallery_size is None:
-        return 100
+        return target.default_gallery_size
     if gallery_size == "full":
         return None
     if isinstance(gallery_size, bool) or not isinstance(gallery_size, int) or gallery_size < 1:
@@ -215,6 +217,7 @@ def evaluate_on_target(
     from .search import evaluate_search
 
     target = target_dataset(dataset)
+    protocol = target.protocol_of(data_dir)
     size = resolve_gallery_size(dataset, gallery_size)
     records = load_target_records(dataset, data_dir, target.gallery_split)
     queries = load_target_queries(dataset, data_dir, size)
@@ -225,7 +228,7 @@ def evaluate_on_target(
             inputs.gallery,
             inputs.detections,
             inputs.queries,
-            target.protocol,
+            protocol,
             det_thresh=det_thresh,
             cross_camera=cross_camera,
         )
@@ -233,15 +236,15 @@ def evaluate_on_target(
         # No gallery detection reaches det_thresh (an untrained or collapsed model): by the protocol every
         # query's AP and top-k are 0. Stated here because evaluate_search cannot size an empty gallery.
         logger.warning("no gallery detection has score >= %s: mAP and top-k are 0", det_thresh)
-        search = SearchResult(mAP=0.0, top1=0.0, top5=0.0, top10=0.0, protocol=target.protocol)
+        search = SearchResult(mAP=0.0, top1=0.0, top5=0.0, top10=0.0, protocol=protocol)
         search.update(num_queries=len(inputs.queries), skipped_queries=[], per_query=[])
     detection = evaluate_detection(inputs.gallery, inputs.detections)
     settings = {"cross_camera": cross_camera, "det_thresh": det_thresh}
-    if target.has_gallery_sizes:
+    if target.gallery_sizes:
         settings["gallery_size"] = "full" if size is None else size
     summary = {
         "dataset": target.display_name,
-        "protocol": target.protocol,
+        "protocol": protocol,
         "split": target.gallery_split,
         "mAP": float(search["mAP"]),
         **{key: float(search[key]) for key in search.topk_keys()},

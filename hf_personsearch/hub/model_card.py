@@ -24,6 +24,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..data.formats import dataset_names, get_spec
+
 CARD_KINDS = ("pretrained", "finetuned")
 RESULTS_FILE = "eval_results.json"
 TRAINING_FILE = "training_info.json"
@@ -36,7 +38,6 @@ TASK_TYPE = "person-search"
 TASK_NAME = "Person Search"
 METRIC_NAMES = {"mAP": "mAP"}
 """Metric keys of an evaluation dict besides ``top{k}``; ``top{k}`` keys become "top-k" metrics."""
-KNOWN_DATASETS = {"prw": "PRW", "cuhk-sysu": "CUHK-SYSU", "cuhk_sysu": "CUHK-SYSU", "posetrack21": "PoseTrack21"}
 DEFAULT_LICENSE = "apache-2.0"
 """The toolkit's licence (pyproject.toml); a card for weights under another licence passes its own."""
 
@@ -56,6 +57,17 @@ def _dataset_type(name: str) -> str:
     return name.strip().lower().replace(" ", "-")
 
 
+def _display_name(dataset: str) -> str:
+    """The display name of a registered dataset given by its name or display name in any case ("cuhk_sysu",
+    "cuhk-sysu" -> "CUHK-SYSU"); other datasets keep the name they are given."""
+    wanted = _dataset_type(dataset)
+    for name in dataset_names():
+        spec = get_spec(name)
+        if wanted in (spec.name, _dataset_type(spec.display_name)):
+            return spec.display_name
+    return dataset
+
+
 def eval_results_to_model_index(results: list[dict]) -> list[EvalResult]:
     """One EvalResult per (dataset, metric), metric values in percent, protocol settings as dataset_args."""
     eval_results = []
@@ -66,7 +78,7 @@ def eval_results_to_model_index(results: list[dict]) -> list[EvalResult]:
         metrics = {key: value for key, value in result.items() if _is_metric(key)}
         if not metrics:
             raise ValueError(f"{where} ({result['dataset']}): no metric (expected 'mAP' and/or 'top1', 'top5', ...)")
-        dataset_name = KNOWN_DATASETS.get(_dataset_type(result["dataset"]), result["dataset"])
+        dataset_name = _display_name(result["dataset"])
         settings = dict(result.get("settings") or {})
         if "protocol" in result:
             settings = {"protocol": result["protocol"], **settings}
@@ -130,7 +142,7 @@ def _table_rows(results: list[dict]) -> tuple[list[dict], list[str]]:
             settings = {"protocol": result["protocol"], **settings}
         rows.append(
             {
-                "dataset": KNOWN_DATASETS.get(_dataset_type(result["dataset"]), result["dataset"]),
+                "dataset": _display_name(result["dataset"]),
                 "settings_text": ", ".join(f"{k}={v}" for k, v in settings.items()) or "-",
                 "mAP": f"{100 * float(result['mAP']):.2f}" if "mAP" in result else "-",
                 "topk": {k: f"{100 * float(result[k]):.2f}" for k in topk_names if k in result},
@@ -170,7 +182,7 @@ def render_model_card(
         raise ValueError(f"card kind must be one of {CARD_KINDS}, got {kind!r}")
     eval_results = list(eval_results or [])
     model_index = eval_results_to_model_index(eval_results)
-    target = sorted({KNOWN_DATASETS.get(_dataset_type(r["dataset"]), r["dataset"]) for r in eval_results})
+    target = sorted({_display_name(r["dataset"]) for r in eval_results})
     model_name = repo_id.rstrip("/").split("/")[-1]
     card_data = ModelCardData(
         model_name=model_name,

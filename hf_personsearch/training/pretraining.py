@@ -16,24 +16,11 @@ from pathlib import Path
 
 import torch
 
-from ..data.formats import FORMAT_MODULES
+from ..data.formats import dataset_names, get_spec
 from ..data.identity import IdentitySpace, alignment_task
 from .config import ConfigError
 
 logger = logging.getLogger(__name__)
-
-DATASET_TASKS = {
-    "crowdhuman": "detection",
-    "ecp": "detection",
-    "msmt17": "reid",
-    "cuhk03": "reid",
-    "luperson": "reid",
-    "prw": "search",
-    "cuhk_sysu": "search",
-    "posetrack21": "search",
-    "custom": "search",
-}
-"""The schema task of every dataset's records (what its parser yields), known before loading anything."""
 
 SOURCE_KEYS = ("name", "data_dir", "split", "weight", "options")
 SYNTHETIC_FOLDER = "synthetic_data"
@@ -50,7 +37,7 @@ def domain_counts(config: Mapping) -> dict[str, int]:
     """Sources per IAM task ("detection", "reid") as the config lists them."""
     counts = {"detection": 0, "reid": 0}
     for source in config["data"]["sources"]:
-        counts[alignment_task(DATASET_TASKS[source["name"]])] += 1
+        counts[alignment_task(get_spec(source["name"]).task)] += 1
     return counts
 
 
@@ -70,8 +57,8 @@ def validate_pretrain_config(config: Mapping) -> None:
         unknown = sorted(set(source) - set(SOURCE_KEYS))
         if unknown:
             raise ConfigError(f"{where}: unknown keys {unknown}; expected among {list(SOURCE_KEYS)}")
-        if source["name"] not in DATASET_TASKS:
-            raise ConfigError(f"{where}: unknown dataset {source['name']!r}; expected one of {FORMAT_MODULES}")
+        if source["name"] not in dataset_names():
+            raise ConfigError(f"{where}: unknown dataset {source['name']!r}; expected one of {dataset_names()}")
         weight = source.get("weight")
         if weight is not None and (not isinstance(weight, (int, float)) or weight < 0):
             raise ConfigError(f"{where} ({source['name']}): weight must be a number >= 0 or null, got {weight!r}")
@@ -102,7 +89,7 @@ def validate_pretrain_config(config: Mapping) -> None:
         if model.get(key) is not None and model[key] != counts[task]:
             raise ConfigError(
                 f"model.{key} = {model[key]} but data.sources has {counts[task]} {task} source(s) "
-                f"({[s['name'] for s in sources if alignment_task(DATASET_TASKS[s['name']]) == task]}); "
+                f"({[s['name'] for s in sources if alignment_task(get_spec(s['name']).task) == task]}); "
                 f"the IAM classifies one domain per source: remove the key or make it {counts[task]}"
             )
     for key, switch in (("num_detection_domains", "use_detection_iam"), ("num_reid_domains", "use_reid_iam")):
@@ -180,7 +167,7 @@ def load_sources(sources: list[dict], cache_dir: str | Path | None) -> list[tupl
                 f"source {source['name']} ({source['data_dir']}, split {source.get('split')}): no records"
             )
         tasks = set(data["task"])
-        expected = DATASET_TASKS[source["name"]]
+        expected = get_spec(source["name"]).task
         if tasks != {expected}:
             raise ConfigError(
                 f"source {source['name']}: records have tasks {sorted(tasks)}, expected only {expected!r}"

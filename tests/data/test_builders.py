@@ -10,9 +10,9 @@ import datasets
 import numpy as np
 import pytest
 
-from hf_personsearch.data.builder import CLASS_NAMES, builder_class
+from hf_personsearch.data.builder import builder_class
 from hf_personsearch.data.errors import DataFormatError
-from hf_personsearch.data.formats import get_format, record_differences
+from hf_personsearch.data.formats import FORMAT_MODULES, get_spec, record_differences
 from hf_personsearch.data.synthetic import generate
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "datasets_scripts"
@@ -23,7 +23,7 @@ def load_script_class(name: str):
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # datasets re-imports the builder's module by name
     spec.loader.exec_module(module)
-    return getattr(module, CLASS_NAMES[name])
+    return getattr(module, get_spec(name).builder_name)
 
 
 def rows_as_records(dataset) -> list[dict]:
@@ -34,7 +34,7 @@ def rows_as_records(dataset) -> list[dict]:
     return rows
 
 
-@pytest.mark.parametrize("name", list(CLASS_NAMES))
+@pytest.mark.parametrize("name", FORMAT_MODULES)
 def test_every_script_prepares_the_generated_dataset(name, tmp_path):
     truth = generate(name, tmp_path / "raw", seed=0)
     builder = load_script_class(name)(data_dir=str(tmp_path / "raw"), cache_dir=str(tmp_path / "cache"), strict=True)
@@ -85,7 +85,7 @@ def test_skips_are_reported_and_strict_raises(tmp_path):
 
 
 def test_missing_data_dir_says_where_to_obtain(tmp_path):
-    with pytest.raises(FileNotFoundError, match=get_format("ecp").DATA_URL):
+    with pytest.raises(FileNotFoundError, match=get_spec("ecp").data_url):
         builder_class("ecp")(cache_dir=str(tmp_path)).download_and_prepare()
     with pytest.raises(ValueError, match="unknown split"):
         builder_class("ecp")(data_dir=str(tmp_path), cache_dir=str(tmp_path), splits=("test",)).download_and_prepare()

@@ -1,15 +1,16 @@
-"""Parsers of the raw dataset formats, one module per dataset, all yielding unified records.
+"""Parsers of the raw dataset formats, one module per dataset, all yielding unified records; the registry.
 
-Every module has ``SPLITS``, ``HOW_TO_OBTAIN`` and
-``parse(data_dir, split, *, strict=False, skips=None) -> Iterator[dict]`` (records of
-:mod:`hf_personsearch.data.schema`); the target datasets also have ``load_queries``. The checks they share live in
+Every parser module declares its dataset once, ``SPEC = DatasetSpec(...)`` (:mod:`.spec`): name, display
+name, task, splits, ``parse(data_dir, split, *, strict=False, skips=None) -> Iterator[dict]`` (records of
+:mod:`hf_personsearch.data.schema`), synthetic writer, how to obtain the data and, for the target datasets,
+the fine-tuning and evaluation settings. Loading, conversion, the ``datasets`` builders, synthetic
+generation, pre-training and evaluation all look datasets up here. The checks parsers share live in
 :mod:`._common`, the MATLAB file readers in :mod:`.matlab`.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
 
 import numpy as np
 
@@ -27,16 +28,44 @@ from ._common import (  # noqa: F401  (re-exported: parsers written against ``fr
     read_image_size,
     xywh_to_xyxy,
 )
+from .spec import DatasetSpec
 
 FORMAT_MODULES = ("crowdhuman", "ecp", "msmt17", "cuhk03", "luperson", "prw", "cuhk_sysu", "posetrack21", "custom")
-"""Dataset names with a parser module ``hf_personsearch.data.formats.<name>``."""
+"""The built-in datasets, each the parser module ``hf_personsearch.data.formats.<name>`` with its ``SPEC``;
+the one list of them (detection, then re-ID, then person search: the order choices are shown in)."""
+
+_REGISTERED: dict[str, DatasetSpec] = {}
+"""Datasets added at run time with :func:`register`."""
 
 
-def get_format(name: str) -> ModuleType:
-    """The parser module of dataset ``name`` (one of :data:`FORMAT_MODULES`)."""
+def register(spec: DatasetSpec) -> DatasetSpec:
+    """Add a dataset whose parser lives outside this package; loading, conversion, the builders, synthetic
+    generation, pre-training and evaluation then accept ``spec.name``. Returns ``spec``."""
+    if not isinstance(spec, DatasetSpec):
+        raise TypeError(f"register expects a DatasetSpec, got {type(spec).__name__}")
+    if spec.name in dataset_names():
+        raise ValueError(f"dataset {spec.name!r} is already registered")
+    _REGISTERED[spec.name] = spec
+    return spec
+
+
+def dataset_names() -> tuple[str, ...]:
+    """Every known dataset: the built-in ones (:data:`FORMAT_MODULES`), then the registered ones."""
+    return FORMAT_MODULES + tuple(_REGISTERED)
+
+
+def target_names() -> tuple[str, ...]:
+    """The datasets fine-tuning and person search evaluation accept (those with a protocol)."""
+    return tuple(name for name in dataset_names() if get_spec(name).is_target)
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` of dataset ``name``; unknown names raise listing the known ones."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
     if name not in FORMAT_MODULES:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {FORMAT_MODULES}")
-    return importlib.import_module(f"{__name__}.{name}")
+        raise ValueError(f"unknown dataset {name!r}; expected one of {dataset_names()}")
+    return importlib.import_module(f"{__name__}.{name}").SPEC
 
 
 def record_differences(expected: list[dict], actual: list[dict], atol: float = 1e-3) -> list[str]:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SkipCounter
+from ..errors import SkipCounter, reports_skips
 from ..schema import NO_IDENTITY, make_record
 from ._common import BAD_LINE, UNKNOWN_KEY, check_data_dir, check_split, clean_box, read_image_size, xywh_to_xyxy
+from .spec import DatasetSpec
 
 NAME = "crowdhuman"
 SPLITS = ("train", "val")
@@ -30,6 +31,7 @@ BOX_TYPES = ("fbox", "vbox")
 TAGS = ("person", "mask")
 
 
+@reports_skips(NAME)
 def parse(
     data_dir: str | Path,
     split: str,
@@ -50,7 +52,6 @@ def parse(
     if box_type not in BOX_TYPES:
         raise ValueError(f"{NAME}: box_type must be one of {BOX_TYPES}, got {box_type!r}")
     root = check_data_dir(data_dir, NAME, HOW_TO_OBTAIN, "a folder with Images/ and annotation_{train,val}.odgt")
-    skips = skips if skips is not None else SkipCounter(strict)
     odgt = root / f"annotation_{split}.odgt"
     if not odgt.is_file():
         raise FileNotFoundError(f"{NAME}: missing {odgt}. {HOW_TO_OBTAIN}")
@@ -113,3 +114,16 @@ def _parse_line(root: Path, line: str, where: str, skips, box_type: str, split: 
         task="detection",
         split=split,
     )
+
+
+SPEC = DatasetSpec(
+    name=NAME,
+    display_name="CrowdHuman",
+    builder_name="CrowdHuman",
+    task="detection",
+    splits=SPLITS,
+    parse=parse,
+    synthetic_writer="hf_personsearch.data.synthetic.crowdhuman",
+    how_to_obtain=HOW_TO_OBTAIN,
+    data_url=DATA_URL,
+)

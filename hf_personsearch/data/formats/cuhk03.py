@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import DataFormatError, SkipCounter
+from ..errors import DataFormatError, SkipCounter, reports_skips
 from ..schema import make_record
 from ._common import BAD_LINE, CORRUPT_IMAGE, UNKNOWN_KEY, check_data_dir, check_split, read_image_size
+from .spec import DatasetSpec
 
 NAME = "cuhk03"
 SPLITS = ("train", "query", "gallery", "full")
@@ -93,6 +94,7 @@ def find_mat(root: Path) -> Path | None:
     return None
 
 
+@reports_skips(NAME)
 def parse(
     data_dir: str | Path,
     split: str,
@@ -115,7 +117,6 @@ def parse(
     if image_type not in IMAGE_TYPES or layout not in LAYOUTS:
         raise ValueError(f"{NAME}: image_type must be in {IMAGE_TYPES} and layout in {LAYOUTS}")
     root = check_data_dir(data_dir, NAME, HOW_TO_OBTAIN, "cuhk03_release/cuhk-03.mat or images_<type>/ pngs")
-    skips = skips if skips is not None else SkipCounter(strict)
     png_dir = root / f"images_{image_type}"
     mat_path = find_mat(root)
     use_png = layout == "png" or (layout == "auto" and png_dir.is_dir())
@@ -217,3 +218,16 @@ def _record(root: Path, name: str, label: int, split: str, where: str, png_dir: 
         task="reid",
         split=split,
     )
+
+
+SPEC = DatasetSpec(
+    name=NAME,
+    display_name="CUHK03",
+    builder_name="CUHK03",
+    task="reid",
+    splits=SPLITS,
+    parse=parse,
+    synthetic_writer="hf_personsearch.data.synthetic.cuhk03",
+    how_to_obtain=HOW_TO_OBTAIN,
+    data_url=DATA_URL,
+)

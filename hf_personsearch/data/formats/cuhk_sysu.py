@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataFormatError, SkipCounter
+from ..errors import DataFormatError, SkipCounter, reports_skips
 from ..schema import NO_CAMERA, NO_IDENTITY, clip_box_xyxy, make_record
 from ._common import check_data_dir, check_split, read_image_header_size, require_file, xywh_box, xywh_to_xyxy
 from .matlab import load_mat, mat_string, struct_entries, unwrap_cells
+from .spec import DatasetSpec
 
 SOURCE = "cuhk_sysu"
 SPLITS = ("train", "test")
@@ -43,7 +44,9 @@ HOW_TO_OBTAIN = (
 IMAGE_DIR = "Image/SSM"
 PROTOCOL_DIR = "annotation/test/train_test"
 GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000)
-"""The gallery sizes of the released TestG{N}.mat files; 100 is the standard reporting setting."""
+"""The gallery sizes of the released TestG{N}.mat files."""
+DEFAULT_GALLERY_SIZE = 100
+"""TestG100: the gallery size published CUHK-SYSU tables report."""
 SUBSETS = {"occlusion": ("annotation/test/subset/Occlusion.mat", "Occlusion1"),
            "resolution": ("annotation/test/subset/Resolution.mat", "Test_Size")}  # fmt: skip
 """The query subsets of the release (occluded and low-resolution query persons) and their .mat keys."""
@@ -152,6 +155,7 @@ def test_identities(root: Path) -> dict[tuple[str, tuple], int]:
     return labels
 
 
+@reports_skips(SOURCE)
 def parse(
     data_dir: str | Path, split: str, *, strict: bool = False, skips: SkipCounter | None = None
 ) -> Iterator[dict]:
@@ -166,8 +170,6 @@ def parse(
     """
     check_split(split, SPLITS, SOURCE)
     root = check_data_dir(data_dir, SOURCE, HOW_TO_OBTAIN)
-    own_counter = skips is None
-    skips = SkipCounter(strict) if skips is None else skips
     images = read_images(root)
     pool = read_pool(root)
     if split == "train":
@@ -215,15 +217,14 @@ def parse(
             task="search",
             split=split,
         )
-    if own_counter:
-        skips.report(f"{SOURCE} {split}")
 
 
+@reports_skips(f"{SOURCE} queries")
 def load_queries(
     data_dir: str | Path,
     split: str = "test",
     *,
-    gallery_size: int | None = 100,
+    gallery_size: int | None = DEFAULT_GALLERY_SIZE,
     subset: str | None = None,
     strict: bool = False,
     skips: SkipCounter | None = None,
@@ -248,8 +249,6 @@ def load_queries(
     if split != "test":
         raise ValueError(f"{SOURCE}: queries exist for the 'test' split only, got {split!r}")
     root = check_data_dir(data_dir, SOURCE, HOW_TO_OBTAIN)
-    own_counter = skips is None
-    skips = SkipCounter(strict) if skips is None else skips
     if subset is not None:
         if subset not in SUBSETS:
             raise ValueError(f"{SOURCE}: unknown query subset {subset!r}; expected one of {tuple(SUBSETS)}")
@@ -310,6 +309,23 @@ def load_queries(
                     "gallery": None if gallery_size is None else entries,
                 }
             )
-    if own_counter:
-        skips.report(f"{SOURCE} queries")
     return queries
+
+
+SPEC = DatasetSpec(
+    name=SOURCE,
+    display_name="CUHK-SYSU",
+    builder_name="CUHKSYSU",
+    task="search",
+    splits=SPLITS,
+    parse=parse,
+    synthetic_writer="hf_personsearch.data.synthetic.cuhk_sysu",
+    how_to_obtain=HOW_TO_OBTAIN,
+    data_url=DATA_URL,
+    train_split="train",
+    gallery_split="test",
+    protocol="cuhk_sysu",
+    load_queries=load_queries,
+    gallery_sizes=GALLERY_SIZES,
+    default_gallery_size=DEFAULT_GALLERY_SIZE,
+)

@@ -3,7 +3,8 @@
 The full description for users is ``docs/custom_format.md``. In short::
 
     <data_dir>/<split>.json     one file per split ("train", "test", any name)
-    <data_dir>/query.json       optional: the query persons, searched in the gallery split
+    <data_dir>/query.json       optional: the query persons, searched in the gallery split, and the
+                                evaluation protocol ("protocol": "posetrack21" or "prw")
     <data_dir>/<file_name>      the images, at the paths the json files give
 
     {"images": [{"id": 1, "file_name": "images/cam1/0001.jpg",
@@ -24,15 +25,25 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import DataFormatError, SkipCounter
+from ..errors import DataFormatError, SkipCounter, reports_skips
 from ..schema import NO_CAMERA, NO_IDENTITY, make_record
 from ._common import check_data_dir, read_image_header_size, require_file, xywh_box
+from .spec import DatasetSpec
 
 SOURCE = "custom"
 SPLITS = ("train", "test")
 """The conventional split names; any ``<split>.json`` in the folder is a valid split."""
 
 QUERY_FILE = "query.json"
+PROTOCOL_KEY = "protocol"
+PROTOCOLS = ("posetrack21", "prw")
+"""The evaluation protocols custom data may state in query.json. Both search every other image of the gallery
+split; "posetrack21" drops detections in ignore regions and skips (and reports) a query whose person appears in
+no other gallery image, "prw" ignores ignore regions and requires every query person in another gallery image.
+CUHK-SYSU's protocol needs per-query gallery lists, which this format does not carry."""
+DEFAULT_PROTOCOL = "posetrack21"
+"""The protocol of a query.json without "protocol": own data often has ignore regions and persons seen only
+once, which this protocol handles by its rules instead of failing the evaluation."""
 HOW_TO_OBTAIN = (
     "the custom format is your own data: write <data_dir>/<split>.json (COCO-style, one person_id per box) "
     "as described in docs/custom_format.md of hf-personsearch"
@@ -93,6 +104,7 @@ def image_entries(document: dict, path: Path, skips: SkipCounter) -> Iterator[di
         yield image
 
 
+@reports_skips(SOURCE)
 def parse(
     data_dir: str | Path, split: str, *, strict: bool = False, skips: SkipCounter | None = None
 ) -> Iterator[dict]:
@@ -106,8 +118,6 @@ def parse(
             reported when parsing ends.
     """
     root = check_data_dir(data_dir, SOURCE, HOW_TO_OBTAIN)
-    own_counter = skips is None
-    skips = SkipCounter(strict) if skips is None else skips
     path = root / f"{split}.json"
     if not path.is_file():
         found = sorted(p.stem for p in root.glob("*.json") if p.name != QUERY_FILE)
@@ -147,8 +157,6 @@ def parse(
             task="search",
             split=split,
         )
-    if own_counter:
-        skips.report(f"{SOURCE} {split}")
 
 
 def queries_from_coco(path: Path, root: Path, skips: SkipCounter, camera_of) -> list[dict]:
@@ -180,6 +188,24 @@ def queries_from_coco(path: Path, root: Path, skips: SkipCounter, camera_of) -> 
     return queries
 
 
+def read_protocol(data_dir: str | Path) -> str:
+    """The evaluation protocol query.json states (key :data:`PROTOCOL_KEY`), :data:`DEFAULT_PROTOCOL` when absent.
+
+    A value outside :data:`PROTOCOLS` raises :class:`DataFormatError` naming the file and the key.
+    """
+    root = check_data_dir(data_dir, SOURCE, HOW_TO_OBTAIN)
+    path = require_file(root / QUERY_FILE, SOURCE, HOW_TO_OBTAIN)
+    protocol = read_coco_json(path).get(PROTOCOL_KEY, DEFAULT_PROTOCOL)
+    if protocol not in PROTOCOLS:
+        hint = " (it needs per-query gallery lists, which the custom format does not carry)"
+        raise DataFormatError(
+            f"{path}: key {PROTOCOL_KEY!r}: expected one of {PROTOCOLS}, got {protocol!r}"
+            + (hint if protocol == "cuhk_sysu" else "")
+        )
+    return protocol
+
+
+@reports_skips(f"{SOURCE} queries")
 def load_queries(
     data_dir: str | Path, split: str = "test", *, strict: bool = False, skips: SkipCounter | None = None
 ) -> list[dict]:
@@ -189,8 +215,6 @@ def load_queries(
     gallery of a query is that split minus the query image, hence ``"gallery": None``).
     """
     root = check_data_dir(data_dir, SOURCE, HOW_TO_OBTAIN)
-    own_counter = skips is None
-    skips = SkipCounter(strict) if skips is None else skips
     path = require_file(root / QUERY_FILE, SOURCE, HOW_TO_OBTAIN)
     gallery_path = require_file(root / f"{split}.json", SOURCE, HOW_TO_OBTAIN)
     gallery_names = {str(image.get("file_name")) for image in read_coco_json(gallery_path)["images"]}
@@ -200,6 +224,22 @@ def load_queries(
             skips.skip("query image not in the gallery split", str(path), f"{query['image_id']} not in {gallery_path}")
             continue
         queries.append(query)
-    if own_counter:
-        skips.report(f"{SOURCE} queries ({split})")
     return queries
+
+
+SPEC = DatasetSpec(
+    name=SOURCE,
+    display_name="custom",
+    builder_name="CustomPersonSearch",
+    task="search",
+    splits=SPLITS,
+    parse=parse,
+    synthetic_writer="hf_personsearch.data.synthetic.custom",
+    how_to_obtain=HOW_TO_OBTAIN,
+    data_url=DATA_URL,
+    train_split="train",
+    gallery_split="test",
+    protocol=DEFAULT_PROTOCOL,
+    load_queries=load_queries,
+    read_protocol=read_protocol,
+)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SkipCounter
+from ..errors import SkipCounter, reports_skips
 from ..schema import NO_IDENTITY, make_record
 from ._common import BAD_LINE, check_data_dir, check_split, clean_box, read_image_size
+from .spec import DatasetSpec
 
 NAME = "ecp"
 SPLITS = ("train", "val")
@@ -38,6 +39,7 @@ def ecp_root(data_dir: str | Path) -> Path:
     return root / "ECP" if (root / "ECP").is_dir() else root
 
 
+@reports_skips(NAME)
 def parse(
     data_dir: str | Path,
     split: str,
@@ -57,7 +59,6 @@ def parse(
     """
     check_split(split, SPLITS, NAME)
     root = ecp_root(data_dir)
-    skips = skips if skips is not None else SkipCounter(strict)
     for time in times:
         if time not in TIMES:
             raise ValueError(f"{NAME}: times must be drawn from {TIMES}, got {time!r}")
@@ -122,3 +123,16 @@ def _parse_file(root: Path, label_path: Path, split: str, skips, riders_as_perso
         task="detection",
         split=split,
     )
+
+
+SPEC = DatasetSpec(
+    name=NAME,
+    display_name="EuroCity Persons",
+    builder_name="EuroCityPersons",
+    task="detection",
+    splits=SPLITS,
+    parse=parse,
+    synthetic_writer="hf_personsearch.data.synthetic.ecp",
+    how_to_obtain=HOW_TO_OBTAIN,
+    data_url=DATA_URL,
+)

@@ -21,9 +21,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..errors import DataFormatError, SkipCounter
+from ..errors import DataFormatError, SkipCounter, reports_skips
 from ..schema import NO_IDENTITY, make_record
 from ._common import BAD_LINE, CORRUPT_IMAGE, MISSING_IMAGE, check_data_dir, check_split, read_image_size
+from .spec import DatasetSpec
 
 NAME = "luperson"
 SPLITS = ("train",)
@@ -43,6 +44,7 @@ _SAFE_PICKLE_GLOBALS = {("builtins", "list"), ("builtins", "str"), ("builtins", 
 """The only globals keys.pkl may name: a pickle can call anything it names, so anything else is refused."""
 
 
+@reports_skips(NAME)
 def parse(
     data_dir: str | Path,
     split: str = "train",
@@ -68,7 +70,6 @@ def parse(
         HOW_TO_OBTAIN,
         "a folder of <country>/<city>/.../<frame>_<obj>.jpg crops, or an LMDB folder with keys.pkl",
     )
-    skips = skips if skips is not None else SkipCounter(strict)
     if layout == "lmdb" or (layout == "auto" and find_lmdb(root) is not None):
         yield from _parse_lmdb(root, split, skips, verify_images)
         return
@@ -197,3 +198,16 @@ def _crop_record(image, image_id: str, size: tuple[int, int], split: str) -> dic
         task="reid",
         split=split,
     )
+
+
+SPEC = DatasetSpec(
+    name=NAME,
+    display_name="LUPerson",
+    builder_name="LUPerson",
+    task="reid",
+    splits=SPLITS,
+    parse=parse,
+    synthetic_writer="hf_personsearch.data.synthetic.luperson",
+    how_to_obtain=HOW_TO_OBTAIN,
+    data_url=DATA_URL,
+)

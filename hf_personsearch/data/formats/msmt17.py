@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import SkipCounter
+from ..errors import SkipCounter, reports_skips
 from ..schema import make_record
 from ._common import BAD_LINE, check_data_dir, check_split, read_image_size
+from .spec import DatasetSpec
 
 NAME = "msmt17"
 SPLITS = ("train", "val", "query", "gallery")
@@ -35,6 +36,7 @@ def msmt17_root(data_dir: str | Path) -> Path:
     return root
 
 
+@reports_skips(NAME)
 def parse(
     data_dir: str | Path,
     split: str,
@@ -46,7 +48,6 @@ def parse(
     """Yield one re-ID record per line of ``list_<split>.txt``, in file order."""
     check_split(split, SPLITS, NAME)
     root = msmt17_root(data_dir)
-    skips = skips if skips is not None else SkipCounter(strict)
     list_path = root / f"list_{split}.txt"
     if not list_path.is_file():
         raise FileNotFoundError(f"{NAME}: missing {list_path}. {HOW_TO_OBTAIN}")
@@ -83,3 +84,16 @@ def parse(
                 task="reid",
                 split=split,
             )
+
+
+SPEC = DatasetSpec(
+    name=NAME,
+    display_name="MSMT17",
+    builder_name="MSMT17",
+    task="reid",
+    splits=SPLITS,
+    parse=parse,
+    synthetic_writer="hf_personsearch.data.synthetic.msmt17",
+    how_to_obtain=HOW_TO_OBTAIN,
+    data_url=DATA_URL,
+)

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SkipCounter
+from ..errors import SkipCounter, reports_skips
 from ..schema import clip_box_xyxy, make_record
 from ._common import check_data_dir, check_split, read_image_header_size, require_file, xywh_box
 from .custom import annotations_by_image, image_entries, person_id_of, queries_from_coco, read_coco_json
+from .spec import DatasetSpec
 
 SOURCE = "posetrack21"
 SPLITS = ("train", "val")
@@ -65,6 +66,7 @@ def ignore_boxes(image: dict, width: int, height: int, where: str, skips: SkipCo
     return boxes
 
 
+@reports_skips(SOURCE)
 def parse(
     data_dir: str | Path, split: str, *, strict: bool = False, skips: SkipCounter | None = None
 ) -> Iterator[dict]:
@@ -79,8 +81,6 @@ def parse(
     """
     check_split(split, SPLITS, SOURCE)
     root = check_data_dir(data_dir, SOURCE, HOW_TO_OBTAIN)
-    own_counter = skips is None
-    skips = SkipCounter(strict) if skips is None else skips
     path = require_file(root / ANNOTATION_DIR / f"{split}.json", SOURCE, HOW_TO_OBTAIN)
     document = read_coco_json(path)
     grouped = annotations_by_image(document, path, skips)
@@ -111,10 +111,9 @@ def parse(
             task="search",
             split=split,
         )
-    if own_counter:
-        skips.report(f"{SOURCE} {split}")
 
 
+@reports_skips(f"{SOURCE} queries")
 def load_queries(
     data_dir: str | Path, split: str = "val", *, strict: bool = False, skips: SkipCounter | None = None
 ) -> list[dict]:
@@ -126,10 +125,23 @@ def load_queries(
     if split != "val":
         raise ValueError(f"{SOURCE}: queries are searched in the 'val' split only, got {split!r}")
     root = check_data_dir(data_dir, SOURCE, HOW_TO_OBTAIN)
-    own_counter = skips is None
-    skips = SkipCounter(strict) if skips is None else skips
     path = require_file(root / ANNOTATION_DIR / QUERY_FILE, SOURCE, HOW_TO_OBTAIN)
     queries = queries_from_coco(path, root, skips, camera_of)
-    if own_counter:
-        skips.report(f"{SOURCE} queries")
     return queries
+
+
+SPEC = DatasetSpec(
+    name=SOURCE,
+    display_name="PoseTrack21",
+    builder_name="PoseTrack21",
+    task="search",
+    splits=SPLITS,
+    parse=parse,
+    synthetic_writer="hf_personsearch.data.synthetic.posetrack21",
+    how_to_obtain=HOW_TO_OBTAIN,
+    data_url=DATA_URL,
+    train_split="train",
+    gallery_split="val",
+    protocol="posetrack21",
+    load_queries=load_queries,
+)

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 from scipy.io import loadmat
 
-from ..errors import DataFormatError, SkipCounter
+from ..errors import DataFormatError, SkipCounter, reports_skips
 from ..schema import NO_IDENTITY, make_record
 from ._common import check_data_dir, check_split, read_image_header_size, require_file, xywh_box
 from .matlab import load_mat, mat_string
+from .spec import DatasetSpec
 
 SOURCE = "prw"
 SPLITS = ("train", "test")
@@ -100,6 +101,7 @@ def _person_id(value: float, where: str, skips: SkipCounter) -> int | None:
     return int(value)
 
 
+@reports_skips(SOURCE)
 def parse(
     data_dir: str | Path, split: str, *, strict: bool = False, skips: SkipCounter | None = None
 ) -> Iterator[dict]:
@@ -113,8 +115,6 @@ def parse(
             reported when parsing ends.
     """
     root = check_data_dir(data_dir, SOURCE, HOW_TO_OBTAIN)
-    own_counter = skips is None
-    skips = SkipCounter(strict) if skips is None else skips
     for name in frame_names(root, split):
         image_path = root / "frames" / f"{name}.jpg"
         camera = camera_of(name)
@@ -148,10 +148,9 @@ def parse(
             task="search",
             split=split,
         )
-    if own_counter:
-        skips.report(f"{SOURCE} {split}")
 
 
+@reports_skips(f"{SOURCE} queries")
 def load_queries(
     data_dir: str | Path, split: str = "test", *, strict: bool = False, skips: SkipCounter | None = None
 ) -> list[dict]:
@@ -164,8 +163,6 @@ def load_queries(
     if split != "test":
         raise ValueError(f"{SOURCE}: queries exist for the 'test' split only, got {split!r}")
     root = check_data_dir(data_dir, SOURCE, HOW_TO_OBTAIN)
-    own_counter = skips is None
-    skips = SkipCounter(strict) if skips is None else skips
     path = require_file(root / QUERY_FILE, SOURCE, HOW_TO_OBTAIN)
     queries = []
     sizes: dict[str, tuple[int, int] | None] = {}
@@ -204,6 +201,21 @@ def load_queries(
                 "gallery": None,
             }
         )
-    if own_counter:
-        skips.report(f"{SOURCE} queries")
     return queries
+
+
+SPEC = DatasetSpec(
+    name=SOURCE,
+    display_name="PRW",
+    builder_name="PRW",
+    task="search",
+    splits=SPLITS,
+    parse=parse,
+    synthetic_writer="hf_personsearch.data.synthetic.prw",
+    how_to_obtain=HOW_TO_OBTAIN,
+    data_url=DATA_URL,
+    train_split="train",
+    gallery_split="test",
+    protocol="prw",
+    load_queries=load_queries,
+)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from . import FORMATS, generate
+from ..formats import dataset_names
+from . import generate
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -13,7 +14,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m hf_personsearch.data.synthetic",
         description="Write a small synthetic dataset in a real raw format (for tests and demos).",
     )
-    parser.add_argument("fmt", choices=FORMATS)
+    parser.add_argument("fmt", choices=dataset_names())
     parser.add_argument("out", help="dataset root to create")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..formats.custom import DEFAULT_PROTOCOL
 from ..schema import NO_IDENTITY, make_record
 from ._common import add_coco_query, xyxy_to_xywh
 from .render import DOMAINS, render_scene
@@ -43,7 +44,8 @@ def write(
     root = Path(out_dir)
     rng = np.random.default_rng(seed)
     records, queries = [], []
-    query_document = {"images": [], "annotations": []}
+    # The protocol stated explicitly, as docs/custom_format.md asks of users' own data.
+    query_document = {"protocol": DEFAULT_PROTOCOL, "images": [], "annotations": []}
     next_identity, image_id = 0, 0
     for split, num_images, num_identities in (
         ("train", num_train_images, num_train_identities),
