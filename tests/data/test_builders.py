@@ -37,6 +37,7 @@ def rows_as_records(dataset) -> list[dict]:
 @pytest.mark.parametrize("name", FORMAT_MODULES)
 def test_every_script_prepares_the_generated_dataset(name, tmp_path):
     truth = generate(name, tmp_path / "raw", seed=0)
+    assert load_script_class(name) is builder_class(name)  # one class, so one cache folder
     builder = load_script_class(name)(data_dir=str(tmp_path / "raw"), cache_dir=str(tmp_path / "cache"), strict=True)
     builder.download_and_prepare()
     splits = sorted({r["split"] for r in truth["records"]})

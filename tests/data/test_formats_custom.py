@@ -88,3 +88,29 @@ def test_bad_input_is_skipped_and_counted_or_raises(tmp_path):
         list(custom.parse(tmp_path, "train"))
     with pytest.raises(FileNotFoundError, match="docs/custom_format.md"):
         list(custom.parse(tmp_path / "missing", "train"))
+
+
+def test_query_file_states_the_protocol_default_posetrack21(tmp_path):
+    generate("custom", tmp_path, seed=0)
+    query_path = tmp_path / "query.json"
+    document = json.loads(query_path.read_text())
+    assert document["protocol"] == custom.DEFAULT_PROTOCOL == "posetrack21"
+    document["protocol"] = "prw"
+    query_path.write_text(json.dumps(document))
+    assert custom.read_protocol(tmp_path) == "prw"
+    del document["protocol"]
+    query_path.write_text(json.dumps(document))
+    assert custom.read_protocol(tmp_path) == "posetrack21"
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [("cuhk_sysu", "per-query gallery lists"), ("PRW", "got 'PRW'"), (["prw"], r"got \['prw'\]")],
+)
+def test_wrong_protocol_names_the_file_and_key(tmp_path, value, message):
+    generate("custom", tmp_path, seed=0)
+    query_path = tmp_path / "query.json"
+    document = json.loads(query_path.read_text())
+    query_path.write_text(json.dumps({**document, "protocol": value}))
+    with pytest.raises(DataFormatError, match=rf"query.json: key 'protocol': expected one of .*{message}"):
+        custom.read_protocol(tmp_path)

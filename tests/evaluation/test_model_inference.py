@@ -112,3 +112,15 @@ def test_gallery_size_resolution():
         resolve_gallery_size("posetrack21", 100)
     with pytest.raises(ValueError, match="positive integer"):
         resolve_gallery_size("cuhk_sysu", 0)
+
+
+def test_custom_data_is_evaluated_under_the_protocol_its_query_file_states(tmp_path):
+    generate("custom", tmp_path, seed=0)
+    query_path = tmp_path / "query.json"
+    query_path.write_text(query_path.read_text().replace('"protocol": "posetrack21"', '"protocol": "prw"', 1))
+    torch.manual_seed(0)
+    model = PersonSearchModel(tiny_search_model.tiny_config()).eval()
+    processor = PersonSearchImageProcessor(min_size=128, max_size=256)
+    summary, _ = evaluate_on_target(model, processor, "custom", str(tmp_path), det_thresh=2.0, progress=False)
+    assert summary["protocol"] == summary["search"]["protocol"] == "prw"
+    assert summary["dataset"] == "custom" and summary["split"] == "test"
