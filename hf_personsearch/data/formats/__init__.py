@@ -4,8 +4,10 @@ Every parser module declares its dataset once, ``SPEC = DatasetSpec(...)`` (:mod
 name, task, splits, ``parse(data_dir, split, *, strict=False, skips=None) -> Iterator[dict]`` (records of
 :mod:`hf_personsearch.data.schema`), synthetic writer, how to obtain the data and, for the target datasets,
 the fine-tuning and evaluation settings. Loading, conversion, the ``datasets`` builders, synthetic
-generation, pre-training and evaluation all look datasets up here. The checks parsers share live in
-:mod:`._common`, the MATLAB file readers in :mod:`.matlab`.
+generation, pre-training and evaluation all look datasets up here. Each ``parse`` and ``load_queries`` is
+wrapped by :func:`hf_personsearch.data.errors.reports_skips` (so inside them ``skips`` is always a counter, and
+every call reports what it skipped). The checks parsers share live in :mod:`._common`, the MATLAB file readers
+in :mod:`.matlab`.
 """
 
 from __future__ import annotations

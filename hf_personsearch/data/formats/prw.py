@@ -111,8 +111,8 @@ def parse(
         data_dir: the unpacked PRW folder (see the module docstring).
         split: "train" or "test" (the test frames are the gallery).
         strict: raise :class:`DataFormatError` at the first bad item instead of skipping it.
-        skips: a counter to add the skipped items to (its own ``strict`` applies); by default a new one,
-            reported when parsing ends.
+        skips: a counter that also receives the skipped items (its own ``strict`` then applies). Either way
+            this call's skips are reported when parsing ends (:func:`~hf_personsearch.data.errors.reports_skips`).
     """
     root = check_data_dir(data_dir, SOURCE, HOW_TO_OBTAIN)
     for name in frame_names(root, split):
