@@ -8,8 +8,9 @@ datasets 5 no longer runs loading scripts through ``load_dataset``, but a
     train = builder.as_dataset("train")
 
 :class:`PersonSearchBuilder` does the work for any registered dataset; :func:`builder_class` makes its
-class, named after the dataset's ``DatasetSpec.builder_name`` (``datasets_scripts/<name>.py`` re-export it). Nothing is downloaded: the data is the user's local
-copy (none of these datasets may be redistributed) and a missing ``data_dir`` says where to get it.
+class, named after the dataset's ``DatasetSpec.builder_name`` (``datasets_scripts/<name>.py`` re-export it).
+Nothing is downloaded: the data is the user's local copy (none of these datasets may be redistributed) and a
+missing ``data_dir`` says where to get it.
 """
 
 from __future__ import annotations

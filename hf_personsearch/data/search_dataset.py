@@ -39,7 +39,7 @@ def target_dataset(name: str) -> DatasetSpec:
     return get_spec(name)
 
 
-def with_gallery_sizes() -> str:
+def datasets_with_gallery_sizes() -> str:
     """The display names of the target datasets with per-query gallery sizes, for error messages."""
     return " and ".join(get_spec(name).display_name for name in target_names() if get_spec(name).gallery_sizes)
 
@@ -62,7 +62,7 @@ def load_target_queries(
         return target.load_queries(data_dir, target.gallery_split, gallery_size=gallery_size, strict=strict)
     if gallery_size is not None:
         raise ValueError(
-            f"{name}: gallery_size applies to {with_gallery_sizes()} only; {name} searches every other image"
+            f"{name}: gallery_size applies to {datasets_with_gallery_sizes()} only; {name} searches every other image"
         )
     return target.load_queries(data_dir, target.gallery_split, strict=strict)
 

@@ -173,14 +173,14 @@ def resolve_gallery_size(dataset: str, gallery_size: int | str | None) -> int | 
     ``"full"`` is the full-set protocol. A number for a dataset without gallery sizes is an error, so a
     requested protocol is never silently ignored.
     """
-    from ..data.search_dataset import target_dataset, with_gallery_sizes
+    from ..data.search_dataset import datasets_with_gallery_sizes, target_dataset
 
     target = target_dataset(dataset)
     if not target.gallery_sizes:
         if gallery_size not in (None, "full"):
             raise ValueError(
-                f"gallery_size={gallery_size!r}: only {with_gallery_sizes()} has gallery sizes; {dataset} searches "
-                "every other image of its gallery split"
+                f"gallery_size={gallery_size!r}: only {datasets_with_gallery_sizes()} has gallery sizes; "
+                f"{dataset} searches every other image of its gallery split"
             )
         return None
     if gallery_size is None:
