@@ -1,8 +1,9 @@
 """Model cards for pre-trained and fine-tuned person search models (huggingface_hub ModelCard / EvalResult).
 
-A card is rendered from the templates in ``model_cards/`` (``pretrained.md``, ``finetuned.md``, with shared
-parts included from ``_*.md``), the model's config, a training record and evaluation results. The YAML header
-carries a ``model-index`` (one EvalResult per dataset and metric) so that the Hub shows the numbers.
+A card is rendered from the templates in ``model_card_templates/`` next to this module (``pretrained.md``,
+``finetuned.md``, with shared parts included from ``_*.md``), the model's config, a training record and
+evaluation results. The YAML header carries a ``model-index`` (one EvalResult per dataset and metric) so that
+the Hub shows the numbers.
 
 Evaluation results are plain dicts, e.g. a :class:`~hf_personsearch.evaluation.results.SearchResult` plus its
 dataset::
@@ -30,9 +31,10 @@ CARD_KINDS = ("pretrained", "finetuned")
 RESULTS_FILE = "eval_results.json"
 TRAINING_FILE = "training_info.json"
 CARD_FILE = "README.md"
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "model_cards"
-"""The templates live at the top of the repository (model_cards/), next to the package, so that they are
-edited as documents; pass ``templates_dir`` to render from elsewhere."""
+TEMPLATES_PACKAGE = __package__
+TEMPLATES_FOLDER = "model_card_templates"
+"""The templates are package data of this subpackage, read through importlib (jinja2.PackageLoader), so that
+an installed wheel renders cards as a source checkout does; pass ``templates_dir`` to render from elsewhere."""
 
 TASK_TYPE = "person-search"
 TASK_NAME = "Person Search"
@@ -174,7 +176,7 @@ def render_model_card(
         datasets: Hub dataset ids for the card metadata; default: the datasets of ``eval_results``.
         license: licence id of the weights (default: the toolkit's apache-2.0).
         base_model: the model it was fine-tuned from, for the Hub's model tree.
-        templates_dir: folder of the templates (default: the repository's model_cards/).
+        templates_dir: folder of the templates (default: the package's model_card_templates/).
     """
     import jinja2
 
@@ -194,14 +196,15 @@ def render_model_card(
         base_model=base_model,
         eval_results=model_index or None,
     )
-    templates_dir = Path(templates_dir or TEMPLATES_DIR)
-    if not (templates_dir / f"{kind}.md").is_file():
-        raise FileNotFoundError(f"model card template {templates_dir / (kind + '.md')} does not exist")
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-    )
+    if templates_dir is None:
+        loader = jinja2.PackageLoader(TEMPLATES_PACKAGE, TEMPLATES_FOLDER)
+        where = f"package data {TEMPLATES_PACKAGE}/{TEMPLATES_FOLDER}"
+    else:
+        loader = jinja2.FileSystemLoader(str(templates_dir))
+        where = str(templates_dir)
+    environment = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    if f"{kind}.md" not in environment.list_templates():
+        raise FileNotFoundError(f"model card template {kind}.md does not exist in {where}")
     rows, topk_names = _table_rows(eval_results)
     text = environment.get_template(f"{kind}.md").render(
         card_data=card_data.to_yaml(),

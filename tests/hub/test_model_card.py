@@ -107,3 +107,16 @@ def test_refresh_errors_name_the_file(tmp_path):
     (folder / "eval_results.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"eval_results.json: not valid JSON"):
         refresh_model_card(folder)
+
+
+def test_templates_dir_replaces_the_packaged_templates(tmp_path):
+    (tmp_path / "finetuned.md").write_text(
+        "---\n{{ card_data }}\n---\n# In-house {{ model_name }} for {{ target_datasets }}\n"
+    )
+    card = render_model_card(
+        tiny_config(), kind="finetuned", repo_id="org/m", eval_results=RESULTS, templates_dir=tmp_path
+    )
+    assert card.content.strip().endswith("# In-house m for CUHK-SYSU and PRW")
+    assert model_index_metrics(ModelCard(str(card)))[("PRW", "map")] == 47.08
+    with pytest.raises(FileNotFoundError, match=f"model card template pretrained.md does not exist in {tmp_path}"):
+        render_model_card(tiny_config(), kind="pretrained", repo_id="org/m", templates_dir=tmp_path)
