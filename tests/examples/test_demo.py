@@ -44,6 +44,7 @@ def quick_run(tmp_path_factory):
     return output_dir, completed.stdout
 
 
+@pytest.mark.slow
 def test_quick_run_summary_matches_each_finetune_results(quick_run):
     output_dir, stdout = quick_run
     summary = json.loads((output_dir / "summary.json").read_text())
@@ -72,6 +73,7 @@ def test_quick_run_summary_matches_each_finetune_results(quick_run):
         assert f"{row['detection_recall']:.2%}" in line
 
 
+@pytest.mark.slow
 def test_quick_run_finetunes_the_exported_pretrained_model_on_one_shared_dataset(quick_run):
     output_dir, _ = quick_run
     pretrained = yaml.safe_load((output_dir / "finetune_pretrained" / "resolved_config.yaml").read_text())

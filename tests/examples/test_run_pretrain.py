@@ -118,6 +118,7 @@ def run(command: list[str], env: dict, timeout: int = 170) -> subprocess.Complet
     return result
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_keep_identical_oim_tables_and_draw_different_samples(tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     output = tmp_path / "ddp"

@@ -226,12 +226,16 @@ def runs() -> dict:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_without_reversal_the_domains_are_learned_and_stay_in_the_features(runs):
     off = runs["off"]
     assert off["image"] >= 0.9 and off["instance"] >= 0.8, off  # the IAM's classifiers learn the domains
     assert off["linear"] >= 0.95 and off["head"] >= 0.95, off  # and a fresh probe finds them too
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_with_reversal_a_fresh_probe_on_the_encoder_features_is_near_chance(runs):
     off, on = runs["off"], runs["on"]
     # the classifiers trained alongside the features are fooled ...
@@ -241,6 +245,8 @@ def test_with_reversal_a_fresh_probe_on_the_encoder_features_is_near_chance(runs
     assert off["linear"] - on["linear"] >= 0.25 and off["head"] - on["head"] >= 0.25, (off, on)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_with_reversal_person_search_still_trains(runs):
     off, on = runs["off"], runs["on"]
     assert np.isfinite(on["ps"]) and on["ps"] <= 1.5 * off["ps"], (off, on)

@@ -2,6 +2,7 @@
 background domains) until it detects every person and its query embeddings rank the same person first
 in the other scenes. Shapes alone would not catch a wrong loss, a detached head or a broken OIM update."""
 
+import pytest
 import torch
 from tiny_models import scene_batch, tiny_config
 from torchvision.ops import box_iou
@@ -11,6 +12,7 @@ from hf_personsearch import PersonSearchModel
 SCENES = ((0, 1), (1, 2), (2, 0))
 
 
+@pytest.mark.slow
 def test_overfits_generated_scenes_detects_every_person_and_retrieves_identities():
     torch.manual_seed(0)
     batch, labels = scene_batch(SCENES)

@@ -171,6 +171,7 @@ def test_save_and_load_are_bit_exact_including_the_oim_table(model, batch, tmp_p
     assert isinstance(AutoConfig.from_pretrained(tmp_path), PersonSearchConfig)
 
 
+@pytest.mark.slow
 def test_remote_code_loads_where_the_package_is_not_importable(model, tmp_path):
     model.save_pretrained(tmp_path / "saved")
     assert (tmp_path / "saved" / "modeling_person_search.py").exists()

@@ -112,6 +112,7 @@ SAVER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sigkill_while_saving_leaves_the_last_complete_checkpoint_usable(tmp_path):
     script = tmp_path / "saver.py"
     script.write_text(SAVER)
