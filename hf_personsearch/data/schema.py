@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import numpy as np
 
-NO_IDENTITY = -1
-"""The explicit "this person has no identity" value (no magic 5554/5555 numbers)."""
+# The model's OIM loss owns the no-identity value (the model code must import alone as Hub remote code).
+from ..oim import NO_IDENTITY as NO_IDENTITY
 
 NO_CAMERA = -1
 """Camera id of images whose source has no camera information."""
