@@ -81,6 +81,8 @@ def test_custom_mean_std_are_saved_and_applied(tmp_path):
 
 def test_saved_and_reloaded_with_auto_image_processor(tmp_path):
     PersonSearchImageProcessor(min_size=128, max_size=256).save_pretrained(tmp_path)
+    # Hub remote code: the processor's file and the image loader it imports travel with it.
+    assert (tmp_path / "image_processing_person_search.py").exists() and (tmp_path / "image_loading.py").exists()
     loaded = AutoImageProcessor.from_pretrained(tmp_path)
     assert isinstance(loaded, PersonSearchImageProcessor)
     assert (loaded.min_size, loaded.max_size) == (128, 256)
