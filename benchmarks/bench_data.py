@@ -24,7 +24,8 @@ from torchvision.transforms import v2
 from hf_personsearch.data.augmentation import TwoViewAugmentation, to_image_tensor
 from hf_personsearch.data.identity import IdentitySpace
 from hf_personsearch.data.schema import NO_IDENTITY, make_record
-from hf_personsearch.data.unification import load_image, unify_record
+from hf_personsearch.data.unification import unify_record
+from hf_personsearch.image_loading import load_image
 
 
 def _jpeg(array: np.ndarray) -> bytes:

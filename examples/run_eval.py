@@ -33,8 +33,9 @@ from PIL import Image, ImageDraw
 
 from hf_personsearch import PersonSearchImageProcessor, PersonSearchModel
 from hf_personsearch.data.formats import target_names
-from hf_personsearch.data.search_dataset import load_image, target_dataset
+from hf_personsearch.data.search_dataset import target_dataset
 from hf_personsearch.evaluation.model_inference import evaluate_on_target, resolve_gallery_size
+from hf_personsearch.image_loading import load_image
 from hf_personsearch.pipelines.visualization import BACKGROUND, render_search_result
 
 logger = logging.getLogger("run_eval")
@@ -131,7 +132,7 @@ def search_picture(per_query: list[dict], inputs, num_queries: int, top_k: int) 
     position = {item["image_id"]: index for index, item in enumerate(inputs.gallery)}
 
     def open_image(image_id: str) -> Image.Image:
-        return Image.fromarray(load_image(inputs.images[image_id], image_id))
+        return load_image(inputs.images[image_id], image_id)
 
     def load(match: dict) -> Image.Image:
         return framed(open_image(match["image_id"]), CORRECT_COLOUR if match["correct"] else WRONG_COLOUR)

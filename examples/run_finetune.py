@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
         records,
         identity_map=identity_map,
         augmentation=SingleViewAugmentation(
-            min_size=data["min_size"], max_size=data["max_size"], flip_p=data["flip_p"]
+            PersonSearchImageProcessor(min_size=data["min_size"], max_size=data["max_size"]), flip_p=data["flip_p"]
         ),
         strict=bool(data["strict"]),
     )

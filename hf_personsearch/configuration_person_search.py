@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from transformers import PreTrainedConfig
 
-NO_IDENTITY = -1
-"""Default value of ``PersonSearchConfig.no_identity_id``: a person whose identity is unknown."""
+from .oim import NO_IDENTITY
+
+logger = logging.getLogger(__name__)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -59,14 +62,17 @@ class PersonSearchConfig(PreTrainedConfig):
             train has 5532; PRW 482; pre-training: all unified identities).
         oim_queue_size (`int`, 5000): circular queue of unlabeled persons (CUHK-SYSU value; PRW uses 500).
         oim_scalar (`float`, 30.0): inverse temperature of the OIM softmax (OIM/NAE).
-        oim_momentum (`float`, 0.5): LUT update ``m * LUT[y] + (1 - m) * x`` (OIM/NAE).
-        no_identity_id (`int`, -1): the person id meaning "no identity" (goes to the queue, never to the
-            LUT). Explicit, instead of the 5554/5555 magic numbers of older code.
+        oim_momentum (`float`, 0.5): LUT update ``m * LUT[y] + (1 - m) * x`` (OIM/NAE). A person without
+            identity has the id ``oim.NO_IDENTITY`` (-1): it feeds the queue, never the LUT.
     Loss weights (sum = the model's ``loss``)
         loss_weight_rpn_objectness (1.0), loss_weight_rpn_box (1.0), loss_weight_det_classification (1.0),
         loss_weight_det_box (10.0: NAE's box regression weight), loss_weight_reid (1.0).
-    Image normalisation
-        image_mean / image_std: ImageNet statistics (the backbones' pre-training statistics).
+
+    Resizing and normalisation (``image_mean``/``image_std``) are the image processor's
+    (:class:`PersonSearchImageProcessor`, saved next to the model), as in DETR. ``config.json`` files
+    written before carry ``image_mean``/``image_std`` (only ever copied into that processor) and
+    ``no_identity_id`` (the data always used -1): they are dropped when loaded; a ``no_identity_id``
+    other than -1 is dropped with a warning.
     """
 
     model_type = "person_search"
@@ -105,16 +111,23 @@ class PersonSearchConfig(PreTrainedConfig):
         oim_queue_size: int = 5000,
         oim_scalar: float = 30.0,
         oim_momentum: float = 0.5,
-        no_identity_id: int = NO_IDENTITY,
         loss_weight_rpn_objectness: float = 1.0,
         loss_weight_rpn_box: float = 1.0,
         loss_weight_det_classification: float = 1.0,
         loss_weight_det_box: float = 10.0,
         loss_weight_reid: float = 1.0,
-        image_mean: tuple[float, ...] = (0.485, 0.456, 0.406),
-        image_std: tuple[float, ...] = (0.229, 0.224, 0.225),
         **kwargs,
     ):
+        kwargs.pop("image_mean", None)
+        kwargs.pop("image_std", None)
+        no_identity_id = kwargs.pop("no_identity_id", NO_IDENTITY)
+        if no_identity_id != NO_IDENTITY:
+            logger.warning(
+                "PersonSearchConfig: no_identity_id=%s is no longer a setting and is ignored: persons without "
+                "identity are %d in the data and the OIM loss",
+                no_identity_id,
+                NO_IDENTITY,
+            )
         self.backbone = backbone
         self.backbone_library = backbone_library
         self.box_head_stages = box_head_stages
@@ -147,14 +160,11 @@ class PersonSearchConfig(PreTrainedConfig):
         self.oim_queue_size = oim_queue_size
         self.oim_scalar = oim_scalar
         self.oim_momentum = oim_momentum
-        self.no_identity_id = no_identity_id
         self.loss_weight_rpn_objectness = loss_weight_rpn_objectness
         self.loss_weight_rpn_box = loss_weight_rpn_box
         self.loss_weight_det_classification = loss_weight_det_classification
         self.loss_weight_det_box = loss_weight_det_box
         self.loss_weight_reid = loss_weight_reid
-        self.image_mean = list(image_mean)
-        self.image_std = list(image_std)
         super().__init__(**kwargs)
         self.validate_values()
 
@@ -202,9 +212,3 @@ class PersonSearchConfig(PreTrainedConfig):
         _check(self.oim_queue_size >= 0, f"oim_queue_size must be >= 0, got {self.oim_queue_size}")
         _check(0.0 <= self.oim_momentum < 1.0, f"oim_momentum must be in [0, 1), got {self.oim_momentum}")
         _check(self.oim_scalar > 0, f"oim_scalar must be > 0, got {self.oim_scalar}")
-        _check(
-            not 0 <= self.no_identity_id < self.num_person_ids,
-            f"no_identity_id ({self.no_identity_id}) must lie outside the identity range [0, {self.num_person_ids})",
-        )
-        _check(len(self.image_mean) == 3 and len(self.image_std) == 3, "image_mean and image_std need 3 values")
-        _check(all(s > 0 for s in self.image_std), f"image_std must be positive, got {self.image_std}")

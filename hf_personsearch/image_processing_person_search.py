@@ -1,14 +1,26 @@
-"""PersonSearchImageProcessor: resize (min side / max side), normalise, pad; map boxes back afterwards."""
+"""PersonSearchImageProcessor: resize (min side / max side), normalise, pad; map boxes back afterwards.
+
+The processor is the one owner of the resize rule (:func:`resized_size`) and of the normalisation
+(:func:`normalize` with the processor's ``image_mean``/``image_std``): training augmentation
+(``hf_personsearch.data.augmentation``) calls the same functions with the run's processor, so a scene
+is resized and normalised identically for training, evaluation and search.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 from transformers import BaseImageProcessor, BatchFeature
+
+from .image_loading import to_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+"""timm.data.IMAGENET_DEFAULT_MEAN/STD: the statistics the ImageNet-initialised backbones were trained with."""
 
 
 def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float:
@@ -17,10 +29,41 @@ def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float
     return min(min_size / min(height, width), max_size / max(height, width))
 
 
-def _to_chw_float(image, index: int) -> torch.Tensor:
-    """PIL image, HWC uint8/float numpy array or CHW tensor -> float CHW tensor in [0, 1]."""
-    if hasattr(image, "convert"):  # PIL
-        image = np.array(image.convert("RGB"))
+def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """``(height, width)`` of a ``height`` x ``width`` image after resizing by :func:`resize_scale`.
+
+    Each side is ROUNDED to the nearest pixel (at least 1). Rounding, not truncating as torchvision's
+    ``Resize(max_size=...)`` does, keeps each side within half a pixel of the exact scale and puts the
+    capped side exactly on ``min_size`` / ``max_size`` even when ``side * scale`` lands at 1499.9999
+    (a 1920x1080 frame at 900/1500 is 844x1500: 1080 * 0.78125 = 843.75).
+    """
+    scale = resize_scale(height, width, min_size, max_size)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear, antialiased resize of a (3, H, W) image to ``size`` = (height, width).
+
+    torchvision's kernel (the one ``transforms.v2`` applies in training): a uint8 image is resized in
+    uint8 on the CPU (the fast native path), a float image in float.
+    """
+    return TF.resize(image, list(size), interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+
+
+def normalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(3, H, W) uint8 (0-255) or float (0-1) image -> float32 ``(image - mean) / std``."""
+    image = TF.to_dtype(image, torch.float32, scale=True)
+    return TF.normalize(image, mean=list(mean), std=list(std))
+
+
+def _to_chw(image, index: int) -> torch.Tensor:
+    """PIL image, HWC uint8/float numpy array or CHW tensor -> CHW tensor (uint8 0-255 or float 0-1).
+
+    PIL images are brought to the displayed orientation and RGB by the package's image loader
+    (``image_loading.to_rgb``: EXIF orientation, 16-bit, palette, CMYK, alpha).
+    """
+    if isinstance(image, Image.Image):
+        image = np.array(to_rgb(image, f"image {index}"))
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
@@ -38,7 +81,7 @@ def _to_chw_float(image, index: int) -> torch.Tensor:
             f"image {index}: expected a PIL image, numpy array or torch tensor, got {type(image).__name__}"
         )
     if tensor.dtype == torch.uint8:
-        return tensor.float() / 255.0
+        return tensor
     return tensor.float()
 
 
@@ -48,14 +91,18 @@ class PersonSearchImageProcessor(BaseImageProcessor):
     Args:
         min_size (`int`, 900): target short side (NAE/SeqNet on CUHK-SYSU and PRW).
         max_size (`int`, 1500): cap on the long side (NAE/SeqNet).
-        image_mean / image_std: ImageNet statistics, those of the backbones' pre-training.
+        image_mean / image_std (`tuple[float]`, :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`): normalisation
+            of 0-1 pixel values; ImageNet statistics, those of the backbones' pre-training. Training reads
+            them from here too (``SingleViewAugmentation(processor)``).
         size_divisor (`int`, 1): pad the batch to a multiple of this (1 = no extra padding; 32 can help
             cudnn autotuning).
 
-    ``processor(images, boxes=None)`` returns ``pixel_values`` (B, 3, H, W), ``image_sizes`` (B, 2)
-    (height, width after resizing, before padding), ``original_sizes`` (B, 2), ``scale_factors`` (B,)
-    and, when ``boxes`` (one (n, 4) xyxy array per image, e.g. query boxes) are given, ``boxes`` scaled
-    to the resized images.
+    Each image is resized to :func:`resized_size` (short side ``min_size``, long side at most
+    ``max_size``, sides rounded to the nearest pixel) with :func:`resize` and normalised with
+    :func:`normalize`. ``processor(images, boxes=None)`` returns ``pixel_values`` (B, 3, H, W),
+    ``image_sizes`` (B, 2) (height, width after resizing, before padding), ``original_sizes`` (B, 2),
+    ``scale_factors`` (B, 2) (the height and width ratios applied, resized / original) and, when ``boxes``
+    (one (n, 4) xyxy array per image, e.g. query boxes) are given, ``boxes`` scaled by those ratios.
     """
 
     model_input_names = ["pixel_values", "image_sizes"]
@@ -72,6 +119,10 @@ class PersonSearchImageProcessor(BaseImageProcessor):
         super().__init__(**kwargs)
         if not 0 < min_size <= max_size:
             raise ValueError(f"need 0 < min_size ({min_size}) <= max_size ({max_size})")
+        if len(image_mean) != 3 or len(image_std) != 3 or not all(s > 0 for s in image_std):
+            raise ValueError(
+                f"image_mean and image_std need 3 values (RGB), image_std positive; got {image_mean}, {image_std}"
+            )
         self.min_size = min_size
         self.max_size = max_size
         self.image_mean = list(image_mean)
@@ -88,22 +139,16 @@ class PersonSearchImageProcessor(BaseImageProcessor):
             raise ValueError("no images given")
         if boxes is not None and len(boxes) != len(images):
             raise ValueError(f"{len(boxes)} box arrays for {len(images)} images")
-        mean = torch.tensor(self.image_mean).view(3, 1, 1)
-        std = torch.tensor(self.image_std).view(3, 1, 1)
         resized, original_sizes, scales = [], [], []
         for index, image in enumerate(images):
-            tensor = _to_chw_float(image, index)
+            tensor = _to_chw(image, index)
             height, width = tensor.shape[1:]
             if height == 0 or width == 0:
                 raise ValueError(f"image {index} is empty ({height}x{width})")
-            scale = resize_scale(height, width, self.min_size, self.max_size)
-            new_size = (max(1, round(height * scale)), max(1, round(width * scale)))
-            tensor = F.interpolate(tensor[None], size=new_size, mode="bilinear", align_corners=False, antialias=True)[
-                0
-            ]
-            resized.append((tensor - mean) / std)
+            new_height, new_width = resized_size(height, width, self.min_size, self.max_size)
+            resized.append(normalize(resize(tensor, (new_height, new_width)), self.image_mean, self.image_std))
             original_sizes.append((height, width))
-            scales.append(scale)
+            scales.append((new_height / height, new_width / width))
         max_height = max(t.shape[1] for t in resized)
         max_width = max(t.shape[2] for t in resized)
         divisor = self.size_divisor
@@ -115,12 +160,13 @@ class PersonSearchImageProcessor(BaseImageProcessor):
             "pixel_values": pixel_values,
             "image_sizes": torch.tensor([t.shape[1:] for t in resized], dtype=torch.long),
             "original_sizes": torch.tensor(original_sizes, dtype=torch.long),
-            "scale_factors": torch.tensor(scales, dtype=torch.float64),
+            "scale_factors": torch.tensor(scales, dtype=torch.float64).reshape(-1, 2),
         }
         if boxes is not None:
             data["boxes"] = [
-                torch.as_tensor(np.asarray(b, dtype=np.float32).reshape(-1, 4)) * scale
-                for b, scale in zip(boxes, scales)
+                torch.as_tensor(np.asarray(b, dtype=np.float32).reshape(-1, 4))
+                * torch.tensor([width_ratio, height_ratio, width_ratio, height_ratio], dtype=torch.float32)
+                for b, (height_ratio, width_ratio) in zip(boxes, scales)
             ]
         return BatchFeature(data=data, tensor_type=None)
 

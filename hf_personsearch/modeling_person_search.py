@@ -86,7 +86,7 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
         image_sizes: int (B, 2) (height, width) of each image before padding; or pixel_mask (B, H, W)
             with 1 on valid pixels; neither = every image fills the tensor.
         labels (training): list of B dicts {"boxes": float (n, 4) xyxy pixels, "person_ids": int (n,)},
-            person ids in [0, config.num_person_ids) or config.no_identity_id; n may be 0.
+            person ids in [0, config.num_person_ids) or ``oim.NO_IDENTITY`` (-1); n may be 0.
     """
 
     # A pre-training checkpoint (PersonSearchPretrainModel) also holds the SimSiam predictor and the
@@ -130,7 +130,6 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
             config.oim_queue_size,
             scalar=config.oim_scalar,
             momentum=config.oim_momentum,
-            no_identity_id=config.no_identity_id,
         )
         self.box_coder = BoxCoder(tuple(config.bbox_reg_weights))
         self.proposal_matcher = Matcher(
@@ -188,7 +187,6 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
             new[1],
             scalar=self.config.oim_scalar,
             momentum=self.config.oim_momentum,
-            no_identity_id=self.config.no_identity_id,
         ).to(device=lut.device, dtype=lut.dtype)
         logger.warning(
             "OIM table re-sized from %d identities / queue %d to %d identities / queue %d: fresh zero tables "

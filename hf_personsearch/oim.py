@@ -21,6 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+NO_IDENTITY = -1
+"""The person id of a person without identity (a detection box, an unlabeled re-ID crop, PRW's -2): it
+feeds the queue, never the LUT. The one definition for the model and the data (``data.schema`` imports
+it); explicit, instead of the 5554/5555 magic numbers of older person search code."""
+
 
 def oim_loss(
     features: torch.Tensor, person_ids: torch.Tensor, lut: torch.Tensor, queue: torch.Tensor, scalar: float
@@ -70,7 +75,6 @@ class OIMLoss(nn.Module):
         queue_size: CQ rows (0 disables the queue).
         scalar: inverse temperature (30, OIM/NAE).
         momentum: LUT momentum m (0.5, OIM/NAE).
-        no_identity_id: the id of persons without identity (they go to the queue).
 
     ``forward(features, person_ids)`` takes L2-normalised features (N, d) of persons (never background)
     and their ids; it returns the loss, and updates the tables afterwards when the module is training.
@@ -83,30 +87,28 @@ class OIMLoss(nn.Module):
         queue_size: int,
         scalar: float = 30.0,
         momentum: float = 0.5,
-        no_identity_id: int = -1,
     ):
         super().__init__()
         self.num_person_ids = num_person_ids
         self.queue_size = queue_size
         self.scalar = scalar
         self.momentum = momentum
-        self.no_identity_id = no_identity_id
         self.register_buffer("lut", torch.zeros(num_person_ids, embedding_dim))
         self.register_buffer("queue", torch.zeros(queue_size, embedding_dim))
         self.register_buffer("queue_head", torch.zeros((), dtype=torch.long))
 
     def check_ids(self, person_ids: torch.Tensor, where: str = "labels") -> None:
-        """Raise when an id is neither ``no_identity_id`` nor a LUT row."""
-        bad = (person_ids != self.no_identity_id) & ((person_ids < 0) | (person_ids >= self.num_person_ids))
+        """Raise when an id is neither :data:`NO_IDENTITY` nor a LUT row."""
+        bad = (person_ids != NO_IDENTITY) & ((person_ids < 0) | (person_ids >= self.num_person_ids))
         if bad.any():
             raise ValueError(
                 f"{where}: person ids {person_ids[bad].tolist()} are outside the OIM table [0, {self.num_person_ids}) "
-                f"and are not the no-identity value {self.no_identity_id}; raise config.num_person_ids"
+                f"and are not the no-identity value {NO_IDENTITY}; raise config.num_person_ids"
             )
 
     def forward(self, features: torch.Tensor, person_ids: torch.Tensor) -> torch.Tensor:
         self.check_ids(person_ids)
-        labeled = person_ids != self.no_identity_id
+        labeled = person_ids != NO_IDENTITY
         if labeled.any():  # unlabeled persons only feed the queue: no logits are computed for them
             # The update below rewrites the tables in place while autograd still needs their values for
             # the backward pass: train on a snapshot (a copy costs ~5% of the matmuls at 1M identities).
@@ -128,7 +130,7 @@ class OIMLoss(nn.Module):
         # A non-finite feature (a diverging step the trainer will skip) must not poison the tables.
         finite = torch.isfinite(features).all(dim=1)
         features, person_ids = features[finite].to(self.lut.dtype), person_ids[finite]
-        labeled = person_ids != self.no_identity_id
+        labeled = person_ids != NO_IDENTITY
         labeled_features, labeled_ids = features[labeled], person_ids[labeled]
         if labeled_ids.unique().numel() == labeled_ids.numel():
             rows = self.momentum * self.lut[labeled_ids] + (1.0 - self.momentum) * labeled_features

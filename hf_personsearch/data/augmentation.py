@@ -13,6 +13,10 @@ p=0.8, grayscale p=0.2, Gaussian blur sigma 0.1-2 with p=0.5, horizontal flip p=
 paper builds its contrastive branch on. Scale/crop is detection-style instead of SimSiam's
 RandomResizedCrop to 224 px: an SSD IoU crop (keeps at least one person) with p=0.5, then a random
 shortest side from the multi-scale detection list, so the views stay scene images at detector sizes.
+
+Resizing and normalisation are the image processor's (:class:`PersonSearchImageProcessor`, passed in):
+its resize rule (:func:`resized_size`, :func:`resize`) and its ``image_mean``/``image_std``, so a view
+without random scale is the tensor the processor gives at evaluation and search, bit for bit.
 """
 
 from __future__ import annotations
@@ -24,19 +28,32 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-"""timm.data.IMAGENET_DEFAULT_MEAN/STD (repeated here so the data path does not import timm): the
-statistics the ImageNet-initialised backbones were trained with."""
+from ..image_processing_person_search import PersonSearchImageProcessor, resize, resized_size
 
 PRETRAIN_MIN_SIZES = tuple(range(480, 801, 32))
 PRETRAIN_MAX_SIZE = 1333
 """Multi-scale detection training sizes (shortest side 480-800 step 32, longest side <= 1333, the
 DETR/Detectron list): smaller than fine-tuning's 900/1500 to keep pre-training cheap, still varied."""
 
-FINETUNE_MIN_SIZE = 900
-FINETUNE_MAX_SIZE = 1500
-"""NAE/SeqNet fine-tuning and test sizes on PRW and CUHK-SYSU (REFERENCE.md section 2)."""
+
+class ShortestSideResize(v2.Transform):
+    """The image processor's resize (:func:`resized_size`, :func:`resize`), boxes following the image,
+    with the shortest side drawn uniformly from ``min_sizes`` for each call (one size: no randomness)."""
+
+    def __init__(self, min_sizes: Sequence[int], max_size: int):
+        super().__init__()
+        self.min_sizes = [int(size) for size in min_sizes]
+        if not self.min_sizes or not all(0 < size <= max_size for size in self.min_sizes):
+            raise ValueError(f"need 0 < min_sizes ({self.min_sizes}) <= max_size ({max_size})")
+        self.max_size = max_size
+
+    def make_params(self, flat_inputs: list) -> dict:
+        height, width = v2.query_size(flat_inputs)
+        draw = int(torch.randint(len(self.min_sizes), ())) if len(self.min_sizes) > 1 else 0
+        return {"size": resized_size(height, width, self.min_sizes[draw], self.max_size)}
+
+    def transform(self, inpt, params: dict):
+        return resize(inpt, params["size"])  # torchvision's dispatcher: images resized, boxes scaled
 
 
 def to_image_tensor(image) -> tv_tensors.Image:
@@ -86,6 +103,9 @@ class TwoViewAugmentation:
     """Two independently augmented, box-aware views of one unified image (pre-training).
 
     Args:
+        processor: the run's image processor; its resize rule and ``image_mean``/``image_std`` are used
+            (default ``PersonSearchImageProcessor()``: ImageNet statistics). Its sizes are not: views are
+            resized to the multi-scale training sizes below.
         min_sizes: candidate shortest sides (one drawn per view); default :data:`PRETRAIN_MIN_SIZES`.
         max_size: cap on the longest side; default :data:`PRETRAIN_MAX_SIZE`.
         crop_p: probability of the IoU crop (0.5: half of the views keep the whole scene, as SSD).
@@ -97,7 +117,6 @@ class TwoViewAugmentation:
             than the rest of the pipeline, and 9 px covers +-2 sigma at sigma 2.
         min_box_size: persons smaller than this (pixels, either side) after augmentation are dropped
             from the view (2: a 1-px box carries no appearance to contrast).
-        mean / std: normalisation (ImageNet statistics, those of the backbones' initialisation).
 
     Call with ``(image, boxes, person_ids, person_index=None)``; returns two dicts with
     ``pixel_values`` float32 (3, H, W) normalised, ``boxes`` float32 (n, 4) xyxy on that view,
@@ -106,6 +125,7 @@ class TwoViewAugmentation:
 
     def __init__(
         self,
+        processor: PersonSearchImageProcessor | None = None,
         *,
         min_sizes: Sequence[int] = PRETRAIN_MIN_SIZES,
         max_size: int = PRETRAIN_MAX_SIZE,
@@ -116,15 +136,16 @@ class TwoViewAugmentation:
         blur_p: float = 0.5,
         blur_kernel: int = 9,
         min_box_size: float = 2.0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
     ):
+        processor = processor if processor is not None else PersonSearchImageProcessor()
+        resize_view = ShortestSideResize(min_sizes, max_size)
+
         def tail(with_crop: bool) -> v2.Compose:
             crop = [v2.RandomApply([v2.RandomIoUCrop()], p=crop_p)] if with_crop else []
             return v2.Compose(
                 crop
                 + [
-                    v2.RandomShortestSize(min_size=list(min_sizes), max_size=max_size),
+                    resize_view,
                     v2.RandomHorizontalFlip(p=flip_p),
                     # Photometric ops on float images: the hue jitter is about twice as fast as on uint8.
                     v2.ToDtype(torch.float32, scale=True),
@@ -135,7 +156,7 @@ class TwoViewAugmentation:
                     v2.SanitizeBoundingBoxes(
                         min_size=min_box_size, min_area=min_box_size**2, labels_getter=_labels_of
                     ),
-                    v2.Normalize(mean=list(mean), std=list(std)),
+                    v2.Normalize(mean=processor.image_mean, std=processor.image_std),
                 ]
             )
 
@@ -152,29 +173,26 @@ class TwoViewAugmentation:
 class SingleViewAugmentation:
     """One box-aware view for fine-tuning and evaluation on target data (NAE recipe).
 
-    Resizes so the shortest side is ``min_size`` unless the longest would exceed ``max_size``
-    (defaults 900/1500, REFERENCE.md section 2), flips horizontally with ``flip_p`` (0.5 for
-    training; pass 0.0 for evaluation), converts to float and normalises. Same call and output as one
-    view of :class:`TwoViewAugmentation`.
+    Args:
+        processor: the run's image processor (default ``PersonSearchImageProcessor()``: 900/1500, the
+            NAE/SeqNet sizes on PRW and CUHK-SYSU, ImageNet statistics). The view is resized to its
+            ``min_size``/``max_size`` by its rule and normalised with its ``image_mean``/``image_std``:
+            with ``flip_p=0`` the pixels are the processor's own output for that image.
+        flip_p: horizontal flip probability (0.5 for training, NAE; 0.0 for evaluation).
+
+    Same call and output as one view of :class:`TwoViewAugmentation`.
     """
 
-    def __init__(
-        self,
-        *,
-        min_size: int = FINETUNE_MIN_SIZE,
-        max_size: int = FINETUNE_MAX_SIZE,
-        flip_p: float = 0.5,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ):
+    def __init__(self, processor: PersonSearchImageProcessor | None = None, *, flip_p: float = 0.5):
+        processor = processor if processor is not None else PersonSearchImageProcessor()
         self.pipeline = v2.Compose(
             [
-                v2.Resize(min_size, max_size=max_size),
+                ShortestSideResize([processor.min_size], processor.max_size),
                 v2.RandomHorizontalFlip(p=flip_p),
                 v2.ClampBoundingBoxes(),
                 v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_labels_of),
                 v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(mean=list(mean), std=list(std)),
+                v2.Normalize(mean=processor.image_mean, std=processor.image_std),
             ]
         )
 

@@ -8,8 +8,10 @@ Record fields
 -------------
 ``image``           the image: a path (str) when parsing, a ``datasets.Image`` value in a Dataset.
 ``image_id``        str, unique within (source, split); the file name relative to the dataset root.
-``width``/``height`` int, size of the image in pixels.
-``boxes``           (n, 4) float32, ``x1, y1, x2, y2`` in pixels (no +1 convention), inside the image.
+``width``/``height`` int, size of the image in pixels, in its displayed orientation (EXIF orientation
+                    applied, as :func:`hf_personsearch.image_loading.load_image` reads every image).
+``boxes``           (n, 4) float32, ``x1, y1, x2, y2`` in pixels of that displayed image (no +1
+                    convention), inside the image.
 ``person_ids``      (n,) int64, the identity of each box in the source dataset's own numbering, or
                     :data:`NO_IDENTITY` for a person without identity (a detection box, an unlabeled
                     re-ID crop, PRW's id -2, a CUHK-SYSU gallery person that is nobody's query).
@@ -34,8 +36,8 @@ from __future__ import annotations
 
 import numpy as np
 
-NO_IDENTITY = -1
-"""The explicit "this person has no identity" value (no magic 5554/5555 numbers)."""
+# The model's OIM loss owns the no-identity value (the model code must import alone as Hub remote code).
+from ..oim import NO_IDENTITY as NO_IDENTITY
 
 NO_CAMERA = -1
 """Camera id of images whose source has no camera information."""

@@ -13,16 +13,15 @@ the fine-tuning and evaluation scripts never hard-code a dataset.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from torch.utils.data import Dataset
 
+from ..image_loading import load_image
 from .augmentation import SingleViewAugmentation
 from .errors import DataFormatError, SkipCounter
 from .formats import DatasetSpec, get_spec, target_names
@@ -125,21 +124,6 @@ class TargetIdentityMap:
             return cls(content["person_ids"])
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{path}: expected a JSON object with a 'person_ids' list ({error})") from error
-
-
-def load_image(image, where: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB array of a record's ``image``: a path, a PIL image, or a ``datasets.Image``
-    dict (``{"path", "bytes"}``). Unreadable files raise ``OSError`` naming ``where``."""
-    try:
-        if isinstance(image, Image.Image):
-            pil = image
-        elif isinstance(image, dict):
-            pil = Image.open(io.BytesIO(image["bytes"])) if image.get("bytes") else Image.open(image["path"])
-        else:
-            pil = Image.open(image)
-        return np.array(pil.convert("RGB"))  # a writable copy: torch.from_numpy warns on read-only arrays
-    except (OSError, SyntaxError, ValueError) as error:
-        raise OSError(f"{where}: unreadable image ({error})") from error
 
 
 class SearchTrainingDataset(Dataset):

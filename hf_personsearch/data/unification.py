@@ -17,13 +17,12 @@ noise keeps the fill from being perfectly flat. "mean" (no noise) and "zero" are
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..image_loading import load_image
 from .identity import IdentitySpace, alignment_task
 from .schema import NO_IDENTITY
 
@@ -38,32 +37,6 @@ move sideways; 512 is within the multi-scale range the two-view augmentation res
 
 FILL_NOISE_STD = 8.0
 """Standard deviation (grey levels) of the noise added to the canvas fill; see the module docstring."""
-
-
-def load_image(value, where: str = "image") -> Image.Image:
-    """Decode a record's ``image`` into an RGB PIL image.
-
-    Accepts a path, a PIL image, a ``datasets.Image(decode=False)`` dict (``bytes``/``path``) or an
-    (H, W, 3) uint8 array. Raises ``OSError``/``ValueError`` naming ``where`` for corrupt or
-    unsupported input (the pre-training dataset catches these, skips and counts the image).
-    """
-    if isinstance(value, Image.Image):
-        image = value
-    elif isinstance(value, np.ndarray):
-        if value.ndim != 3 or value.shape[2] != 3 or value.dtype != np.uint8:
-            raise ValueError(f"{where}: expected an (H, W, 3) uint8 array, got {value.shape} {value.dtype}")
-        return Image.fromarray(value)
-    elif isinstance(value, (str, Path)):
-        image = Image.open(value)
-    elif isinstance(value, dict) and (value.get("bytes") or value.get("path")):
-        image = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else Image.open(value["path"])
-    else:
-        raise ValueError(f"{where}: cannot read an image from a {type(value).__name__}")
-    try:
-        image.load()
-    except (OSError, SyntaxError) as error:
-        raise OSError(f"{where}: corrupt or truncated image ({error})") from error
-    return image.convert("RGB")
 
 
 def _fill_canvas(crop: np.ndarray, size: tuple[int, int], fill: str, rng: np.random.Generator) -> np.ndarray:
@@ -81,7 +54,7 @@ def _fill_canvas(crop: np.ndarray, size: tuple[int, int], fill: str, rng: np.ran
 
 
 def _as_array(crop) -> np.ndarray:
-    array = np.asarray(crop.convert("RGB") if isinstance(crop, Image.Image) else crop)
+    array = np.asarray(load_image(crop, "crop") if isinstance(crop, Image.Image) else crop)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8 or 0 in array.shape[:2]:
         raise ValueError(f"expected a non-empty (H, W, 3) uint8 crop, got {array.shape} {array.dtype}")
     return array

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.schema import NO_CAMERA
-from ..data.search_dataset import load_image
+from ..image_loading import load_image
 from .results import SearchResult
 
 logger = logging.getLogger(__name__)

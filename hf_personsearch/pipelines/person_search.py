@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from transformers import Pipeline
 
+from ..image_loading import load_image
 from ..modeling_person_search import PersonSearchOutput
 from .gallery_index import GalleryIndex, model_fingerprint
 
@@ -30,26 +31,6 @@ DEFAULT_BATCH_SIZE = 4
 """Gallery images per forward pass: scene images at 900x1500 are large; 4 fits a 16 GB GPU with a ResNet50."""
 PROGRESS_MIN_IMAGES = 100
 """A progress bar is shown (when ``progress`` is None) for galleries of at least this many images."""
-
-
-def load_image(source, what: str) -> Image.Image:
-    """An RGB PIL image from a path, a PIL image or an (H, W, 3) uint8 array; ``what`` names it in errors."""
-    if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    if isinstance(source, np.ndarray):
-        if source.ndim != 3 or source.shape[2] != 3:
-            raise ValueError(f"{what}: expected an (H, W, 3) array, got shape {source.shape}")
-        return Image.fromarray(source.astype(np.uint8))
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"{what} {path} does not exist")
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"{what} {path} cannot be read as an image: {error}") from error
-    raise TypeError(f"{what}: expected a path, a PIL image or a numpy array, got {type(source).__name__}")
 
 
 def gallery_sources(gallery) -> list:

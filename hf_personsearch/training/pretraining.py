@@ -223,14 +223,11 @@ def export_pretrained(
     pretrain_folder = output_dir / PRETRAIN_MODEL_FOLDER
     model.save_pretrained(pretrain_folder)
     folder = output_dir / PERSON_SEARCH_MODEL_FOLDER
-    person_search = model.export_person_search_model(folder)
-    ps_config = person_search.config
+    model.export_person_search_model(folder)
     data = config["data"]
     min_sizes = data.get("min_sizes")
     processor = PersonSearchImageProcessor(
-        image_mean=ps_config.image_mean,
-        image_std=ps_config.image_std,
-        **({"min_size": int(max(min_sizes)), "max_size": int(data["max_size"])} if min_sizes else {}),
+        **({"min_size": int(max(min_sizes)), "max_size": int(data["max_size"])} if min_sizes else {})
     )
     processor.save_pretrained(folder)
     (folder / TRAINING_FILE).write_text(json.dumps({"kind": "pretrained", **training_info}, indent=1))

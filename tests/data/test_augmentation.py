@@ -4,12 +4,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_personsearch.data.augmentation import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SingleViewAugmentation,
-    TwoViewAugmentation,
-)
+from hf_personsearch import PersonSearchImageProcessor
+from hf_personsearch.data.augmentation import SingleViewAugmentation, TwoViewAugmentation
+from hf_personsearch.image_processing_person_search import IMAGENET_MEAN, IMAGENET_STD, resized_size
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -55,8 +52,8 @@ def test_views_stay_in_correspondence(scene):
         pixels = _denormalise(view["pixel_values"])
         height, width = pixels.shape[-2:]
         assert view["pixel_values"].dtype == torch.float32
-        # RandomShortestSize truncates the scaled sides to int: within 1 px of a listed size or of the cap.
-        assert any(abs(min(height, width) - size) <= 1 for size in (48, 64, 96)) or max(height, width) >= 199
+        # The processor's rule, sides rounded: the short side is a listed size exactly, or the long side the cap.
+        assert min(height, width) in (48, 64, 96) or max(height, width) == 200
         assert view["boxes"].shape == (len(view["person_ids"]), 4) and len(view["person_index"]) == len(
             view["person_ids"]
         )
@@ -73,7 +70,7 @@ def test_person_below_min_box_size_is_dropped_with_its_labels():
     # A 4-px-wide person is 1 px wide once the image is scaled down by 4: min_box_size=2 drops it.
     image = np.full((200, 200, 3), 128, np.uint8)
     boxes = np.array([[10, 10, 90, 190], [150, 20, 154, 60]], np.float32)
-    view = SingleViewAugmentation(min_size=50, max_size=51, flip_p=0.0)
+    view = SingleViewAugmentation(PersonSearchImageProcessor(min_size=50, max_size=51), flip_p=0.0)
     small = TwoViewAugmentation(min_sizes=(50,), max_size=51, crop_p=0.0, min_box_size=2.0)
     big = TwoViewAugmentation(min_sizes=(200,), max_size=201, crop_p=0.0, min_box_size=2.0)
     v_small, _ = small(image, boxes, [5, 6])
@@ -87,7 +84,7 @@ def test_single_view_resize_flip_hand_checked():
     image = np.zeros((100, 200, 3), np.uint8)
     image[:, :100] = 255
     boxes = np.array([[20, 10, 60, 90]], np.float32)
-    out = SingleViewAugmentation(min_size=50, max_size=1000, flip_p=1.0)(image, boxes, [3])
+    out = SingleViewAugmentation(PersonSearchImageProcessor(min_size=50, max_size=1000), flip_p=1.0)(image, boxes, [3])
     assert out["pixel_values"].shape == (3, 50, 100)
     # Scale 0.5, then mirrored: x -> 100 - x.
     torch.testing.assert_close(out["boxes"], torch.tensor([[70.0, 5.0, 90.0, 45.0]]))
@@ -101,10 +98,54 @@ def test_single_view_resize_flip_hand_checked():
 
 def test_normalisation_values():
     image = np.full((10, 10, 3), 255, np.uint8)
-    out = SingleViewAugmentation(min_size=10, max_size=11, flip_p=0.0)(image, np.zeros((0, 4)), [])
+    out = SingleViewAugmentation(PersonSearchImageProcessor(min_size=10, max_size=11), flip_p=0.0)(
+        image, np.zeros((0, 4)), []
+    )
     expected = (1.0 - MEAN) / STD
     torch.testing.assert_close(out["pixel_values"][:, 5, 5], expected.view(3))
     assert out["boxes"].shape == (0, 4) and out["person_ids"].dtype == torch.int64
+
+
+@pytest.mark.parametrize(
+    "height, width, min_size, max_size",
+    [
+        (1080, 1920, 900, 1500),  # full-HD frame: 843.75 rows -> 844 (truncation gave 843)
+        (1920, 1080, 900, 1500),  # portrait
+        (100, 309, 900, 1500),  # 309 * 1500 / 309 = 1499.9999999999998 -> 1500, not 1499
+        (333, 777, 96, 160),  # odd sizes, capped by max_size
+        (501, 499, 128, 256),  # near-square, odd, downscaled
+        (37, 53, 64, 128),  # upscaled
+    ],
+)
+def test_evaluation_view_is_the_processor_output(height, width, min_size, max_size):
+    # The training view without random scale or flip and the processor share the size rule, the resize
+    # kernel and the normalisation: same (h, w), same boxes, bit-identical pixels.
+    rng = np.random.default_rng(height * width)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    boxes = np.array([[0.2 * width, 0.1 * height, 0.6 * width, 0.9 * height]], np.float32)
+    processor = PersonSearchImageProcessor(min_size=min_size, max_size=max_size)
+    batch = processor([image], boxes=[boxes])
+    view = SingleViewAugmentation(processor, flip_p=0.0)(image, boxes, [3])
+    size = resized_size(height, width, min_size, max_size)
+    assert tuple(batch["image_sizes"][0].tolist()) == size == tuple(view["pixel_values"].shape[1:])
+    assert min(size) == min_size or max(size) == max_size
+    assert torch.equal(batch["pixel_values"][0], view["pixel_values"])
+    torch.testing.assert_close(batch["boxes"][0], view["boxes"])
+
+
+def test_processor_mean_std_reach_both_augmentations():
+    processor = PersonSearchImageProcessor(
+        min_size=16, max_size=32, image_mean=(0.5, 0.25, 0.0), image_std=(0.25, 0.5, 2.0)
+    )
+    white = np.full((16, 16, 3), 255, np.uint8)
+    expected = torch.tensor([2.0, 1.5, 0.5])  # (1 - mean) / std by hand
+    single = SingleViewAugmentation(processor, flip_p=0.0)(white, np.zeros((0, 4)), [])
+    torch.testing.assert_close(single["pixel_values"][:, 8, 8], expected)
+    views = TwoViewAugmentation(
+        processor, min_sizes=(16,), max_size=32, crop_p=0.0, color_jitter_p=0.0, grayscale_p=0.0, blur_p=0.0
+    )(white, np.zeros((0, 4)), [])
+    for view in views:
+        torch.testing.assert_close(view["pixel_values"][:, 8, 8], expected)
 
 
 def test_negative_image_two_views():

@@ -4,11 +4,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from hf_personsearch.data.augmentation import IMAGENET_MEAN, IMAGENET_STD, SingleViewAugmentation, TwoViewAugmentation
+from hf_personsearch import PersonSearchImageProcessor
+from hf_personsearch.data.augmentation import SingleViewAugmentation, TwoViewAugmentation
 from hf_personsearch.data.collate import HybridPretrainDataset, collate_pretrain, collate_search
 from hf_personsearch.data.errors import DataFormatError
 from hf_personsearch.data.sampler import HybridSampler
 from hf_personsearch.data.schema import NO_IDENTITY, make_record
+from hf_personsearch.image_processing_person_search import IMAGENET_MEAN, IMAGENET_STD
 
 SMALL = dict(min_sizes=(64, 80), max_size=128)
 
@@ -54,7 +56,7 @@ def _sources():
 
 
 def test_collate_search_values():
-    aug = SingleViewAugmentation(min_size=36, max_size=1000, flip_p=0.0)
+    aug = SingleViewAugmentation(PersonSearchImageProcessor(min_size=36, max_size=1000), flip_p=0.0)
     a = aug(np.full((72, 96, 3), 255, np.uint8), [[10, 8, 30, 60]], [7])  # scale 0.5 -> 36 x 48
     b = aug(np.full((36, 24, 3), 0, np.uint8), np.zeros((0, 4)), [])  # short side 24 -> 36: scale 1.5 -> 54 x 36
     batch = collate_search([a, None, b])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from hf_personsearch import PersonSearchImageProcessor
 from hf_personsearch.data.augmentation import SingleViewAugmentation
 from hf_personsearch.data.collate import collate_search
 from hf_personsearch.data.schema import NO_IDENTITY
@@ -60,16 +61,17 @@ def test_unknown_target_dataset_and_gallery_size_for_prw_are_errors(prw_dir):
 
 def test_items_map_ids_to_rows_and_scale_boxes(prw_dir):
     records = load_target_records("prw", prw_dir, "train")
-    dataset = SearchTrainingDataset(records, augmentation=SingleViewAugmentation(min_size=128, max_size=256, flip_p=0))
+    dataset = SearchTrainingDataset(
+        records, augmentation=SingleViewAugmentation(PersonSearchImageProcessor(min_size=128, max_size=256), flip_p=0)
+    )
     train_ids = sorted({int(i) for r in records for i in r["person_ids"] if i != NO_IDENTITY})
     assert dataset.identity_map.person_ids == train_ids
     for index in range(len(records)):
         record, item = records[index], dataset[index]
         height, width = record["height"], record["width"]
         scale = min(128 / min(height, width), 256 / max(height, width))
-        # torchvision's Resize truncates the long side: within one pixel of the exact size.
-        got = item["pixel_values"].shape
-        assert got[0] == 3 and abs(got[1] - height * scale) <= 1 and abs(got[2] - width * scale) <= 1
+        # The processor's rule: each side rounded to the nearest pixel.
+        assert item["pixel_values"].shape == (3, round(height * scale), round(width * scale))
         expected_ids = [train_ids.index(i) if i != NO_IDENTITY else NO_IDENTITY for i in record["person_ids"]]
         assert item["person_ids"].tolist() == expected_ids
         sx, sy = item["pixel_values"].shape[2] / width, item["pixel_values"].shape[1] / height
@@ -84,7 +86,9 @@ def test_corrupt_image_is_skipped_counted_and_replaced_by_the_next(prw_dir, tmp_
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     records[0]["image"] = str(broken)
-    dataset = SearchTrainingDataset(records, augmentation=SingleViewAugmentation(min_size=64, max_size=128, flip_p=0))
+    dataset = SearchTrainingDataset(
+        records, augmentation=SingleViewAugmentation(PersonSearchImageProcessor(min_size=64, max_size=128), flip_p=0)
+    )
     item = dataset[0]
     assert dataset.skips.total == 1 and "broken.jpg" in dataset.skips.examples["unreadable image"][0]
     torch.testing.assert_close(item["boxes"], dataset[1]["boxes"])

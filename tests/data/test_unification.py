@@ -2,14 +2,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 from hf_personsearch.data.identity import IdentitySpace
 from hf_personsearch.data.schema import NO_IDENTITY, make_record
 from hf_personsearch.data.unification import (
     expand_resize,
     expand_resize_many,
-    load_image,
     random_paste,
     unify_record,
 )
@@ -211,16 +209,3 @@ def test_unify_record_reid_and_detection():
     assert pair["has_identity"]
     with pytest.raises(ValueError, match="reid_operation"):
         unify_record(crops[0], space, 1, 0, rng, reid_operation="tile")
-
-
-def test_load_image_forms_and_corrupt_file(tmp_path):
-    array = np.random.default_rng(0).integers(0, 255, (6, 5, 3), dtype=np.uint8)
-    path = tmp_path / "a.png"
-    Image.fromarray(array).save(path)
-    for value in (array, Image.fromarray(array), str(path), {"path": str(path), "bytes": None}):
-        np.testing.assert_array_equal(np.asarray(load_image(value)), array)
-    np.testing.assert_array_equal(np.asarray(load_image({"bytes": path.read_bytes(), "path": None})), array)
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(path.read_bytes()[:40])
-    with pytest.raises(OSError, match="broken.jpg|truncated"):
-        load_image(str(broken), where=str(broken))

@@ -1,3 +1,6 @@
+import json
+import logging
+
 import pytest
 
 from hf_personsearch import PersonSearchConfig
@@ -10,7 +13,6 @@ def test_defaults_are_nae_values():
     assert config.box_nms_thresh == 0.4 and config.box_detections_per_img == 300
     assert config.oim_scalar == 30.0 and config.oim_momentum == 0.5
     assert config.loss_weight_det_box == 10.0
-    assert config.no_identity_id == -1
 
 
 def test_round_trip_through_dict():
@@ -25,7 +27,6 @@ def test_round_trip_through_dict():
         ({"rpn_fg_iou_thresh": 0.3, "rpn_bg_iou_thresh": 0.7}, "rpn_bg_iou_thresh"),
         ({"rpn_post_nms_top_n_test": 7000}, "rpn_post_nms_top_n_test"),
         ({"embedding_dim": 255}, "embedding_dim"),
-        ({"no_identity_id": 3, "num_person_ids": 10}, "no_identity_id"),
         ({"backbone_library": "mmdet"}, "backbone_library"),
         ({"box_positive_fraction": 0.0}, "box_positive_fraction"),
         ({"oim_momentum": 1.0}, "oim_momentum"),
@@ -35,3 +36,21 @@ def test_round_trip_through_dict():
 def test_contradictory_values_raise_naming_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
         PersonSearchConfig(**overrides)
+
+
+def test_old_config_json_with_processor_and_identity_fields_still_loads(tmp_path, caplog):
+    # config.json files written before carry image_mean/image_std (now the image processor's) and
+    # no_identity_id (now oim.NO_IDENTITY): they load, and the keys are dropped.
+    saved = PersonSearchConfig(num_person_ids=482).to_dict()
+    saved.update(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], no_identity_id=-1)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with caplog.at_level(logging.WARNING):
+        loaded = PersonSearchConfig.from_pretrained(tmp_path)
+    assert loaded.num_person_ids == 482 and not caplog.records
+    for key in ("image_mean", "image_std", "no_identity_id"):
+        assert not hasattr(loaded, key) and key not in loaded.to_dict()
+    saved["no_identity_id"] = 5555  # a value the data never used: dropped, but said
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with caplog.at_level(logging.WARNING):
+        assert not hasattr(PersonSearchConfig.from_pretrained(tmp_path), "no_identity_id")
+    assert "no_identity_id=5555" in caplog.text

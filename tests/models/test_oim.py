@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_personsearch.oim import OIMLoss
+from hf_personsearch.oim import NO_IDENTITY, OIMLoss
 
 
 def unit(*values):
@@ -34,7 +34,7 @@ def test_loss_is_cross_entropy_over_lut_and_queue_by_hand():
 def test_unlabeled_persons_have_no_loss_and_enter_the_queue():
     oim = make_oim().train()
     x = torch.stack([unit(0, -1), unit(-1, -1), unit(-1, 1)])
-    loss = oim(x, torch.tensor([-1, -1, -1]))
+    loss = oim(x, torch.tensor([NO_IDENTITY] * 3))
     assert loss.item() == 0.0
     # queue of 2, head at 0, three pushed: the first overwritten by the third, head ends at 1
     assert torch.allclose(oim.queue[0], unit(-1, 1)) and torch.allclose(oim.queue[1], unit(-1, -1))

@@ -146,9 +146,9 @@ def test_bad_input_gives_clear_errors(setup, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "truncated.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    with pytest.raises(ValueError, match=r"gallery image 0 .*truncated.jpg cannot be read as an image"):
+    with pytest.raises(OSError, match=r"gallery image 0 .*truncated.jpg\) cannot be read as an image"):
         search(query, query_box=boxes[0][0].tolist(), gallery=str(broken))
-    with pytest.raises(FileNotFoundError, match="query image .*missing.jpg does not exist"):
+    with pytest.raises(FileNotFoundError, match="query image: image file .*missing.jpg does not exist"):
         search(str(tmp_path / "missing.jpg"), query_box=[0, 0, 10, 10], gallery=str(root / "gallery"))
     with pytest.raises(ValueError, match="either gallery .* or index"):
         search(query, query_box=boxes[0][0].tolist())

@@ -10,7 +10,9 @@ reason strings, which users and tests already rely on (``SkipCounter.counts`` ke
   :func:`read_image_header_size`, :func:`xywh_box` and the reasons of
   :data:`hf_personsearch.data.schema.BOX_ERRORS`.
 
-Both box checks apply the same rule, :func:`hf_personsearch.data.schema.clip_box_xyxy`.
+Both box checks apply the same rule, :func:`hf_personsearch.data.schema.clip_box_xyxy`. Both size
+reads go through the package's image loader (:mod:`hf_personsearch.image_loading`), so a record's
+``width``/``height`` are those of the image training and search see (EXIF orientation applied).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from ... import image_loading
 from ..errors import SkipCounter
 from ..schema import BOX_ERRORS, clip_box_xyxy
 
@@ -96,14 +98,12 @@ def read_image_size(path: Path, where: str, skips: SkipCounter, *, verify: bool 
         skips.skip(MISSING_IMAGE, where, f"no file {path}")
         return None
     try:
-        with Image.open(path) as image:
-            size = image.size
-            if verify:
-                image.load()
-    except (OSError, SyntaxError, ValueError) as error:
-        skips.skip(CORRUPT_IMAGE, where, f"{path}: {error}")
+        if verify:
+            return image_loading.load_image(path, str(path)).size
+        return image_loading.read_image_size(path, str(path))
+    except (OSError, ValueError) as error:
+        skips.skip(CORRUPT_IMAGE, where, str(error))
         return None
-    return size
 
 
 def read_image_header_size(path: Path, skips: SkipCounter) -> tuple[int, int] | None:
@@ -120,9 +120,8 @@ def read_image_header_size(path: Path, skips: SkipCounter) -> tuple[int, int] | 
         skips.skip(IMAGE_FILE_EMPTY, str(path))
         return None
     try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, UnidentifiedImageError) as error:
+        return image_loading.read_image_size(path, str(path))
+    except OSError as error:
         skips.skip(IMAGE_FILE_UNREADABLE, str(path), str(error))
         return None
 

@@ -13,14 +13,12 @@ No identities (every crop is ``NO_IDENTITY``; unification gives each a new one) 
 
 from __future__ import annotations
 
-import io
 import pickle
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from PIL import Image
-
+from ... import image_loading
 from ..errors import DataFormatError, SkipCounter, reports_skips
 from ..schema import NO_IDENTITY, make_record
 from ._common import BAD_LINE, CORRUPT_IMAGE, MISSING_IMAGE, check_data_dir, check_split, read_image_size
@@ -173,11 +171,11 @@ def _parse_lmdb(root: Path, split: str, skips: SkipCounter, verify_images: bool)
                     skips.skip(MISSING_IMAGE, where, f"no value for this key in the LMDB at {folder}")
                     continue
                 try:
-                    with Image.open(io.BytesIO(value)) as image:
-                        size = image.size
-                        if verify_images:
-                            image.load()
-                except (OSError, SyntaxError, ValueError) as error:
+                    if verify_images:
+                        size = image_loading.load_image(bytes(value), where).size
+                    else:
+                        size = image_loading.read_image_size(bytes(value), where)
+                except (OSError, ValueError) as error:
                     skips.skip(CORRUPT_IMAGE, where, f"value in the LMDB at {folder} is not a readable image: {error}")
                     continue
                 yield _crop_record({"bytes": bytes(value), "path": key}, key, size, split)
