@@ -474,6 +474,7 @@ def run_training(
 
     loss_log = output_dir / LOSS_LOG_FILE
     if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
         keep_log_until(loss_log, start_step)
     if settings.report_to:
         accelerator.init_trackers(name, config=flatten_config(tracker_config or {}))
