@@ -26,7 +26,8 @@ and the checkpoint holds model with OIM tables, optimiser, scheduler and RNG sta
 ends a session early with a checkpoint.
 
 Outputs in ``training.output_dir``: the model (safetensors) + image processor, saved before the final
-evaluation so that a failing evaluation never loses it; ``identity_map.json`` (OIM row -> dataset person id),
+evaluation so that a failing evaluation never loses it (``--resume_from_checkpoint latest`` then trains nothing
+more and evaluates again); ``identity_map.json`` (OIM row -> dataset person id),
 ``resolved_config.yaml``, ``loss_log.jsonl`` (every step's loss terms), ``checkpoint-<step>/``, and after the
 evaluation ``results.json`` (final evaluation and the history of periodic ones), ``eval_results.json`` +
 ``training_info.json`` and the model card ``README.md`` with the results in its model-index.

@@ -175,6 +175,14 @@ def test_model_is_saved_before_the_final_evaluation(tmp_path, monkeypatch):
     assert all(torch.equal(value, checkpoint[key]) for key, value in model.state_dict().items())
     assert (output_dir / "preprocessor_config.json").is_file()
     assert not (output_dir / "results.json").exists() and not (output_dir / "README.md").exists()
+    # once the test image is fixed, resuming from the last checkpoint trains nothing more and evaluates
+    monkeypatch.undo()
+    args = ["--config", str(DEMO_CONFIG), f"training.output_dir={output_dir}", "training.max_steps=1"]
+    assert run_finetune.main([*args, "--resume_from_checkpoint", "latest"]) == 0
+    assert json.loads((output_dir / "results.json").read_text())["final"]["step"] == 1
+    assert len((output_dir / "loss_log.jsonl").read_text().splitlines()) == 1
+    resaved = PersonSearchModel.from_pretrained(output_dir, dtype=torch.float32).state_dict()
+    assert all(torch.equal(value, resaved[key]) for key, value in model.state_dict().items())
 
 
 TINY_RESUME = [
