@@ -23,33 +23,23 @@ import logging
 import sys
 
 import torch
-from torch.utils.data import DataLoader
 
 from hf_personsearch.data.augmentation import TwoViewAugmentation
 from hf_personsearch.data.collate import HybridPretrainDataset, collate_pretrain
 from hf_personsearch.data.identity import IdentitySpace
 from hf_personsearch.data.sampler import HybridSampler
 from hf_personsearch.modeling_person_search_pretrain import PersonSearchPretrainModel
-from hf_personsearch.training.checkpoints import load_checkpoint, resolve_resume_path, save_checkpoint
+from hf_personsearch.training.checkpoints import CheckpointError, resolve_resume_path
 from hf_personsearch.training.config import (
+    PRETRAIN_DEFAULTS,
     ConfigError,
+    build_argument_parser,
     check_output_dir,
-    flatten_config,
-    load_config,
+    config_from_args,
     save_resolved_config,
 )
 from hf_personsearch.training.hub import push_folder_to_hub
-from hf_personsearch.training.loop import (
-    NonFiniteGuard,
-    SeededSampleDataset,
-    SeededSampleStream,
-    ThroughputMeter,
-    build_accelerator,
-    move_to_device,
-    progress_postfix,
-    train_step,
-    with_sample_keys,
-)
+from hf_personsearch.training.loop import LoopSettings, TrainingData, build_accelerator, run_training
 from hf_personsearch.training.optim import build_optimizer, build_scheduler
 from hf_personsearch.training.pretraining import (
     export_pretrained,
@@ -67,43 +57,17 @@ MAX_RECORDED_SAMPLE_KEYS = 10000
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=str, default=None, help="YAML file (examples/configs/...)")
-    parser.add_argument(
-        "-o", "--override", action="append", default=[], help="KEY=VALUE config override, e.g. training.max_steps=20"
-    )
-    parser.add_argument("--output_dir", type=str, default=None, help="= training.output_dir")
-    parser.add_argument("--max_steps", type=int, default=None, help="= training.max_steps")
-    parser.add_argument("--seed", type=int, default=None, help="= training.seed")
-    parser.add_argument(
-        "--resume_from_checkpoint", type=str, default=None, help="'latest' (newest complete one) or a checkpoint path"
-    )
-    parser.add_argument(
-        "--stop_after_steps",
-        type=int,
-        default=None,
-        help="end this session (with a checkpoint) once this many optimiser steps are done in all; for time-limited "
-        "job slots, continued with --resume_from_checkpoint latest",
-    )
+    parser = build_argument_parser(__doc__)
     parser.add_argument("--push_to_hub", action="store_true", help="= hub.push_to_hub")
     parser.add_argument("--hub_model_id", type=str, default=None, help="= hub.hub_model_id ('org/name')")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def resolve_config(args: argparse.Namespace) -> dict:
-    overrides = list(args.override)
-    for flag, key in (
-        ("output_dir", "training.output_dir"),
-        ("max_steps", "training.max_steps"),
-        ("seed", "training.seed"),
-        ("hub_model_id", "hub.hub_model_id"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={json.dumps(value)}")
+    extra = [f"hub.hub_model_id={json.dumps(args.hub_model_id)}"] if args.hub_model_id is not None else []
     if args.push_to_hub:
-        overrides.append("hub.push_to_hub=true")
-    return load_config(args.config, overrides)
+        extra.append("hub.push_to_hub=true")
+    return config_from_args(args, PRETRAIN_DEFAULTS, extra)
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:
@@ -117,18 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve_config(args)
         validate_pretrain_config(config)
         output_dir = check_output_dir(config["training"]["output_dir"])
-    except ConfigError as error:
+        resume_path = None
+        if args.resume_from_checkpoint:
+            resume_path = resolve_resume_path(args.resume_from_checkpoint, output_dir)
+    except (ConfigError, CheckpointError) as error:
         print(f"run_pretrain: configuration error: {error}", file=sys.stderr)
         return 2
     training = config["training"]
 
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     accelerator = build_accelerator(training, output_dir)
-    resume_path = None
-    if args.resume_from_checkpoint:
-        resume_path = resolve_resume_path(args.resume_from_checkpoint, output_dir)
     set_seed(int(training["seed"]), device_specific=True)
     if accelerator.is_main_process:
         save_resolved_config(config, output_dir)
@@ -167,7 +130,6 @@ def main(argv: list[str] | None = None) -> int:
         num_replicas=accelerator.num_processes,
         rank=accelerator.process_index,
     )
-    stream = SeededSampleStream(sampler, int(training["seed"]), accelerator.process_index)
 
     # ---- model, optimiser, schedule
     from hf_personsearch.training.pretraining import build_pretrain_model_config
@@ -177,79 +139,29 @@ def main(argv: list[str] | None = None) -> int:
     max_steps = int(training["max_steps"])
     optimizer = build_optimizer(model, config["optimizer"])
     scheduler = build_scheduler(optimizer, config["schedule"], max_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    guard = NonFiniteGuard(int(training["max_consecutive_nonfinite"]))
-    start_step = 0
-    if resume_path is not None:
-        state = load_checkpoint(accelerator, resume_path)
-        start_step = int(state["step"])
-        guard.load_state_dict(state.get("nonfinite", {}))
-        if state.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
-            raise ConfigError(
-                f"{resume_path} was written by {state['num_processes']} processes, this run has "
-                f"{accelerator.num_processes}: the per-process sample streams would not continue exactly"
-            )
-        logger.info("resumed from %s at step %d", resume_path, start_step)
-    batch_size = int(training["batch_size"])
-    accumulation = int(training["gradient_accumulation_steps"])
-    samples_per_step = batch_size * accumulation
-    stream.skip_to(start_step * samples_per_step)
-    loader = DataLoader(
-        SeededSampleDataset(dataset),
-        batch_size=batch_size,
-        sampler=stream,
-        collate_fn=with_sample_keys(collate_pretrain),
-        num_workers=int(data_config["num_workers"]),
-        generator=torch.Generator().manual_seed(int(training["seed"])),
-    )
-    batches = iter(loader)
-
-    if training["report_to"]:
-        accelerator.init_trackers("pretrain", config=flatten_config(config))
-    stop_at = max_steps if args.stop_after_steps is None else min(max_steps, args.stop_after_steps)
-    every = int(config["checkpointing"]["every"])
-    keep_last = int(config["checkpointing"]["keep_last"])
-    loss_log = output_dir / "loss_log.jsonl"
     sample_keys: list = []
-    meter = ThroughputMeter()
-    progress = tqdm(
-        total=max_steps, initial=start_step, disable=not accelerator.is_local_main_process, desc="pre-training"
-    )
-    step = start_step
-    while step < stop_at:
-        micro_batches = [move_to_device(next(batches), accelerator.device) for _ in range(accumulation)]
+
+    def record_sample_keys(micro_batches: list[dict]) -> None:
         for batch in micro_batches:
             if len(sample_keys) < MAX_RECORDED_SAMPLE_KEYS:
                 sample_keys.extend(batch["sample_keys"])
-        result = train_step(
-            accelerator, model, optimizer, scheduler, micro_batches, guard, training["max_grad_norm"] or None
-        )
-        step += 1
-        meter.add(result.num_images * accelerator.num_processes)
-        lr = optimizer.param_groups[0]["lr"]
-        if accelerator.is_main_process:
-            with open(loss_log, "a") as file:
-                file.write(json.dumps({"step": step, "skipped": result.skipped, "lr": lr, **result.loss_terms}) + "\n")
-        if step % int(training["log_every"]) == 0 or step == stop_at:
-            rate = meter.rate()
-            progress.set_postfix(progress_postfix(result.loss_terms, rate, lr))
-            if training["report_to"]:
-                metrics = {f"train/{name}": value for name, value in result.loss_terms.items()}
-                metrics.update(
-                    {"train/lr": lr, "train/images_per_second": rate, "train/skipped_steps": guard.skipped_steps}
-                )
-                accelerator.log(metrics, step=step)
-        progress.update(1)
-        if step % every == 0 or step == stop_at:
-            trainer_state = {
-                "step": step,
-                "samples_per_process": step * samples_per_step,
-                "num_processes": accelerator.num_processes,
-                "nonfinite": guard.state_dict(),
-            }
-            save_checkpoint(accelerator, output_dir, step, trainer_state, keep_last=keep_last)
-    progress.close()
+
+    outcome = run_training(
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        TrainingData(dataset, sampler, collate_pretrain),
+        LoopSettings.from_config(config, max_steps),
+        output_dir,
+        name="pretrain",
+        resume_from=resume_path,
+        stop_after_steps=args.stop_after_steps,
+        tracker_config=config,
+        before_step=record_sample_keys,
+    )
+    model, step, guard = outcome.model, outcome.step, outcome.guard
 
     # ---- per-process record (what this rank drew, its copy of the OIM tables)
     oim = accelerator.unwrap_model(model).person_search.oim
@@ -270,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     accelerator.wait_for_everyone()
-    if step < max_steps:
-        logger.info("stopped after step %d of %d; continue with --resume_from_checkpoint latest", step, max_steps)
+    if not outcome.finished:
         accelerator.end_training()
         return 0
 
@@ -286,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             "identities in the pre-training OIM table": identity_space.num_identities,
             "steps": max_steps,
             "batch size (images per process x processes x accumulation)": (
-                f"{batch_size} x {accelerator.num_processes} x {accumulation}"
+                f"{training['batch_size']} x {accelerator.num_processes} x {training['gradient_accumulation_steps']}"
             ),
             "optimizer": f"{config['optimizer']['name']} lr {config['optimizer']['lr']}",
             "schedule": f"{config['schedule']['name']}, warm-up {config['schedule']['warmup_steps']} steps",

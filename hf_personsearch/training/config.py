@@ -8,12 +8,18 @@ command line override the file (values are parsed as YAML, so ``training.max_ste
 exist, so a typo never silently trains with a default. The resolved dict is saved next to the outputs
 (:func:`save_resolved_config`).
 
-The fine-tuning script reuses :func:`load_config` with its own defaults dict.
+Fine-tuning uses the same machinery with :data:`FINETUNE_DEFAULTS`. Both scripts take the same command line
+(:func:`build_argument_parser`, :func:`config_from_args`)::
+
+    run_{pretrain,finetune}.py --config FILE [KEY=VALUE ...] [-o KEY=VALUE ...] [--output_dir DIR]
+        [--max_steps N] [--seed S] [--resume_from_checkpoint latest|PATH] [--stop_after_steps N]
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -96,6 +102,103 @@ PRETRAIN_DEFAULTS: dict = {
     "hub": {"push_to_hub": False, "hub_model_id": None, "private": False},
 }
 """Defaults of pre-training; every value is commented with its reason."""
+
+INIT_CHOICES = ("scratch", "imagenet", "pretrained_backbone", "pretrained")
+"""Fine-tuning initialisations (the paper's Fig. 5): random weights, an ImageNet backbone, the backbone of a
+pre-trained model (heads re-initialised), the whole pre-trained model."""
+
+FINETUNE_DEFAULTS: dict = {
+    "data": {
+        # One of hf_personsearch.data.search_dataset.TARGET_DATASETS.
+        "dataset": "prw",
+        # The user's raw folder; None = generate the synthetic dataset of that format (the demo, tests).
+        "data_dir": None,
+        # Writer size arguments of the synthetic generator; empty = the writer's small defaults.
+        "synthetic_sizes": {},
+        # Fraction of the training images used (paper Fig. 5), drawn with fraction_seed so that runs with
+        # different initialisations see the same images.
+        "train_fraction": 1.0,
+        "fraction_seed": 0,
+        # Image sizes of training and evaluation: NAE/SeqNet's shortest side 900, longest <= 1500.
+        "min_size": 900,
+        "max_size": 1500,
+        # Horizontal flip probability of the training view (NAE: 0.5).
+        "flip_p": 0.5,
+        # DataLoader workers: 2 keeps a GPU fed on full-size scenes without needing many cores.
+        "num_workers": 2,
+        # Raise on the first unreadable image instead of skipping and counting it.
+        "strict": False,
+    },
+    # Initialisation (INIT_CHOICES) and its weights (file, saved folder or hub id); scratch needs no file,
+    # so it is the default that always runs.
+    "init": {"from": "scratch", "path": None},
+    # PersonSearchConfig arguments (num_person_ids is always the training split's identity count).
+    "model": {},
+    "optimizer": {
+        # NAE/SeqNet: SGD lr 0.003 (batch 5), momentum 0.9, weight decay 5e-4.
+        "name": "sgd",
+        "lr": 0.003,
+        "momentum": 0.9,
+        "weight_decay": 0.0005,
+        # AdamW only: the usual transformer values.
+        "betas": [0.9, 0.999],
+        "eps": 1.0e-8,
+    },
+    "schedule": {
+        # SeqNet: linear warm-up over the first epoch (warmup_steps None = one epoch) from 1/1000, then x0.1
+        # at epoch 16 of 20 (milestone 0.8 of the run).
+        "name": "step",
+        "warmup_steps": None,
+        "warmup_factor": 0.001,
+        "milestones": [0.8],
+        "gamma": 0.1,
+        "min_lr_ratio": 0.0,
+    },
+    "training": {
+        # Relative to the working directory, beside pre-training's outputs/pretrain.
+        "output_dir": "outputs/finetune",
+        # Seeds model init, data order, augmentation and RoI sampling: two runs with one seed are identical.
+        "seed": 0,
+        # NAE/SeqNet train 20 epochs; max_steps (optimiser steps) caps the run when set.
+        "num_epochs": 20,
+        "max_steps": None,
+        # Images per process per forward (NAE/SeqNet: 5 per GPU).
+        "batch_size": 5,
+        # 1: the published batch of 5 per GPU fits any current GPU; raise it to emulate a bigger batch.
+        "gradient_accumulation_steps": 1,
+        # "no", "bf16" or "fp16" (fp16 needs a GPU); fp32 is what the published numbers used.
+        "mixed_precision": "no",
+        # NAE/SeqNet clip gradients at norm 10; 0/None = off.
+        "max_grad_norm": 10.0,
+        # Consecutive non-finite losses tolerated (each step skipped and counted) before the run stops.
+        "max_consecutive_nonfinite": 5,
+        # Progress bar and trackers every 10 steps (loss_log.jsonl gets every step).
+        "log_every": 10,
+        # accelerate trackers, e.g. ["tensorboard"]; [] = no tracker.
+        "report_to": [],
+        # True runs on CPU even where a GPU exists (the demo, tests).
+        "cpu": False,
+        # Hub id written into the model card (its name and usage snippet); None = the output folder's name.
+        "hub_model_id": None,
+    },
+    # A checkpoint every 1000 optimiser steps (about one PRW epoch at batch 5: 5,704 images / 5 = 1,141 steps)
+    # and at the last step of a session; 3 kept: two fallbacks if the newest is found corrupt, at the disk cost
+    # of three model + optimiser copies.
+    "checkpointing": {"every": 1000, "keep_last": 3},
+    "evaluation": {
+        # Evaluate every N epochs during training (0 = only at the end).
+        "every_epochs": 0,
+        # CUHK-SYSU TestG{N}; None = the dataset's standard protocol (TestG100), "full" = the full set.
+        "gallery_size": None,
+        # PRW / PoseTrack21: only other cameras in the gallery (the published tables: False).
+        "cross_camera": False,
+        # Detection score threshold of the search protocols (0.5 in every public codebase).
+        "det_thresh": 0.5,
+        # Gallery images per forward at evaluation: 2 full-size scenes fit a small GPU next to the model.
+        "batch_size": 2,
+    },
+}
+"""Defaults of fine-tuning, beside pre-training's; YAML files in examples/configs/ hold overrides only."""
 
 
 class ConfigError(ValueError):
@@ -200,3 +303,67 @@ def check_output_dir(output_dir: str | Path) -> Path:
     except OSError as error:
         raise ConfigError(f"training.output_dir {str(output_dir)!r} is not writable: {error}") from error
     return output_dir
+
+
+def check_training_section(config: Mapping) -> None:
+    """Raise :class:`ConfigError` for loop settings that cannot run (both scripts' ``training`` and
+    ``checkpointing`` sections); ``training.max_steps`` is each script's own (fine-tuning allows null)."""
+    training, checkpointing = config["training"], config["checkpointing"]
+    for where, value, minimum in (
+        ("training.batch_size", training["batch_size"], 1),
+        ("training.gradient_accumulation_steps", training["gradient_accumulation_steps"], 1),
+        ("training.log_every", training["log_every"], 1),
+        ("training.max_consecutive_nonfinite", training["max_consecutive_nonfinite"], 1),
+        ("checkpointing.every", checkpointing["every"], 1),
+        ("checkpointing.keep_last", checkpointing["keep_last"], 0),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ConfigError(f"{where} must be an integer >= {minimum}, got {value!r}")
+    if training["mixed_precision"] not in ("no", "bf16", "fp16"):
+        raise ConfigError(
+            f"training.mixed_precision must be 'no', 'bf16' or 'fp16', got {training['mixed_precision']!r}"
+        )
+
+
+def build_argument_parser(description: str) -> argparse.ArgumentParser:
+    """The command line both training scripts share (module docstring); a script may add its own flags.
+
+    Parse with ``parse_intermixed_args`` so that overrides may come before or after the flags.
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=str, default=None, help="YAML file of overrides of the defaults")
+    parser.add_argument(
+        "overrides", nargs="*", default=[], help="KEY=VALUE config overrides, e.g. training.max_steps=20"
+    )
+    parser.add_argument(
+        "-o", "--override", action="append", default=[], help="one KEY=VALUE override (the same as a positional one)"
+    )
+    parser.add_argument("--output_dir", type=str, default=None, help="= training.output_dir")
+    parser.add_argument("--max_steps", type=int, default=None, help="= training.max_steps")
+    parser.add_argument("--seed", type=int, default=None, help="= training.seed")
+    parser.add_argument(
+        "--resume_from_checkpoint", type=str, default=None, help="'latest' (newest complete one) or a checkpoint path"
+    )
+    parser.add_argument(
+        "--stop_after_steps",
+        type=int,
+        default=None,
+        help="end this session (with a checkpoint) once this many optimiser steps are done in all; for time-limited "
+        "job slots, continued with --resume_from_checkpoint latest",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, defaults: Mapping, extra_overrides: Sequence[str] = ()) -> dict:
+    """The resolved config of a command line: defaults <- ``--config`` <- positional overrides <- ``-o``
+    overrides <- the flags (``--output_dir`` ...) <- ``extra_overrides`` (a script's own flags)."""
+    overrides = [*args.overrides, *args.override]
+    for flag, key in (
+        ("output_dir", "training.output_dir"),
+        ("max_steps", "training.max_steps"),
+        ("seed", "training.seed"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    return load_config(args.config, [*overrides, *extra_overrides], defaults)

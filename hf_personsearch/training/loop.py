@@ -1,40 +1,47 @@
-"""Pieces of the Accelerate training loop shared by pre-training and fine-tuning.
+"""The Accelerate training loop shared by pre-training and fine-tuning, and its pieces.
 
-How a script uses them (``examples/run_pretrain.py`` is the complete example)::
+Both ``examples/run_pretrain.py`` and ``examples/run_finetune.py`` build their data, model, optimiser and
+schedule, then call :func:`run_training`, which owns everything else::
 
     accelerator = build_accelerator(config["training"], output_dir)       # DDP kwargs, trackers, precision
-    stream = SeededSampleStream(sampler, seed)                             # per-sample seeds: exact resume
-    loader = DataLoader(SeededSampleDataset(dataset), batch_size=..., sampler=stream,
-                        collate_fn=with_sample_keys(collate_pretrain), num_workers=...)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)   # NOT the loader
-    guard = NonFiniteGuard(max_consecutive=5)
-    for step in range(start, max_steps):
-        micro_batches = [move_to_device(next(batches), accelerator.device) for _ in range(accumulation)]
-        result = train_step(accelerator, model, optimizer, scheduler, micro_batches, guard, max_grad_norm)
+    data = TrainingData(dataset, sampler, collate)     # sampler: endless, state = samples drawn (HybridSampler)
+    outcome = run_training(accelerator, model, optimizer, scheduler, data,
+                           LoopSettings.from_config(config, max_steps), output_dir, resume_from=..., ...)
+    if outcome.finished:
+        ...  # export, evaluation: the script's own
 
-The data loader is deliberately not prepared by accelerate: :class:`~hf_personsearch.data.sampler.HybridSampler`
-already shards by rank, and its state is one number (samples drawn), so resuming is exact without
-accelerate's dataloader wrappers. Augmentation randomness is seeded per sample from ``(seed, rank, sample
-position)`` (:class:`SeededSampleStream`), so it does not depend on DataLoader workers or on what happened
-before a restart; the model's own randomness (RPN / RoI sampling) uses the global torch RNG that
-``accelerator.save_state`` saves and ``load_state`` restores.
+:func:`run_training` runs the step loop with gradient accumulation (:func:`train_step`, the one NaN/inf guard
+:class:`NonFiniteGuard`), logs (tqdm, accelerate trackers, ``loss_log.jsonl``), writes atomic checkpoints
+(:mod:`.checkpoints`, last K kept), resumes exactly from one and stops early at ``stop_after_steps``.
+
+The data loader is deliberately not prepared by accelerate: the sampler
+(:class:`~hf_personsearch.data.sampler.HybridSampler`) already shards by rank, and its state is one number
+(samples drawn), so resuming is exact without accelerate's dataloader wrappers. Augmentation randomness is
+seeded per sample from ``(seed, rank, sample position)`` (:class:`SeededSampleStream`), so it does not depend
+on DataLoader workers or on what happened before a restart; the model's own randomness (RPN / RoI sampling)
+uses the global torch RNG that ``accelerator.save_state`` saves and ``load_state`` restores.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+logger = logging.getLogger(__name__)
 
 
-def build_accelerator(training: Mapping, output_dir, *, gradient_accumulation_steps: int = 1):
+def build_accelerator(training: Mapping, output_dir):
     """The run's Accelerator.
 
     DDP gets ``broadcast_buffers=False`` (the OIM lookup table, up to a million rows, is kept identical on
@@ -279,3 +286,241 @@ def progress_postfix(terms: Mapping[str, float], images_per_second: float, lr: f
     postfix["img/s"] = f"{images_per_second:.2f}"
     postfix["lr"] = f"{lr:.2e}"
     return postfix
+
+
+class SingleSourceDataset(Dataset):
+    """Indexes ``dataset`` with the ``(0, index)`` keys of a one-source
+    :class:`~hf_personsearch.data.sampler.HybridSampler`.
+
+    Fine-tuning has one source, and HybridSampler over one source is a seeded epoch permutation (every
+    image once per epoch, a new order each epoch, ranks taking turns) whose state is the number of samples
+    drawn: the resumable data order :func:`run_training` needs.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        source, index = key
+        if source != 0:
+            raise KeyError(f"SingleSourceDataset: key {key!r} names source {source}, only source 0 exists")
+        return self.dataset[index]
+
+
+@dataclass
+class TrainingData:
+    """The script-specific data of a run.
+
+    Args:
+        dataset: indexed by the sampler's keys; items for ``collate``.
+        sampler: endless sampler of keys, sharded by rank, whose ``load_state_dict({"position": n})`` restarts
+            it after ``n`` samples drawn by this rank (HybridSampler).
+        collate: list of items -> batch for the model's forward.
+    """
+
+    dataset: Dataset
+    sampler: Sampler
+    collate: Callable[[Sequence[dict]], dict]
+
+
+@dataclass
+class LoopSettings:
+    """What :func:`run_training` needs from the config; :meth:`from_config` reads the ``training``,
+    ``checkpointing`` and ``data`` sections (defaults and their reasons: ``training/config.py``)."""
+
+    max_steps: int
+    batch_size: int
+    seed: int
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = None
+    max_consecutive_nonfinite: int = 5
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    num_workers: int = 0
+    report_to: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: Mapping, max_steps: int) -> LoopSettings:
+        """``max_steps`` is passed in: fine-tuning derives it from epochs, pre-training reads it."""
+        training, checkpointing = config["training"], config["checkpointing"]
+        return cls(
+            max_steps=int(max_steps),
+            batch_size=int(training["batch_size"]),
+            seed=int(training["seed"]),
+            gradient_accumulation_steps=int(training["gradient_accumulation_steps"]),
+            max_grad_norm=float(training["max_grad_norm"]) if training["max_grad_norm"] else None,
+            max_consecutive_nonfinite=int(training["max_consecutive_nonfinite"]),
+            log_every=int(training["log_every"]),
+            checkpoint_every=int(checkpointing["every"]),
+            keep_last=int(checkpointing["keep_last"]),
+            num_workers=int(config["data"]["num_workers"]),
+            report_to=tuple(training["report_to"] or ()),
+        )
+
+
+@dataclass
+class TrainingOutcome:
+    """What :func:`run_training` did: the prepared model (``accelerator.unwrap_model`` it to save), the
+    optimiser steps done in all, whether that is ``max_steps`` (False after ``stop_after_steps``) and the
+    non-finite step counts."""
+
+    model: torch.nn.Module
+    step: int
+    finished: bool
+    guard: NonFiniteGuard
+
+
+LOSS_LOG_FILE = "loss_log.jsonl"
+
+
+def keep_log_until(path: Path, step: int) -> None:
+    """Drop the lines of a JSON-lines step log written after ``step`` (a killed run's steps that the resumed
+    run repeats; a fresh run, ``step`` 0, starts the log anew), so every step is logged once."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except json.JSONDecodeError:  # the last line of a process killed while writing it
+            continue
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def run_training(
+    accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    data: TrainingData,
+    settings: LoopSettings,
+    output_dir: str | Path,
+    *,
+    name: str,
+    resume_from: str | Path | None = None,
+    stop_after_steps: int | None = None,
+    tracker_config: Mapping | None = None,
+    script_state: dict | None = None,
+    before_step: Callable[[Sequence[dict]], None] | None = None,
+    after_step: Callable[[int], None] | None = None,
+    forward: Callable | None = None,
+) -> TrainingOutcome:
+    """Train ``model`` for ``settings.max_steps`` optimiser steps (or until ``stop_after_steps``); call on
+    every process.
+
+    Prepares model, optimiser and scheduler with ``accelerator``; restores them, the RNG states, the
+    non-finite counts and ``script_state`` from ``resume_from`` (a checkpoint folder; see
+    :func:`~.checkpoints.resolve_resume_path` for ``"latest"``), restarts the sampler at the samples it had
+    drawn, then runs :func:`train_step` per step. Every step's loss terms go to ``loss_log.jsonl`` (main
+    process), every ``log_every`` steps to the tqdm bar and the trackers; a checkpoint is written every
+    ``checkpoint_every`` steps and at the last step of this session.
+
+    Args:
+        name: the tracker project and the progress bar's label ("pretrain", "finetune").
+        tracker_config: the resolved config, logged as hyper-parameters when trackers are on.
+        script_state: the script's own JSON-serialisable state (e.g. the history of periodic evaluations),
+            saved in every checkpoint and updated in place on resume.
+        before_step: called with the step's micro-batches before the forward passes (e.g. to record keys).
+        after_step: called with the step number after each optimiser step, before its checkpoint (e.g. a
+            periodic evaluation; it must leave the model in training mode).
+        forward: ``forward(model, batch) -> (loss, loss_dict)`` (default :func:`default_forward`).
+
+    Raises:
+        ConfigError: the checkpoint was written by another number of processes (the per-process sample
+            streams would not continue exactly).
+        NonFiniteLossError: ``max_consecutive_nonfinite`` steps in a row had a NaN/inf loss.
+    """
+    from tqdm.auto import tqdm
+
+    from .checkpoints import load_checkpoint, save_checkpoint
+    from .config import ConfigError, flatten_config
+
+    output_dir = Path(output_dir)
+    script_state = {} if script_state is None else script_state
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    guard = NonFiniteGuard(settings.max_consecutive_nonfinite)
+    start_step = 0
+    if resume_from is not None:
+        state = load_checkpoint(accelerator, resume_from)
+        if state.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
+            raise ConfigError(
+                f"{resume_from} was written by {state['num_processes']} processes, this run has "
+                f"{accelerator.num_processes}: the per-process sample streams would not continue exactly"
+            )
+        start_step = int(state["step"])
+        guard.load_state_dict(state.get("nonfinite", {}))
+        script_state.update(state.get("script_state", {}))
+        logger.info("resumed from %s at step %d", resume_from, start_step)
+
+    accumulation = settings.gradient_accumulation_steps
+    samples_per_step = settings.batch_size * accumulation
+    stream = SeededSampleStream(data.sampler, settings.seed, accelerator.process_index)
+    stream.skip_to(start_step * samples_per_step)
+    loader = DataLoader(
+        SeededSampleDataset(data.dataset),
+        batch_size=settings.batch_size,
+        sampler=stream,
+        collate_fn=with_sample_keys(data.collate),
+        num_workers=settings.num_workers,
+        # The workers' base seed comes from this generator, not from the global RNG (the model's).
+        generator=torch.Generator().manual_seed(settings.seed),
+    )
+    batches = iter(loader)
+
+    loss_log = output_dir / LOSS_LOG_FILE
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        keep_log_until(loss_log, start_step)
+    if settings.report_to:
+        accelerator.init_trackers(name, config=flatten_config(tracker_config or {}))
+    stop_at = settings.max_steps if stop_after_steps is None else min(settings.max_steps, stop_after_steps)
+    meter = ThroughputMeter()
+    progress = tqdm(
+        total=settings.max_steps, initial=start_step, disable=not accelerator.is_local_main_process, desc=name
+    )
+    step = start_step
+    while step < stop_at:
+        micro_batches = [move_to_device(next(batches), accelerator.device) for _ in range(accumulation)]
+        if before_step is not None:
+            before_step(micro_batches)
+        result = train_step(
+            accelerator, model, optimizer, scheduler, micro_batches, guard, settings.max_grad_norm, forward
+        )
+        step += 1
+        meter.add(result.num_images * accelerator.num_processes)
+        lr = optimizer.param_groups[0]["lr"]
+        if accelerator.is_main_process:
+            with open(loss_log, "a") as file:
+                file.write(json.dumps({"step": step, "skipped": result.skipped, "lr": lr, **result.loss_terms}) + "\n")
+        if step % settings.log_every == 0 or step == stop_at:
+            rate = meter.rate()
+            progress.set_postfix(progress_postfix(result.loss_terms, rate, lr))
+            if settings.report_to:
+                metrics = {f"train/{key}": value for key, value in result.loss_terms.items()}
+                metrics.update(
+                    {"train/lr": lr, "train/images_per_second": rate, "train/skipped_steps": guard.skipped_steps}
+                )
+                accelerator.log(metrics, step=step)
+        progress.update(1)
+        if after_step is not None:
+            after_step(step)
+        if step % settings.checkpoint_every == 0 or step == stop_at:
+            trainer_state = {
+                "step": step,
+                "samples_per_process": step * samples_per_step,
+                "num_processes": accelerator.num_processes,
+                "nonfinite": guard.state_dict(),
+                "script_state": script_state,
+            }
+            save_checkpoint(accelerator, output_dir, step, trainer_state, keep_last=settings.keep_last)
+    progress.close()
+    if step < settings.max_steps:
+        logger.info(
+            "stopped after step %d of %d; continue with --resume_from_checkpoint latest", step, settings.max_steps
+        )
+    return TrainingOutcome(model=model, step=step, finished=step >= settings.max_steps, guard=guard)

@@ -18,7 +18,7 @@ import torch
 
 from ..data.formats import dataset_names, get_spec
 from ..data.identity import IdentitySpace, alignment_task
-from .config import ConfigError
+from .config import ConfigError, check_training_section
 
 logger = logging.getLogger(__name__)
 
@@ -102,13 +102,9 @@ def validate_pretrain_config(config: Mapping) -> None:
     _check_keys(model, PersonSearchPretrainConfig, "model")
     _check_keys(model.get("person_search") or {}, PersonSearchConfig, "model.person_search")
     training = config["training"]
-    for key in ("max_steps", "batch_size", "gradient_accumulation_steps"):
-        if not isinstance(training[key], int) or training[key] < 1:
-            raise ConfigError(f"training.{key} must be an integer >= 1, got {training[key]!r}")
-    if training["mixed_precision"] not in ("no", "bf16", "fp16"):
-        raise ConfigError(
-            f"training.mixed_precision must be 'no', 'bf16' or 'fp16', got {training['mixed_precision']!r}"
-        )
+    if not isinstance(training["max_steps"], int) or training["max_steps"] < 1:
+        raise ConfigError(f"training.max_steps must be an integer >= 1, got {training['max_steps']!r}")
+    check_training_section(config)
     if config["hub"]["push_to_hub"] and not config["hub"]["hub_model_id"]:
         raise ConfigError("hub.push_to_hub is on but hub.hub_model_id is not set (expected 'org/name')")
     from .optim import lr_factor

@@ -1,19 +1,28 @@
-"""examples/run_finetune.py: short CPU runs on generated PRW, outputs checked; bad input stops before compute."""
+"""examples/run_finetune.py: short CPU runs on generated PRW, outputs checked; bad input stops before compute
+(exit 2); the model is saved before the final evaluation; kill -9 then --resume_from_checkpoint latest gives
+the uninterrupted run's weights bit for bit."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate.state import AcceleratorState
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file
 
 from hf_personsearch import PersonSearchModel
 from hf_personsearch.data.search_dataset import load_target_records
 from hf_personsearch.hub.model_card import model_index_metrics
+from hf_personsearch.training.config import FINETUNE_DEFAULTS, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "examples" / "configs" / "finetune_demo_cpu.yaml"
@@ -37,10 +46,12 @@ def fresh_accelerator_state():
 
 
 def _run(output_dir: Path, *overrides: str) -> dict:
-    # The writer's default PRW (6 train frames, 8 test frames) and 2 optimiser steps: a few seconds.
-    return run_finetune.main(
+    """Fine-tune (2 optimiser steps on the writer's default PRW: a few seconds); the final results.json entry."""
+    status = run_finetune.main(
         ["--config", str(DEMO_CONFIG), f"training.output_dir={output_dir}", "training.max_steps=2", *overrides]
     )
+    assert status == 0
+    return json.loads((output_dir / "results.json").read_text())["final"]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +66,7 @@ def scratch_run(tmp_path_factory):
 def test_scratch_run_writes_results_model_and_card(scratch_run):
     output_dir, final = scratch_run
     results = json.loads((output_dir / "results.json").read_text())
-    assert results["final"] == json.loads(json.dumps(final))
+    assert results["final"] == final
     for key in ("mAP", "top1", "top5", "top10", "detection_ap", "detection_recall"):
         assert 0.0 <= results["final"][key] <= 1.0, key
     assert results["final"]["step"] == 2 and results["final"]["dataset"] == "PRW"
@@ -96,9 +107,7 @@ def test_initialisation_from_a_checkpoint_and_train_fraction(scratch_run, tmp_pa
 
 def test_full_initialisation_starts_from_the_checkpoint_weights(scratch_run):
     checkpoint, _ = scratch_run
-    config = run_finetune.load_config(
-        str(DEMO_CONFIG), ["init.from=pretrained", f"init.path={checkpoint}"], run_finetune.FINETUNE_DEFAULTS
-    )
+    config = load_config(str(DEMO_CONFIG), ["init.from=pretrained", f"init.path={checkpoint}"], FINETUNE_DEFAULTS)
     saved = PersonSearchModel.from_pretrained(checkpoint, dtype=torch.float32).state_dict()
     for init, same_heads in (("pretrained", True), ("pretrained_backbone", False)):
         config["init"]["from"] = init
@@ -120,14 +129,124 @@ def test_full_initialisation_starts_from_the_checkpoint_weights(scratch_run):
         ("training.learning_rate=1", "unknown key 'training.learning_rate'"),
     ],
 )
-def test_bad_input_fails_before_any_compute(tmp_path, override, message):
-    with pytest.raises(run_finetune.ConfigError, match=message):
-        _run(tmp_path / "out", override)
+def test_bad_input_fails_before_any_compute(tmp_path, capsys, override, message):
+    status = run_finetune.main(["--config", str(DEMO_CONFIG), "--output_dir", str(tmp_path / "out"), override])
+    assert status == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("run_finetune: configuration error: ") and message in error and "\n" not in error
     assert not (tmp_path / "out" / "data").exists()  # nothing generated, nothing trained
 
 
-def test_unwritable_output_dir_is_reported(tmp_path):
+def test_unwritable_output_dir_and_missing_checkpoint_are_reported(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
-    with pytest.raises(run_finetune.ConfigError, match="is not writable"):
-        _run(blocker / "out")
+    assert run_finetune.main(["--config", str(DEMO_CONFIG), "--output_dir", str(blocker / "out")]) == 2
+    assert "is not writable" in capsys.readouterr().err
+    args = ["--config", str(DEMO_CONFIG), "--output_dir", str(tmp_path / "out"), "--resume_from_checkpoint", "latest"]
+    assert run_finetune.main(args) == 2
+    assert "no complete checkpoint in" in capsys.readouterr().err
+
+
+def test_overrides_positional_and_with_o_are_one_syntax():
+    positional = run_finetune.parse_args(["data.min_size=96", "--config", str(DEMO_CONFIG), "training.seed=3"])
+    with_o = run_finetune.parse_args(["--config", str(DEMO_CONFIG), "-o", "data.min_size=96", "-o", "training.seed=3"])
+    resolved = run_finetune.config_from_args(positional, FINETUNE_DEFAULTS)
+    assert resolved == run_finetune.config_from_args(with_o, FINETUNE_DEFAULTS)
+    assert (resolved["data"]["min_size"], resolved["training"]["seed"]) == (96, 3)
+    flags = run_finetune.parse_args(["training.seed=3", "--seed", "4", "--max_steps", "7", "--output_dir", "x"])
+    resolved = run_finetune.config_from_args(flags, FINETUNE_DEFAULTS)
+    assert (resolved["training"]["seed"], resolved["training"]["max_steps"], resolved["training"]["output_dir"]) == (
+        4,
+        7,
+        "x",
+    )  # the flags win over the overrides
+
+
+def test_model_is_saved_before_the_final_evaluation(tmp_path, monkeypatch):
+    def broken_evaluation(*args, **kwargs):
+        raise OSError("cannot identify image file 'frames/c1s1_000001.jpg'")
+
+    monkeypatch.setattr(run_finetune, "evaluate", broken_evaluation)
+    output_dir = tmp_path / "out"
+    with pytest.raises(OSError, match="cannot identify image file"):
+        run_finetune.main(["--config", str(DEMO_CONFIG), f"training.output_dir={output_dir}", "training.max_steps=1"])
+    model = PersonSearchModel.from_pretrained(output_dir, dtype=torch.float32)  # the trained model survived
+    checkpoint = load_file(output_dir / "checkpoint-00000001" / "model.safetensors")
+    assert all(torch.equal(value, checkpoint[key]) for key, value in model.state_dict().items())
+    assert (output_dir / "preprocessor_config.json").is_file()
+    assert not (output_dir / "results.json").exists() and not (output_dir / "README.md").exists()
+    # once the test image is fixed, resuming from the last checkpoint trains nothing more and evaluates
+    monkeypatch.undo()
+    args = ["--config", str(DEMO_CONFIG), f"training.output_dir={output_dir}", "training.max_steps=1"]
+    assert run_finetune.main([*args, "--resume_from_checkpoint", "latest"]) == 0
+    assert json.loads((output_dir / "results.json").read_text())["final"]["step"] == 1
+    assert len((output_dir / "loss_log.jsonl").read_text().splitlines()) == 1
+    resaved = PersonSearchModel.from_pretrained(output_dir, dtype=torch.float32).state_dict()
+    assert all(torch.equal(value, resaved[key]) for key, value in model.state_dict().items())
+
+
+TINY_RESUME = [
+    "--config",
+    str(DEMO_CONFIG),
+    "--max_steps",
+    "8",
+    "checkpointing.every=2",
+    "training.batch_size=2",
+    "data.synthetic_sizes={num_train_frames: 6, num_test_frames: 3, num_train_identities: 4, num_test_identities: 2}",
+]
+"""8 steps of 2 images over 6 frames (so the resumed run crosses an epoch boundary), a checkpoint every 2."""
+
+
+def _finetune_process(output_dir: Path, *extra: str) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        str(ROOT / "examples" / "run_finetune.py"),
+        *TINY_RESUME,
+        "--output_dir",
+        str(output_dir),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([*command, *extra], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _logged_steps(output_dir: Path) -> list[dict]:
+    path = output_dir / "loss_log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_gives_the_uninterrupted_weights_bit_for_bit(tmp_path):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    process = _finetune_process(straight)
+    assert process.wait(timeout=300) == 0, process.stdout.read().decode()[-4000:]
+
+    process = _finetune_process(interrupted)
+    try:  # kill -9 in the middle of step 4-5: after checkpoint 2 (and maybe 4), with steps done after it
+        deadline = time.time() + 240
+        while len(_logged_steps(interrupted)) < 5 and process.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it was killed"
+    killed_at = len(_logged_steps(interrupted))
+    assert 5 <= killed_at < 8 and not (interrupted / "model.safetensors").exists()
+    process = _finetune_process(interrupted, "--resume_from_checkpoint", "latest")
+    assert process.wait(timeout=300) == 0, process.stdout.read().decode()[-4000:]
+
+    # every step logged once, with the uninterrupted run's losses and learning rates, bit for bit
+    assert _logged_steps(interrupted) == _logged_steps(straight)
+    assert [r["step"] for r in _logged_steps(straight)] == list(range(1, 9))
+    weights_a = load_file(straight / "model.safetensors")
+    weights_b = load_file(interrupted / "model.safetensors")
+    assert weights_a.keys() == weights_b.keys() and len(weights_a) > 100
+    assert "oim.lut" in weights_a and weights_a["oim.lut"].abs().sum() > 0  # the OIM table was trained
+    unequal = [key for key in weights_a if not torch.equal(weights_a[key], weights_b[key])]
+    assert unequal == []
+    earlier = load_file(interrupted / "checkpoint-00000004" / "model.safetensors")
+    assert not torch.equal(earlier["oim.lut"], weights_a["oim.lut"])  # steps 5-8 did change the model
+    results = [json.loads((folder / "results.json").read_text())["final"] for folder in (straight, interrupted)]
+    assert results[0] == results[1]
+    print(f"kill -9 after {killed_at} logged steps of 8; {len(weights_a)} tensors compared, all equal")

@@ -112,6 +112,23 @@ def test_bad_input_is_reported_before_any_compute(tmp_path, capsys, overrides, m
     assert not (output / "synthetic_data").exists()  # nothing generated, loaded or trained
 
 
+def test_positional_overrides_are_the_same_as_o_overrides(tmp_path, capsys):
+    script = load_script()
+    positional = script.parse_args(["--config", str(DEMO), *TINY, "--max_steps", "4", "model.use_reid_iam=false"])
+    with_o = script.parse_args(
+        ["--config", str(DEMO), *sum((["-o", o] for o in TINY), []), "-o", "training.max_steps=4"]
+    )
+    with_o.override.append("model.use_reid_iam=false")
+    resolved = script.resolve_config(positional)
+    assert resolved == script.resolve_config(with_o)
+    assert resolved["data"]["canvas_size"] == [128, 128] and resolved["training"]["max_steps"] == 4
+    assert resolved["model"]["use_reid_iam"] is False
+    args = ["--config", str(DEMO), "--output_dir", str(tmp_path / "out"), "--resume_from_checkpoint", "latest"]
+    assert script.main(args) == 2  # nothing to resume from: a configuration error, before any compute
+    assert "configuration error: --resume_from_checkpoint latest: no complete checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "synthetic_data").exists()
+
+
 def run(command: list[str], env: dict, timeout: int = 170) -> subprocess.CompletedProcess:
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-4000:]

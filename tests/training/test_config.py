@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
 from hf_personsearch.training.config import (
+    FINETUNE_DEFAULTS,
     PRETRAIN_DEFAULTS,
     ConfigError,
+    check_training_section,
     flatten_config,
     load_config,
     parse_override,
@@ -73,3 +77,29 @@ def test_shipped_configs_load_and_validate(name):
             source["data_dir"] = None
     validate_pretrain_config(config)
     assert [s["name"] for s in config["data"]["sources"]] == ["crowdhuman", "ecp", "msmt17", "cuhk03", "luperson"]
+
+
+@pytest.mark.parametrize("name", ["finetune_prw", "finetune_cuhk_sysu", "finetune_posetrack21", "finetune_demo_cpu"])
+def test_shipped_finetune_configs_load_over_the_finetune_defaults(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "configs" / f"{name}.yaml"
+    config = load_config(path, defaults=FINETUNE_DEFAULTS)
+    check_training_section(config)
+    assert set(config) == set(FINETUNE_DEFAULTS)
+    assert config["checkpointing"] == FINETUNE_DEFAULTS["checkpointing"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("checkpointing.every=0", "checkpointing.every must be an integer >= 1, got 0"),
+        ("checkpointing.keep_last=-1", "checkpointing.keep_last must be an integer >= 0, got -1"),
+        ("training.batch_size=2.5", "training.batch_size must be an integer >= 1, got 2.5"),
+        ("training.mixed_precision=fp8", "training.mixed_precision must be 'no', 'bf16' or 'fp16', got 'fp8'"),
+    ],
+)
+def test_loop_settings_are_checked_for_both_scripts(override, message):
+    for defaults in (PRETRAIN_DEFAULTS, FINETUNE_DEFAULTS):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_training_section(load_config(None, [override], defaults))

@@ -1,6 +1,10 @@
-"""Loop helpers: NaN/inf step skipping with counts per source, the stop after N in a row, per-sample seeds."""
+"""The training loop: NaN/inf step skipping with counts per source, the stop after N in a row, per-sample
+seeds, and run_training's exact resume with every step logged once."""
 
 from __future__ import annotations
+
+import json
+import shutil
 
 import pytest
 import torch
@@ -8,12 +12,19 @@ from accelerate import Accelerator
 from torch import nn
 
 from hf_personsearch.data.sampler import HybridSampler
+from hf_personsearch.training.checkpoints import list_checkpoints
 from hf_personsearch.training.loop import (
+    LOSS_LOG_FILE,
+    LoopSettings,
     NonFiniteGuard,
     NonFiniteLossError,
     SeededSampleDataset,
     SeededSampleStream,
+    SingleSourceDataset,
+    TrainingData,
+    keep_log_until,
     move_to_device,
+    run_training,
     train_step,
 )
 from hf_personsearch.training.optim import build_optimizer, build_scheduler
@@ -134,3 +145,95 @@ def test_move_to_device_walks_nested_batches():
     batch_in = {"a": torch.ones(1), "labels": [{"boxes": torch.zeros(1, 4)}], "sources": ["ecp"]}
     moved = move_to_device(batch_in, torch.device("cpu"))
     assert moved["sources"] == ["ecp"] and torch.equal(moved["labels"][0]["boxes"], torch.zeros(1, 4))
+
+
+class NoisyItems(torch.utils.data.Dataset):
+    """Item i: its index plus augmentation noise (torch.rand: seeded per sample by the loop)."""
+
+    def __len__(self):
+        return 7
+
+    def __getitem__(self, index):
+        return {"pixel_values": torch.full((1, 2), float(index)) + torch.rand(1, 2)}
+
+
+def stack(items):
+    return {"pixel_values": torch.cat([item["pixel_values"] for item in items])}
+
+
+def noisy_forward(model, batch):
+    # torch.randn draws from the global RNG, like the model's RPN / RoI sampling
+    loss = (model(batch["pixel_values"]) + torch.randn(())).pow(2).mean()
+    return loss, {"fit": loss}
+
+
+def train_tiny(output_dir, max_steps=6, **kwargs):
+    accelerator = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    optimizer = build_optimizer(model, {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0})
+    scheduler = build_scheduler(optimizer, {"name": "step", "warmup_steps": 2, "milestones": [4]}, max_steps)
+    data = TrainingData(SingleSourceDataset(NoisyItems()), HybridSampler([7], seed=3), stack)
+    settings = LoopSettings(
+        max_steps=max_steps, batch_size=2, seed=3, gradient_accumulation_steps=2, checkpoint_every=2
+    )
+    steps = []
+    outcome = run_training(
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        data,
+        settings,
+        output_dir,
+        name="test",
+        forward=noisy_forward,
+        after_step=steps.append,
+        **kwargs,
+    )
+    return outcome, steps
+
+
+def logged(output_dir):
+    return [json.loads(line) for line in (output_dir / LOSS_LOG_FILE).read_text().splitlines()]
+
+
+def test_run_training_resumes_exactly_and_logs_every_step_once(tmp_path):
+    straight, _ = train_tiny(tmp_path / "straight", script_state={"history": ["a"]})
+    assert straight.finished and straight.step == 6
+    assert [p.name for p in list_checkpoints(tmp_path / "straight")] == [f"checkpoint-0000000{s}" for s in (2, 4, 6)]
+
+    # a session stopped after 5 steps (checkpoints 2, 4, 5), then "killed": checkpoint 5 never written, and
+    # a half-written log line
+    interrupted = tmp_path / "interrupted"
+    state = {"history": ["a"]}
+    stopped, steps = train_tiny(interrupted, stop_after_steps=5, script_state=state)
+    assert (stopped.finished, stopped.step, steps) == (False, 5, [1, 2, 3, 4, 5])
+    shutil.rmtree(interrupted / "checkpoint-00000005")
+    with open(interrupted / LOSS_LOG_FILE, "a") as file:
+        file.write('{"step": 6, "los')
+    state["history"].append("written after checkpoint 4: not in it")
+
+    restored = {}
+    resumed, steps = train_tiny(interrupted, resume_from=interrupted / "checkpoint-00000004", script_state=restored)
+    assert (resumed.finished, resumed.step, steps) == (True, 6, [5, 6])
+    assert restored == {"history": ["a"]}  # the script state of checkpoint 4
+    assert logged(interrupted) == logged(tmp_path / "straight")  # steps 1..6 once each, identical losses
+    assert [r["step"] for r in logged(interrupted)] == [1, 2, 3, 4, 5, 6]
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert len({r["loss"] for r in logged(interrupted)}) == 6
+
+
+def test_keep_log_until_drops_later_and_broken_lines(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"st')
+    keep_log_until(path, 2)
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+    keep_log_until(path, 0)  # a fresh run in the same folder starts the log anew
+    assert path.read_text() == ""
+
+
+def test_single_source_dataset_rejects_other_sources():
+    with pytest.raises(KeyError, match="names source 1, only source 0 exists"):
+        SingleSourceDataset(NoisyItems())[(1, 0)]
