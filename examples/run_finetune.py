@@ -151,13 +151,18 @@ def build_model(config: dict, num_identities: int) -> PersonSearchModel:
     )
 
 
+def build_processor(config: dict) -> PersonSearchImageProcessor:
+    """The run's one image processor: its resize rule and normalisation serve training (the augmentation),
+    evaluation and the saved model folder alike."""
+    return PersonSearchImageProcessor(min_size=config["data"]["min_size"], max_size=config["data"]["max_size"])
+
+
 def evaluate(model, config: dict, data_dir: str, progress: bool) -> dict:
     """Evaluation on the dataset's gallery split with the configured protocol (JSON-ready summary)."""
     evaluation, data = config["evaluation"], config["data"]
-    processor = PersonSearchImageProcessor(min_size=data["min_size"], max_size=data["max_size"])
     summary, _ = evaluate_on_target(
         model,
-        processor,
+        build_processor(config),
         data["dataset"],
         data_dir,
         gallery_size=evaluation["gallery_size"],
@@ -173,9 +178,8 @@ def evaluate(model, config: dict, data_dir: str, progress: bool) -> dict:
 
 def save_model(model, config: dict, output_dir: Path) -> None:
     """The trained model (safetensors) and its image processor."""
-    data = config["data"]
     model.save_pretrained(output_dir)
-    PersonSearchImageProcessor(min_size=data["min_size"], max_size=data["max_size"]).save_pretrained(output_dir)
+    build_processor(config).save_pretrained(output_dir)
 
 
 def write_results(config: dict, output_dir: Path, final: dict, history: list, info: dict) -> None:
@@ -230,9 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = SearchTrainingDataset(
         records,
         identity_map=identity_map,
-        augmentation=SingleViewAugmentation(
-            PersonSearchImageProcessor(min_size=data["min_size"], max_size=data["max_size"]), flip_p=data["flip_p"]
-        ),
+        augmentation=SingleViewAugmentation(build_processor(config), flip_p=data["flip_p"]),
         strict=bool(data["strict"]),
     )
     # One source: HybridSampler is a seeded epoch permutation, resumable from the samples drawn.
