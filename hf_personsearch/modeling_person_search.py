@@ -76,6 +76,9 @@ class PersonSearchPreTrainedModel(PreTrainedModel):
             module.lut.zero_()
             module.queue.zero_()
             module.queue_head.zero_()
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.num_batches_tracked is not None:
+            # A checkpoint saved with frozen BatchNorms has no counter: start it at 0 instead of garbage.
+            module.num_batches_tracked.zero_()
 
 
 class PersonSearchModel(PersonSearchPreTrainedModel):
