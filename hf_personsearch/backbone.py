@@ -151,7 +151,9 @@ def _build_torchvision(name: str):
 
 def _build_builtin(name: str):
     if not name.startswith("shufflenet_v1"):
-        raise ValueError(f"builtin backbones: shufflenet_v1_g<groups>_x<width> (e.g. shufflenet_v1_g3_x1_0); got {name!r}")
+        raise ValueError(
+            f"builtin backbones: shufflenet_v1_g<groups>_x<width> (e.g. shufflenet_v1_g3_x1_0); got {name!r}"
+        )
     body = shufflenet_v1(name)
     stem, *stage_channels = body.stage_channels
     stages = [("first_conv", stem, 2), ("maxpool", stem, 4)]

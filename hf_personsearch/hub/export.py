@@ -209,9 +209,10 @@ def _is_batchnorm_counter(key: str) -> bool:
     return key.endswith(".num_batches_tracked")
 
 
-def _is_timm_tag(source: str | Path) -> bool:
-    """``architecture.tag`` (e.g. ``resnet50.tv_in1k``): a string that is no existing file, has no folder part
-    and no weights-file suffix, and has a dot."""
+def is_timm_tag(source: str | Path) -> bool:
+    """Whether :func:`load_backbone_weights` reads ``source`` as a timm pretrained tag ``architecture.tag``
+    (e.g. ``resnet50.tv_in1k``): a string with a dot that is no existing file and has no folder part and no
+    weights-file suffix."""
     if isinstance(source, Path) or Path(source).exists() or "/" in source or "\\" in source:
         return False
     return "." in source and Path(source).suffix.lower() not in _WEIGHTS_FILE_SUFFIXES
@@ -285,7 +286,7 @@ def load_backbone_weights(model, source: str | Path) -> BackboneLoadReport:
     folder): informational metadata for model cards, never read when a model is built.
     """
     backbone = _split_backbone(model)
-    if isinstance(source, str) and _is_timm_tag(source):
+    if isinstance(source, str) and is_timm_tag(source):
         state, provenance = _fetch_timm_weights(model, source), source
     elif not Path(source).is_file():
         raise FileNotFoundError(

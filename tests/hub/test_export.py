@@ -209,5 +209,7 @@ def test_timm_tag_offline_with_an_empty_cache_is_a_clear_error(monkeypatch, tmp_
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
-    with pytest.raises(OSError, match=r"could not fetch the timm weights 'resnet18.tv_in1k'.*Offline\?.*local weights"):
+    with pytest.raises(
+        OSError, match=r"could not fetch the timm weights 'resnet18.tv_in1k'.*Offline\?.*local weights"
+    ):
         load_backbone_weights(_resnet18_model(), "resnet18.tv_in1k")

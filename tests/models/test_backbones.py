@@ -105,8 +105,10 @@ def test_shufflenet_v1_imports_the_papers_megvii_layout_strictly(freeze_batchnor
     counters = {key for key in layout if key.endswith("num_batches_tracked")}
     own = model.backbone.body.state_dict()
     # every weight of the file lands in the backbone, nothing of the backbone is left at its init
-    assert set(report.loaded_keys) == set(own) == set(layout) - {"classifier.0.weight"} - (
-        counters if freeze_batchnorm else set()
+    assert (
+        set(report.loaded_keys)
+        == set(own)
+        == set(layout) - {"classifier.0.weight"} - (counters if freeze_batchnorm else set())
     )
     assert set(report.ignored_keys) == {"classifier.0.weight"} | (counters if freeze_batchnorm else set())
     for key, value in own.items():
@@ -118,7 +120,6 @@ def test_shufflenet_v1_channel_shuffle_is_megvii_s():
     unit = ShuffleUnit(24, 240, groups=3, stride=2, first_unit=True)
     x = torch.arange(6.0).reshape(1, 6, 1, 1)
     assert unit._channel_shuffle(x).flatten().tolist() == [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
-
 
 
 def test_frozen_batchnorm_replaces_batchnorm_and_loads_checkpoints_of_either_setting(tmp_path):

@@ -20,7 +20,9 @@ def test_backbone_weights_are_not_config(caplog):
     assert "ignoring backbone_weights_path='/elsewhere/r18.pth'" in caplog.text
     assert "backbone_weights_path" not in config.to_dict()
     assert PersonSearchConfig().backbone_init is None  # provenance only, written by load_backbone_weights
-    assert PersonSearchConfig(backbone_library="builtin", backbone="shufflenet_v1_g3_x1_0").backbone_library == "builtin"
+    assert (
+        PersonSearchConfig(backbone_library="builtin", backbone="shufflenet_v1_g3_x1_0").backbone_library == "builtin"
+    )
 
 
 def test_round_trip_through_dict():
