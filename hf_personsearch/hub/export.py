@@ -42,8 +42,9 @@ _DATA_PARALLEL_PREFIX = "module."
 
 @dataclass
 class BackboneLoadReport:
-    """What :func:`load_backbone_weights` did: the keys it loaded and the file's keys it ignored because
-    they belong to modules the backbone does not have (the classifier of ImageNet weights, e.g. ``fc.*``)."""
+    """What :func:`load_backbone_weights` did: the source (file or timm tag), the keys it loaded and the source's
+    keys it ignored because they belong to modules the backbone does not have (the classifier of ImageNet
+    weights, e.g. ``fc.*``) or are BatchNorm counters (``num_batches_tracked``) that frozen BatchNorms lack."""
 
     source: str
     loaded_keys: list[str] = field(default_factory=list)
@@ -225,7 +226,7 @@ def _fetch_timm_weights(model, source: str) -> dict[str, torch.Tensor]:
 
     from ..backbone import timm_feature_network
 
-    architecture, _, tag = source.partition(".")
+    architecture = source.partition(".")[0]
     config = _backbone_config(model)
     library, name = getattr(config, "backbone_library", "timm"), getattr(config, "backbone", None)
     if library != "timm":
@@ -298,11 +299,11 @@ def load_backbone_weights(model, source: str | Path) -> BackboneLoadReport:
     first_keys = list(state)[:3]
     own = backbone.body.state_dict()
     body_modules = {name for name, _ in backbone.body.named_children()}
-    ignored = sorted(
+    ignored = {
         key
         for key in state
         if key.split(".")[0] not in body_modules or (_is_batchnorm_counter(key) and key not in own)
-    )
+    }
     state = {key: value for key, value in state.items() if key not in ignored}
     missing = sorted(key for key in set(own) - set(state) if not _is_batchnorm_counter(key))
     unexpected = sorted(set(state) - set(own))
@@ -321,4 +322,4 @@ def load_backbone_weights(model, source: str | Path) -> BackboneLoadReport:
     state = {key: state[key].to(value.dtype) if key in state else value for key, value in own.items()}
     backbone.body.load_state_dict(state, strict=True)
     _record_provenance(model, provenance)
-    return BackboneLoadReport(source=str(source), loaded_keys=loaded, ignored_keys=ignored)
+    return BackboneLoadReport(source=str(source), loaded_keys=loaded, ignored_keys=sorted(ignored))

@@ -213,3 +213,21 @@ def test_timm_tag_offline_with_an_empty_cache_is_a_clear_error(monkeypatch, tmp_
         OSError, match=r"could not fetch the timm weights 'resnet18.tv_in1k'.*Offline\?.*local weights"
     ):
         load_backbone_weights(_resnet18_model(), "resnet18.tv_in1k")
+
+
+def test_pretraining_model_backbone_loads_and_records_its_start(tmp_path):
+    from hf_personsearch.configuration_person_search_pretrain import PersonSearchPretrainConfig
+    from hf_personsearch.modeling_person_search_pretrain import PersonSearchPretrainModel
+
+    torch.manual_seed(3)
+    start = timm.create_model("test_resnet", features_only=True)
+    torch.save({"state_dict": start.state_dict()}, tmp_path / "start.pth")
+    config = PersonSearchPretrainConfig(
+        person_search=PersonSearchConfig(backbone="test_resnet", num_person_ids=4, oim_queue_size=4)
+    )
+    model = PersonSearchPretrainModel(config)
+    report = load_backbone_weights(model, tmp_path / "start.pth")  # what run_pretrain's model_init does
+    for key in report.loaded_keys:
+        assert torch.equal(model.person_search.backbone.body.state_dict()[key], start.state_dict()[key]), key
+    assert model.config.person_search.backbone_init == "start.pth"
+    assert model.export_person_search_model().config.backbone_init == "start.pth"

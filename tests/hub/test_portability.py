@@ -84,3 +84,14 @@ def test_old_config_with_a_weights_path_loads_without_reading_it(tmp_path, caplo
     assert not hasattr(loaded.config, "backbone_weights_path")
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_building_and_loading_never_fetch_backbone_weights(monkeypatch, tmp_path):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model build asked timm for pretrained weights")
+
+    monkeypatch.setattr(timm.models._builder, "load_pretrained", refuse)
+    config = PersonSearchConfig(backbone="resnet18", num_person_ids=4, oim_queue_size=4, backbone_init="x.pth")
+    model = PersonSearchModel(config)
+    model.save_pretrained(tmp_path)
+    PersonSearchModel.from_pretrained(tmp_path, dtype=torch.float32)
