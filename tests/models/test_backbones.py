@@ -154,3 +154,35 @@ def test_frozen_batchnorm_replaces_batchnorm_and_loads_checkpoints_of_either_set
     assert counters and all(v.item() == 0 for k, v in counters.items() if k.startswith("backbone."))
     for key, value in frozen.state_dict().items():
         assert torch.equal(value, unfrozen.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("stride, in_channels", [(1, 24), (2, 12)])
+@torch.no_grad()
+def test_shufflenet_v1_unit_computes_megvii_s_forward(stride, in_channels):
+    # megvii's ShuffleV1Block.forward, spelled out with functional ops on the unit's own weights:
+    # pw group conv, BN, ReLU, dw conv, BN, channel shuffle, pw-linear group conv, BN; then
+    # relu(main + x) (stride 1) or cat(avgpool(x), relu(main)) (stride 2)
+    torch.manual_seed(0)
+    unit = ShuffleUnit(in_channels, 24, groups=3, stride=stride, first_unit=False).eval()
+    for module in unit.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.uniform_(0.5, 1.5)
+            module.bias.uniform_(-0.5, 0.5)
+    pw, bn1, _, dw, bn2 = unit.branch_main_1
+    pw_linear, bn3 = unit.branch_main_2
+
+    def batchnorm(x, bn):
+        return nn.functional.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+    x = torch.randn(2, in_channels, 8, 8)
+    main = torch.relu(batchnorm(nn.functional.conv2d(x, pw.weight, groups=3), bn1))
+    main = batchnorm(nn.functional.conv2d(main, dw.weight, stride=stride, padding=1, groups=6), bn2)
+    main = main.reshape(2, 2, 3, *main.shape[2:]).permute(0, 2, 1, 3, 4).reshape(main.shape)
+    main = batchnorm(nn.functional.conv2d(main, pw_linear.weight, groups=3), bn3)
+    if stride == 1:
+        expected = torch.relu(main + x)
+    else:
+        expected = torch.cat((nn.functional.avg_pool2d(x, 3, 2, 1), torch.relu(main)), dim=1)
+    torch.testing.assert_close(unit(x), expected)
