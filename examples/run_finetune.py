@@ -8,7 +8,8 @@ Usage (one process, GPU or CPU; multi-GPU with ``accelerate launch``)::
 The initialisations of the paper's Fig. 5 (``init.from``):
 
 * ``scratch``: random weights everywhere;
-* ``imagenet``: an ImageNet backbone weights file (``init.path``, a timm/torchvision state dict), heads random;
+* ``imagenet``: ImageNet backbone weights (``init.path``: a timm tag such as ``resnet50.tv_in1k``, fetched by
+  timm, or a timm/torchvision weights file), heads random;
 * ``pretrained_backbone``: the backbone of a pre-trained checkpoint (folder or hub id), heads re-initialised;
 * ``pretrained``: the whole pre-trained model (backbone + RPN + detection and re-ID heads).
 
@@ -59,6 +60,7 @@ from hf_personsearch.data.search_dataset import (
     target_dataset,
 )
 from hf_personsearch.evaluation.model_inference import evaluate_on_target, resolve_gallery_size
+from hf_personsearch.hub import is_timm_tag, load_backbone_weights
 from hf_personsearch.training.checkpoints import CheckpointError, resolve_resume_path
 from hf_personsearch.training.config import (
     FINETUNE_DEFAULTS,
@@ -105,8 +107,11 @@ def check_config(config: dict) -> None:
                 f"init.from={init['from']!r} needs init.path (a weights file, checkpoint folder or hub id)"
             )
         path = Path(init["path"])
-        if init["from"] == "imagenet" and not path.is_file():
-            raise ConfigError(f"init.path {init['path']!r} is not a file (an ImageNet backbone weights file)")
+        if init["from"] == "imagenet" and not (path.is_file() or is_timm_tag(init["path"])):
+            raise ConfigError(
+                f"init.path {init['path']!r} is neither a file nor a timm tag such as resnet50.tv_in1k "
+                "(ImageNet backbone weights)"
+            )
         looks_local = path.is_absolute() or init["path"].startswith(".") or path.exists()
         if init["from"] != "imagenet" and looks_local and not (path / "config.json").is_file():
             raise ConfigError(f"init.path {init['path']!r} is not a saved model folder (no config.json there)")
@@ -137,9 +142,16 @@ def build_model(config: dict, num_identities: int) -> PersonSearchModel:
     """The model of ``init.from`` with an OIM table of ``num_identities`` rows (paper Fig. 5 initialisations)."""
     init, overrides = config["init"], dict(config["model"])
     if init["from"] in ("scratch", "imagenet"):
+        model = PersonSearchModel(PersonSearchConfig(num_person_ids=num_identities, **overrides))
         if init["from"] == "imagenet":
-            overrides["backbone_weights_path"] = str(init["path"])
-        return PersonSearchModel(PersonSearchConfig(num_person_ids=num_identities, **overrides))
+            report = load_backbone_weights(model, str(init["path"]))
+            logger.info(
+                "backbone starts from %s (%d tensors; ignored: %s)",
+                report.source,
+                len(report.loaded_keys),
+                report.ignored_keys,
+            )
+        return model
     queue_size = overrides.pop("oim_queue_size", None)
     return PersonSearchModel.from_pretrained(
         init["path"],

@@ -28,6 +28,7 @@ from hf_personsearch.data.augmentation import TwoViewAugmentation
 from hf_personsearch.data.collate import HybridPretrainDataset, collate_pretrain
 from hf_personsearch.data.identity import IdentitySpace
 from hf_personsearch.data.sampler import HybridSampler
+from hf_personsearch.hub import load_backbone_weights
 from hf_personsearch.modeling_person_search_pretrain import PersonSearchPretrainModel
 from hf_personsearch.training.checkpoints import CheckpointError, resolve_resume_path
 from hf_personsearch.training.config import (
@@ -135,6 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     from hf_personsearch.training.pretraining import build_pretrain_model_config
 
     model = PersonSearchPretrainModel(build_pretrain_model_config(config["model"], identity_space))
+    if config["model_init"]["backbone_weights"]:
+        report = load_backbone_weights(model, config["model_init"]["backbone_weights"])
+        logger.info(
+            "backbone starts from %s (%d tensors; ignored: %s)",
+            report.source,
+            len(report.loaded_keys),
+            report.ignored_keys,
+        )
     model.train()
     max_steps = int(training["max_steps"])
     optimizer = build_optimizer(model, config["optimizer"])

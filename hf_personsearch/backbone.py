@@ -1,24 +1,37 @@
 """The backbone split NAE uses: an encoder up to stride 16 and the last stage(s) as the RoI box head.
 
-Any timm model whose ``features_only`` network is a plain chain of modules works (ResNets, RegNets,
-MobileNet/EfficientNet/LCNet families); torchvision's ShuffleNet v2 is supported through its own chain
-(timm has no ShuffleNet, the paper's third backbone). The chain is split at a feature stage, so the
-modules keep their timm/torchvision names and weights stay exchangeable with those libraries.
+Three sources of backbones (``backbone_library``):
+
+* ``timm``: any timm model whose ``features_only`` network is a plain chain of modules (ResNets, RegNets,
+  MobileNet/EfficientNet/LCNet families);
+* ``torchvision``: torchvision's ShuffleNet v2 (timm has no ShuffleNet);
+* ``builtin``: ShuffleNet V1 (:mod:`.shufflenet_v1`), the ShuffleNet of the paper, which neither library has.
+
+The chain is split at a feature stage, so the modules keep their library's names and weights stay
+exchangeable with those libraries. Building never reads or downloads weights: starting weights (ImageNet, the
+paper's released backbones) are loaded afterwards by ``hf_personsearch.hub.load_backbone_weights``, and a
+saved model carries its own weights.
 """
 
 from __future__ import annotations
 
 import torch
+from timm.layers import freeze_batch_norm_2d
 from torch import nn
+
+from .shufflenet_v1 import shufflenet_v1
+
+BACKBONE_LIBRARIES = ("timm", "torchvision", "builtin")
 
 # torchvision ShuffleNet v2 feature stages: (last module of the stage, stride); its chain is
 # conv1, maxpool, stage2, stage3, stage4, conv5, so the default split puts stage4 + conv5 in the box head.
-_SHUFFLENET_STAGES = (("conv1", 2), ("maxpool", 4), ("stage2", 8), ("stage3", 16), ("conv5", 32))
+_SHUFFLENET_V2_STAGES = (("conv1", 2), ("maxpool", 4), ("stage2", 8), ("stage3", 16), ("conv5", 32))
 
 
 def _flatten_chain(model: nn.Module, stage_modules: list[str]) -> list[tuple[str, nn.Module]]:
     """Top-level children in order, with a child expanded when a feature stage lives inside it
-    (timm's MobileNet/EfficientNet feature nets keep their stages in ``blocks.<i>``)."""
+    (timm's MobileNet/EfficientNet feature nets keep their stages in ``blocks.<i>``, ShuffleNet V1 in
+    ``features.<i>``)."""
     chain = []
     for name, child in model.named_children():
         if any(stage.startswith(name + ".") for stage in stage_modules):
@@ -32,8 +45,15 @@ class SplitBackbone(nn.Module):
     """``encode``: image -> encoder feature map (stride 16 for the default split);
     ``box_head``: RoI-aligned encoder features -> box head feature map (the last stage(s)).
 
+    With ``freeze_batchnorm`` every BatchNorm of the body is replaced by a frozen one
+    (``torchvision.ops.FrozenBatchNorm2d``, or timm's ``FrozenBatchNormAct2d`` for timm's BatchNorm+activation
+    layers): statistics and affine terms become buffers that no optimiser and no ``train()`` call can
+    change. Its state dict has the BatchNorm keys minus ``num_batches_tracked`` (a counter that only
+    BatchNorm with ``momentum=None`` reads); files that carry it still load.
+
     Attributes:
-        body: the timm ``features_only`` network or the torchvision model (unused tail removed).
+        body: the timm ``features_only`` network, the torchvision model or the builtin ShuffleNet V1
+            (classifier removed).
         encoder_channels / head_channels: channels of the two outputs.
         encoder_stride: the encoder's total stride (RoIAlign's spatial scale is its inverse).
     """
@@ -43,21 +63,24 @@ class SplitBackbone(nn.Module):
         name: str,
         library: str = "timm",
         box_head_stages: int = 1,
-        weights_path: str | None = None,
         freeze_stem: bool = True,
         freeze_batchnorm: bool = True,
     ):
         super().__init__()
         if library == "timm":
-            self.body, stages = _build_timm(name, weights_path)
+            body, stages = _build_timm(name)
         elif library == "torchvision":
-            self.body, stages = _build_torchvision(name, weights_path)
+            body, stages = _build_torchvision(name)
+        elif library == "builtin":
+            body, stages = _build_builtin(name)
         else:
-            raise ValueError(f"backbone_library must be 'timm' or 'torchvision', got {library!r}")
+            raise ValueError(f"backbone_library must be one of {BACKBONE_LIBRARIES}, got {library!r}")
         if box_head_stages >= len(stages):
             raise ValueError(
                 f"backbone {name!r} has {len(stages)} feature stages; box_head_stages={box_head_stages} leaves no encoder"
             )
+        # Before the chain is read: a BatchNorm that is itself a chain element (ResNet's bn1) gets replaced.
+        self.body = freeze_batch_norm_2d(body) if freeze_batchnorm else body
         stage_names = [stage[0] for stage in stages]
         chain = _flatten_chain(self.body, stage_names)
         names = [n for n, _ in chain]
@@ -73,14 +96,9 @@ class SplitBackbone(nn.Module):
         self.encoder_channels = stages[-1 - box_head_stages][1]
         self.encoder_stride = stages[-1 - box_head_stages][2]
         self.head_channels = stages[-1][1]
-        self.freeze_batchnorm = freeze_batchnorm
         if freeze_stem:
             for stem_name in self._stem_names:
                 self._modules_by_name[stem_name].requires_grad_(False)
-        if freeze_batchnorm:
-            for module in self.body.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.requires_grad_(False)
 
     def _run(self, names: list[str], x: torch.Tensor) -> torch.Tensor:
         for name in names:
@@ -93,45 +111,52 @@ class SplitBackbone(nn.Module):
     def box_head(self, roi_features: torch.Tensor) -> torch.Tensor:
         return self._run(self._head_names, roi_features)
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.freeze_batchnorm:
-            for module in self.body.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        return self
 
-
-def _build_timm(name: str, weights_path: str | None):
+def timm_feature_network(name: str, pretrained: bool = False) -> nn.Module:
+    """``timm.create_model(name, features_only=True)``: the body of a timm backbone. ``pretrained=True``
+    (only used by ``load_backbone_weights`` for a timm tag) lets timm fetch the tag's weights, giving a network
+    with the body's exact key names."""
     import timm
 
-    kwargs = {}
-    if weights_path is not None:
-        kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"file": weights_path}}
     try:
-        body = timm.create_model(name, features_only=True, **kwargs)
+        return timm.create_model(name, features_only=True, pretrained=pretrained)
     except RuntimeError as error:
         if "Unknown model" in str(error):
             raise ValueError(f"backbone {name!r} is not a timm model name ({error})") from error
         raise
+
+
+def _build_timm(name: str):
+    body = timm_feature_network(name)
     info = body.feature_info
     stages = list(zip(info.module_name(), info.channels(), info.reduction()))
     return body, stages
 
 
-def _build_torchvision(name: str, weights_path: str | None):
+def _build_torchvision(name: str):
     import torchvision
 
     if not name.startswith("shufflenet_v2"):
-        raise ValueError(f"torchvision backbones supported: shufflenet_v2_*; got {name!r} (use a timm name instead)")
+        raise ValueError(
+            f"torchvision backbones supported: shufflenet_v2_*; got {name!r} "
+            "(use a timm name, or backbone_library='builtin' for shufflenet_v1_*)"
+        )
     body = getattr(torchvision.models, name)(weights=None)
-    if weights_path is not None:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        body.load_state_dict(state, strict=False)
     del body.fc
     out = body._stage_out_channels  # [conv1, stage2, stage3, stage4, conv5]
     channels = {"conv1": out[0], "maxpool": out[0], "stage2": out[1], "stage3": out[2], "conv5": out[4]}
-    stages = [(module, channels[module], stride) for module, stride in _SHUFFLENET_STAGES]
+    stages = [(module, channels[module], stride) for module, stride in _SHUFFLENET_V2_STAGES]
+    return body, stages
+
+
+def _build_builtin(name: str):
+    if not name.startswith("shufflenet_v1"):
+        raise ValueError(
+            f"builtin backbones: shufflenet_v1_g<groups>_x<width> (e.g. shufflenet_v1_g3_x1_0); got {name!r}"
+        )
+    body = shufflenet_v1(name)
+    stem, *stage_channels = body.stage_channels
+    stages = [("first_conv", stem, 2), ("maxpool", stem, 4)]
+    for stage, (end, channels) in enumerate(zip(body.stage_ends, stage_channels)):
+        stages.append((f"features.{end}", channels, 8 * 2**stage))
     return body, stages

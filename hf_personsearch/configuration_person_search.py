@@ -23,21 +23,26 @@ class PersonSearchConfig(PreTrainedConfig):
     ResNet50: the values the paper's downstream numbers were obtained with.
 
     Backbone
-        backbone (`str`, "resnet50"): any timm model name that has ``features_only`` support, or a
-            torchvision classification model name when ``backbone_library="torchvision"``
-            (``shufflenet_v2_x1_0`` etc.: timm has no ShuffleNet, the paper's third backbone).
-        backbone_library (`str`, "timm"): "timm" or "torchvision".
+        backbone (`str`, "resnet50"): any timm model name that has ``features_only`` support; a torchvision
+            ShuffleNet v2 name (``shufflenet_v2_x1_0`` etc.) with ``backbone_library="torchvision"``; or a
+            ShuffleNet V1 name (``shufflenet_v1_g3_x1_0``: groups 3, width 1.0x; g3/g8 x 0.5/1.0/1.5/2.0) with
+            ``backbone_library="builtin"``: the ShuffleNet of the paper, which neither library has.
+        backbone_library (`str`, "timm"): "timm", "torchvision" or "builtin".
         box_head_stages (`int`, 1): how many of the backbone's last feature stages form the RoI box head.
             The stages before it form the encoder. 1 gives NAE's split for ResNets (stem + layer1-3 as
             encoder at stride 16, layer4 as box head) and "last stage as head" for other models.
-        backbone_weights_path (`str`, None): local weights file for the backbone (timm: loaded with
-            ``pretrained_cfg_overlay=dict(file=...)``; torchvision: a state dict). None = random init,
-            as nothing may be downloaded at run time; weights saved with the model always win.
+        backbone_init (`str`, None): informational only, never read when building: what the backbone's
+            weights started from before training (a timm tag such as ``resnet50.tv_in1k`` or the name of a
+            weights file, without its folder), written by ``hf_personsearch.hub.load_backbone_weights`` so
+            that a saved model (and its model card) tells where it came from. Building a model never reads
+            or downloads backbone weights: a saved model carries its own, and starting weights are loaded
+            after building with ``load_backbone_weights``.
         freeze_stem (`bool`, True): freeze the stem (every module up to the first feature stage, i.e.
             conv1/bn1 on ResNets), as NAE/SeqNet do with ImageNet weights.
-        freeze_batchnorm (`bool`, True): keep every backbone BatchNorm in eval mode with frozen affine
-            parameters (NAE/SeqNet): person search batches (5 images) are too small for batch statistics.
-            Switch it off when training from random initialisation.
+        freeze_batchnorm (`bool`, True): replace every backbone BatchNorm by a frozen one (statistics and
+            affine terms fixed, ``torchvision.ops.FrozenBatchNorm2d``), as NAE/SeqNet do: person search
+            batches (5 images) are too small for batch statistics. Switch it off when training from random
+            initialisation.
     Region proposal network (torchvision RegionProposalNetwork)
         anchor_sizes (`tuple[int]`, (32, 64, 128, 256, 512)) and anchor_aspect_ratios (`tuple[float]`,
             (0.5, 1.0, 2.0)): one feature level (C4), the anchors of NAE/SeqNet.
@@ -82,7 +87,7 @@ class PersonSearchConfig(PreTrainedConfig):
         backbone: str = "resnet50",
         backbone_library: str = "timm",
         box_head_stages: int = 1,
-        backbone_weights_path: str | None = None,
+        backbone_init: str | None = None,
         freeze_stem: bool = True,
         freeze_batchnorm: bool = True,
         anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
@@ -128,10 +133,17 @@ class PersonSearchConfig(PreTrainedConfig):
                 no_identity_id,
                 NO_IDENTITY,
             )
+        if "backbone_weights_path" in kwargs:
+            # Configs written before starting weights left the config: a path of another machine, never read.
+            logger.warning(
+                "PersonSearchConfig: ignoring backbone_weights_path=%r (no longer a config field: a saved model "
+                "carries its weights; load starting weights with hf_personsearch.hub.load_backbone_weights)",
+                kwargs.pop("backbone_weights_path"),
+            )
         self.backbone = backbone
         self.backbone_library = backbone_library
         self.box_head_stages = box_head_stages
-        self.backbone_weights_path = backbone_weights_path
+        self.backbone_init = backbone_init
         self.freeze_stem = freeze_stem
         self.freeze_batchnorm = freeze_batchnorm
         self.anchor_sizes = list(anchor_sizes)
@@ -171,8 +183,8 @@ class PersonSearchConfig(PreTrainedConfig):
     def validate_values(self) -> None:
         """Reject contradictory or impossible values with a message that names the field."""
         _check(
-            self.backbone_library in ("timm", "torchvision"),
-            f"backbone_library must be 'timm' or 'torchvision', got {self.backbone_library!r}",
+            self.backbone_library in ("timm", "torchvision", "builtin"),
+            f"backbone_library must be 'timm', 'torchvision' or 'builtin', got {self.backbone_library!r}",
         )
         _check(self.box_head_stages >= 1, f"box_head_stages must be >= 1, got {self.box_head_stages}")
         _check(

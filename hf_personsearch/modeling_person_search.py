@@ -76,6 +76,9 @@ class PersonSearchPreTrainedModel(PreTrainedModel):
             module.lut.zero_()
             module.queue.zero_()
             module.queue_head.zero_()
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.num_batches_tracked is not None:
+            # A checkpoint saved with frozen BatchNorms has no counter: start it at 0 instead of garbage.
+            module.num_batches_tracked.zero_()
 
 
 class PersonSearchModel(PersonSearchPreTrainedModel):
@@ -91,9 +94,13 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
 
     # A pre-training checkpoint (PersonSearchPretrainModel) also holds the SimSiam predictor and the
     # alignment modules: loading the person search model from it drops them on purpose, silently.
+    # BatchNorm's num_batches_tracked counter is absent from a frozen BatchNorm (freeze_batchnorm=True) and
+    # read by no BatchNorm of the model (momentum is set): checkpoints saved with the other setting load.
     _keys_to_ignore_on_load_unexpected = [
-        r"(^|\.)(prediction_mlp|detection_alignment|reid_alignment|inter_task_alignment)\."
+        r"(^|\.)(prediction_mlp|detection_alignment|reid_alignment|inter_task_alignment)\.",
+        r"\.num_batches_tracked$",
     ]
+    _keys_to_ignore_on_load_missing = [r"\.num_batches_tracked$"]
 
     def __init__(self, config: PersonSearchConfig):
         super().__init__(config)
@@ -101,7 +108,6 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
             config.backbone,
             library=config.backbone_library,
             box_head_stages=config.box_head_stages,
-            weights_path=config.backbone_weights_path,
             freeze_stem=config.freeze_stem,
             freeze_batchnorm=config.freeze_batchnorm,
         )

@@ -1,6 +1,13 @@
 """Hub helpers: model cards, backbone weight export/import."""
 
-from .export import BackboneLoadReport, backbone_state_dict, export_backbone, load_backbone_weights, read_state_dict
+from .export import (
+    BackboneLoadReport,
+    backbone_state_dict,
+    export_backbone,
+    is_timm_tag,
+    load_backbone_weights,
+    read_state_dict,
+)
 from .model_card import eval_results_to_model_index, model_index_metrics, refresh_model_card, render_model_card
 
 __all__ = [
@@ -8,6 +15,7 @@ __all__ = [
     "backbone_state_dict",
     "eval_results_to_model_index",
     "export_backbone",
+    "is_timm_tag",
     "load_backbone_weights",
     "model_index_metrics",
     "read_state_dict",

@@ -8,8 +8,11 @@ Export layouts
     ``timm``: a plain safetensors state dict with timm's key names (the timm model without its classifier),
         loadable with ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...))``.
 
-Import (:func:`load_backbone_weights`) reads either layout, the paper's released files and ImageNet
-classification weights (the classifier is ignored), never unpickling anything but tensors.
+Import (:func:`load_backbone_weights`) reads either layout, the paper's released files (including the megvii
+ShuffleNet V1 layout of shufflenetv1-ps19.pth, into the ``builtin`` ShuffleNet V1) and ImageNet classification
+weights (the classifier is ignored), never unpickling anything but tensors; or fetches a timm pretrained tag
+such as ``resnet50.tv_in1k`` through timm. Exports of a frozen-BatchNorm backbone get back the
+``num_batches_tracked`` keys (0) that torchvision and timm BatchNorms have.
 
 Why the key names line up: our :class:`~hf_personsearch.backbone.SplitBackbone` keeps the timm
 ``features_only`` network (or the torchvision model) as ``backbone.body`` with its original module names, and
@@ -31,16 +34,19 @@ PAPER_STATE_DICT_KEY = "state_dict"
 # Wrappers that training scripts commonly put around a state dict; unwrapped in this order when the file
 # holds nothing but a dict under that key.
 _WRAPPER_KEYS = (PAPER_STATE_DICT_KEY, "model", "state_dict_ema")
+# Suffixes that make a missing source a file rather than a timm tag ("resnet50.pth" is not a tag).
+_WEIGHTS_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".tar", ".pkl", ".npz", ".h5")
 # Prefix that torch's DistributedDataParallel / DataParallel add to every key.
 _DATA_PARALLEL_PREFIX = "module."
 
 
 @dataclass
 class BackboneLoadReport:
-    """What :func:`load_backbone_weights` did: the keys it loaded and the file's keys it ignored because
-    they belong to modules the backbone does not have (the classifier of ImageNet weights, e.g. ``fc.*``)."""
+    """What :func:`load_backbone_weights` did: the source (file or timm tag), the keys it loaded and the source's
+    keys it ignored because they belong to modules the backbone does not have (the classifier of ImageNet
+    weights, e.g. ``fc.*``) or are BatchNorm counters (``num_batches_tracked``) that frozen BatchNorms lack."""
 
-    path: str
+    source: str
     loaded_keys: list[str] = field(default_factory=list)
     ignored_keys: list[str] = field(default_factory=list)
 
@@ -83,17 +89,38 @@ def backbone_state_dict(
     backbone = _split_backbone(model)
     config = _backbone_config(model)
     library = getattr(config, "backbone_library", "timm")
+    if library == "builtin":
+        raise ValueError(
+            f"backbone {config.backbone!r} (builtin ShuffleNet V1) has neither a torchvision nor a timm layout; "
+            "its state dict (model.backbone.body.state_dict()) already uses megvii's ShuffleNet-Series names, "
+            "the layout of the paper's shufflenetv1-ps19.pth"
+        )
     state = {key: value.detach().cpu().contiguous() for key, value in backbone.body.state_dict().items()}
+    state.update(_batchnorm_counters(backbone.body))
     if format == "timm":
         if library != "timm":
             raise ValueError(
-                f"backbone {getattr(config, 'backbone', '?')!r} comes from torchvision and has no timm layout "
+                f"backbone {getattr(config, 'backbone', '?')!r} comes from {library} and has no timm layout "
                 "(timm has no ShuffleNet); export it with format='torchvision'"
             )
         return state
     architecture = architecture or getattr(config, "backbone", None)
     _check_torchvision_layout(state, architecture)
     return state
+
+
+def _batchnorm_counters(body: nn.Module) -> dict[str, torch.Tensor]:
+    """``num_batches_tracked`` (0) of every frozen BatchNorm of ``body``: the key that torchvision's and timm's
+    BatchNorm layers have and a frozen BatchNorm lacks, so that exports load ``strict`` into those libraries.
+    0 is "count unknown"; BatchNorm only reads the counter when its momentum is None."""
+    from timm.layers import FrozenBatchNormAct2d
+    from torchvision.ops import FrozenBatchNorm2d
+
+    return {
+        f"{name}.num_batches_tracked": torch.tensor(0, dtype=torch.long)
+        for name, module in body.named_modules()
+        if isinstance(module, (FrozenBatchNorm2d, FrozenBatchNormAct2d))
+    }
 
 
 def _torchvision_reference(architecture: str | None) -> dict[str, torch.Tensor]:
@@ -179,22 +206,106 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_backbone_weights(model, path: str | Path) -> BackboneLoadReport:
-    """Initialise the model's backbone from a torchvision- or timm-layout file (the paper's released
-    backbones, our exports, ImageNet weights of either library).
+def _is_batchnorm_counter(key: str) -> bool:
+    return key.endswith(".num_batches_tracked")
+
+
+def is_timm_tag(source: str | Path) -> bool:
+    """Whether :func:`load_backbone_weights` reads ``source`` as a timm pretrained tag ``architecture.tag``
+    (e.g. ``resnet50.tv_in1k``): a string with a dot that is no existing file and has no folder part and no
+    weights-file suffix."""
+    if isinstance(source, Path) or Path(source).exists() or "/" in source or "\\" in source:
+        return False
+    return "." in source and Path(source).suffix.lower() not in _WEIGHTS_FILE_SUFFIXES
+
+
+def _fetch_timm_weights(model, source: str) -> dict[str, torch.Tensor]:
+    """The weights of timm pretrained tag ``source``, fetched by timm (Hugging Face Hub cache, or a download
+    when online) into the same ``features_only`` network the backbone was built from."""
+    from timm.models import get_pretrained_cfg
+
+    from ..backbone import timm_feature_network
+
+    architecture = source.partition(".")[0]
+    config = _backbone_config(model)
+    library, name = getattr(config, "backbone_library", "timm"), getattr(config, "backbone", None)
+    if library != "timm":
+        raise ValueError(
+            f"timm weights {source!r}: the backbone {name!r} comes from {library}, not timm, and timm has no "
+            "weights for it; pass a local weights file instead"
+        )
+    if name is not None and name.split(".")[0] != architecture:
+        raise ValueError(
+            f"timm weights {source!r} are for architecture {architecture!r} but the backbone is {name!r}; "
+            f"use a tag of {name.split('.')[0]!r} (timm.list_pretrained({name.split('.')[0] + '.*'!r}))"
+        )
+    try:
+        known = get_pretrained_cfg(source) is not None
+    except RuntimeError:  # timm: "Invalid pretrained tag (...) for ..."
+        known = False
+    if not known:
+        raise ValueError(
+            f"{source!r} is not a timm pretrained tag 'architecture.tag' (nor an existing file); timm's tags for "
+            f"{architecture!r}: timm.list_pretrained({architecture + '.*'!r}); or pass a local weights file"
+        )
+    try:
+        network = timm_feature_network(source, pretrained=True)
+    except Exception as error:  # huggingface_hub / torch.hub raise many types (offline, HTTP, cache errors)
+        raise OSError(
+            f"could not fetch the timm weights {source!r} ({type(error).__name__}: {error}). Offline? Run "
+            f"timm.create_model({source!r}, pretrained=True) once where there is internet (it fills the Hugging "
+            "Face cache, which works offline afterwards), or pass a local weights file (torchvision/timm/paper "
+            "layout)"
+        ) from error
+    return network.state_dict()
+
+
+def _record_provenance(model, provenance: str) -> None:
+    """Write ``backbone_init`` (informational metadata) into the person search config(s) of ``model``."""
+    configs = [_backbone_config(model), getattr(getattr(model, "config", None), "person_search", None)]
+    for config in configs:
+        if config is not None and hasattr(config, "backbone_init"):
+            config.backbone_init = provenance
+
+
+def load_backbone_weights(model, source: str | Path) -> BackboneLoadReport:
+    """Initialise the model's backbone from ``source`` and return what was loaded and ignored.
+
+    ``source`` is a local weights file in torchvision, timm or the paper's layout (the paper's released
+    backbones, our exports, ImageNet weights of either library, megvii ShuffleNet V1 files), or a timm
+    pretrained tag ``"architecture.tag"`` such as ``"resnet50.tv_in1k"`` (torchvision's ImageNet ResNet50, the
+    start of NAE, SeqNet and the paper), fetched by timm; its architecture must be the backbone's. Offline
+    with nothing cached, or an unknown tag, is an error that suggests a local file.
 
     Keys of modules the backbone does not have (the classifier: ``fc.*``, ``classifier.*``, timm's
     ``conv_head.*``) are ignored and listed in the report; every weight the backbone has must be in the file
     with the right shape, otherwise nothing is loaded and the error names the keys (a file with another
-    prefix, e.g. ``backbone.``, shows up as "missing" keys).
+    prefix, e.g. ``backbone.``, shows up as "missing" keys). BatchNorm's ``num_batches_tracked`` counter is
+    optional both ways (a frozen BatchNorm has none; a BatchNorm keeps its own when the file has none).
+
+    The model's config records the source in ``backbone_init`` (a tag, or the file name without its
+    folder): informational metadata for model cards, never read when a model is built.
     """
     backbone = _split_backbone(model)
-    state = read_state_dict(path)
+    if isinstance(source, str) and is_timm_tag(source):
+        state, provenance = _fetch_timm_weights(model, source), source
+    elif not Path(source).is_file():
+        raise FileNotFoundError(
+            f"backbone weights {str(source)!r}: no such file, and not a timm pretrained tag 'architecture.tag' "
+            "(e.g. resnet50.tv_in1k)"
+        )
+    else:
+        state, provenance = read_state_dict(source), Path(source).name
+    first_keys = list(state)[:3]
     own = backbone.body.state_dict()
     body_modules = {name for name, _ in backbone.body.named_children()}
-    ignored = sorted(key for key in state if key.split(".")[0] not in body_modules)
-    state = {key: value for key, value in state.items() if key.split(".")[0] in body_modules}
-    missing = sorted(set(own) - set(state))
+    ignored = {
+        key
+        for key in state
+        if key.split(".")[0] not in body_modules or (_is_batchnorm_counter(key) and key not in own)
+    }
+    state = {key: value for key, value in state.items() if key not in ignored}
+    missing = sorted(key for key in set(own) - set(state) if not _is_batchnorm_counter(key))
     unexpected = sorted(set(state) - set(own))
     wrong_shape = [
         f"{key}: file {tuple(state[key].shape)}, backbone {tuple(own[key].shape)}"
@@ -203,10 +314,12 @@ def load_backbone_weights(model, path: str | Path) -> BackboneLoadReport:
     ]
     if missing or unexpected or wrong_shape:
         raise ValueError(
-            f"{path}: does not fit the backbone: missing keys {missing[:5]} ({len(missing)} in all), unexpected "
+            f"{source}: does not fit the backbone: missing keys {missing[:5]} ({len(missing)} in all), unexpected "
             f"keys {unexpected[:5]} ({len(unexpected)}), wrong shapes {wrong_shape[:5]}; "
-            f"the file's first keys are {list(read_state_dict(path))[:3]}"
+            f"the file's first keys are {first_keys}"
         )
-    state = {key: value.to(own[key].dtype) for key, value in state.items()}
+    loaded = sorted(state)
+    state = {key: state[key].to(value.dtype) if key in state else value for key, value in own.items()}
     backbone.body.load_state_dict(state, strict=True)
-    return BackboneLoadReport(path=str(path), loaded_keys=sorted(state), ignored_keys=ignored)
+    _record_provenance(model, provenance)
+    return BackboneLoadReport(source=str(source), loaded_keys=loaded, ignored_keys=sorted(ignored))

@@ -1,8 +1,8 @@
 """Training configuration: a YAML file + command-line overrides, checked against the known keys.
 
 A run is described by one nested dict with the sections of :data:`PRETRAIN_DEFAULTS` (``data``, ``model``,
-``optimizer``, ``schedule``, ``training``, ``checkpointing``, ``hub``). A YAML file holds only what differs
-from the defaults (SeqNet's habit: per-recipe files are overrides); ``key.sub=value`` strings from the
+``model_init``, ``optimizer``, ``schedule``, ``training``, ``checkpointing``, ``hub``). A YAML file holds only
+what differs from the defaults (SeqNet's habit: per-recipe files are overrides); ``key.sub=value`` strings from the
 command line override the file (values are parsed as YAML, so ``training.max_steps=20`` is an int and
 ``model.use_reid_iam=false`` a bool). Unknown keys are errors naming the file or override and the keys that
 exist, so a typo never silently trains with a default. The resolved dict is saved next to the outputs
@@ -57,6 +57,10 @@ PRETRAIN_DEFAULTS: dict = {
     # num_person_ids is always set from the identity space; num_detection_domains / num_reid_domains default
     # to the number of sources of each IAM task and must match it when given.
     "model": {"person_search": {}},
+    # Starting weights of the backbone, loaded after the model is built (never saved in its config):
+    # a timm pretrained tag such as "resnet50.tv_in1k" (torchvision's ImageNet ResNet50, the start of NAE,
+    # SeqNet and the paper; fetched by timm) or a local weights file; None = random initialisation.
+    "model_init": {"backbone_weights": None},
     "optimizer": {
         # SGD with momentum 0.9 and weight decay 5e-4 is what NAE/SeqNet (the paper's codebases) use;
         # lr 0.003 is their value for batch size 5 (scale it linearly with the total batch size).

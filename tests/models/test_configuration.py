@@ -15,6 +15,18 @@ def test_defaults_are_nae_values():
     assert config.loss_weight_det_box == 10.0
 
 
+def test_backbone_weights_are_not_config(caplog):
+    # an old config.json naming a file of another machine: the key is dropped with a warning, never read
+    with caplog.at_level("WARNING"):
+        config = PersonSearchConfig.from_dict({"backbone": "resnet18", "backbone_weights_path": "/elsewhere/r18.pth"})
+    assert "ignoring backbone_weights_path='/elsewhere/r18.pth'" in caplog.text
+    assert "backbone_weights_path" not in config.to_dict()
+    assert PersonSearchConfig().backbone_init is None  # provenance only, written by load_backbone_weights
+    assert (
+        PersonSearchConfig(backbone_library="builtin", backbone="shufflenet_v1_g3_x1_0").backbone_library == "builtin"
+    )
+
+
 def test_round_trip_through_dict():
     config = PersonSearchConfig(backbone="resnet18", num_person_ids=482, oim_queue_size=500)
     again = PersonSearchConfig.from_dict(config.to_dict())

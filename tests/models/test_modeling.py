@@ -10,9 +10,11 @@ import pytest
 import timm
 import torch
 from tiny_models import scene_batch, tiny_config
+from torchvision.ops import FrozenBatchNorm2d
 from transformers import AutoConfig, AutoModel
 
 from hf_personsearch import PersonSearchConfig, PersonSearchModel
+from hf_personsearch.hub import load_backbone_weights
 
 
 @pytest.fixture(scope="module")
@@ -133,18 +135,21 @@ def test_frozen_stem_and_batchnorm_do_not_move():
     optimizer.step()
     assert torch.equal(next(model.backbone.body.conv1.parameters()), stem)
     assert torch.equal(model.backbone.body.layer2[0].bn1.running_mean, running_mean)
-    assert not model.backbone.body.layer2[0].bn1.training
+    assert isinstance(model.backbone.body.layer2[0].bn1, FrozenBatchNorm2d)
 
 
-def test_init_weights_keeps_the_backbone_weights_file(tmp_path):
+def test_init_weights_keeps_loaded_backbone_weights_through_save_and_load(tmp_path):
     torch.manual_seed(123)
     reference = timm.create_model("test_resnet", features_only=True)
     weights = tmp_path / "test_resnet.pth"
     torch.save(reference.state_dict(), weights)
     torch.manual_seed(0)
-    model = PersonSearchModel(tiny_config(backbone_weights_path=str(weights)))
+    model = PersonSearchModel(tiny_config())
+    load_backbone_weights(model, weights)
+    model.save_pretrained(tmp_path / "saved")
+    loaded = PersonSearchModel.from_pretrained(tmp_path / "saved", dtype=torch.float32)
     for key, value in reference.state_dict().items():
-        assert torch.equal(model.backbone.body.state_dict()[key], value), key
+        assert torch.equal(loaded.backbone.body.state_dict()[key], value), key
 
 
 def outputs_of(model, pixel_batch):
