@@ -18,6 +18,7 @@ import torch
 
 from ..data.formats import dataset_names, get_spec
 from ..data.identity import IdentitySpace, alignment_task
+from ..hub.export import is_timm_tag
 from .config import ConfigError, check_training_section
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,12 @@ def validate_pretrain_config(config: Mapping) -> None:
     if not isinstance(training["max_steps"], int) or training["max_steps"] < 1:
         raise ConfigError(f"training.max_steps must be an integer >= 1, got {training['max_steps']!r}")
     check_training_section(config)
+    backbone_weights = config["model_init"]["backbone_weights"]
+    if backbone_weights is not None and not (Path(str(backbone_weights)).is_file() or is_timm_tag(backbone_weights)):
+        raise ConfigError(
+            f"model_init.backbone_weights {backbone_weights!r} is neither a file nor a timm tag such as "
+            "resnet50.tv_in1k (ImageNet backbone weights)"
+        )
     if config["hub"]["push_to_hub"] and not config["hub"]["hub_model_id"]:
         raise ConfigError("hub.push_to_hub is on but hub.hub_model_id is not set (expected 'org/name')")
     from .optim import lr_factor

@@ -96,6 +96,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
         (["model.num_reid_domains=2"], "model.num_reid_domains = 2 but data.sources has 3 reid source(s)"),
         ([], "is not writable"),
         (["model.person_search.backbone_name=resnet50"], "model.person_search: unknown keys ['backbone_name']"),
+        (["model_init.backbone_weights=/nonexistent/r50.pth"], "is neither a file nor a timm tag"),
     ],
 )
 def test_bad_input_is_reported_before_any_compute(tmp_path, capsys, overrides, message):
