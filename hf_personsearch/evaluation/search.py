@@ -1,6 +1,6 @@
 """Person search protocols of PRW, CUHK-SYSU and PoseTrack21, exact and vectorised across queries.
 
-The rules (REFERENCE.md section 3, the NAE/SeqNet ``eval_func.py`` and PoseTrack21's search evaluation):
+The rules (those of the NAE/SeqNet ``eval_func.py`` and of PoseTrack21's person search evaluation):
 
 * gallery detections with score >= ``det_thresh`` are kept; similarity = dot product of the query
   embedding with the detection embedding as given (L2-normalised x score in NAE-style models);
@@ -547,7 +547,7 @@ def evaluate_query_subsets(
     protocol: str = "cuhk_sysu",
     **kwargs,
 ) -> dict[str, SearchResult]:
-    """Evaluate query subsets, e.g. CUHK-SYSU's occlusion and low-resolution queries (REFERENCE.md 4).
+    """Evaluate query subsets, e.g. CUHK-SYSU's occlusion and low-resolution queries (annotation/test/subset/Occlusion.mat and Resolution.mat).
 
     ``subsets`` maps a name ("occlusion", "low_resolution", ...) to the subset's query list as the data
     loaders produce it (image_id, box, person_id and its own ``gallery`` list, no embeddings). Each

@@ -89,7 +89,7 @@ PRETRAIN_DEFAULTS: dict = {
         # Images per process per forward; NAE/SeqNet train with 5 images per GPU.
         "batch_size": 5,
         "gradient_accumulation_steps": 1,
-        # "no", "bf16" or "fp16" (fp16 needs a GPU; on CPU it silently stays fp32, REFERENCE.md 5).
+        # "no", "bf16" or "fp16" (fp16 needs a GPU; on CPU autocast silently stays fp32).
         "mixed_precision": "no",
         # Gradient clipping by global norm; 10 guards against OIM spikes early in training, 0/None = off.
         # The domain classifiers (IAMs) are left out: they must keep up with the features (loop.py).

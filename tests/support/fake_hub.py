@@ -16,7 +16,7 @@ Uploaded files are kept in memory: ``server.repos["org/name"]["README.md"] -> by
 holds each create request (``{"name", "type", "private", ...}``); ``server.requests`` lists what was called.
 
 Usage (HF_ENDPOINT must be set before ``huggingface_hub`` is imported by the process that pushes, with any
-HF_TOKEN and HF_HUB_DISABLE_XET=1; REFERENCE.md 5)::
+HF_TOKEN and HF_HUB_DISABLE_XET=1, since the fake server speaks only the plain LFS upload protocol)::
 
     with FakeHub() as hub:
         env = {**os.environ, **hub.environment()}

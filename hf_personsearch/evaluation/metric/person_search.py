@@ -10,7 +10,7 @@ Load it offline by path (no Hub access needed)::
 
 ``compute`` takes the same keyword arguments as ``evaluate_search`` (``task="detection"`` switches to
 ``evaluate_detection``) and returns the same result dict. The protocol logic lives in the package, not
-here, because ``evaluate`` is in maintenance mode (REFERENCE.md 5).
+here, because ``evaluate`` is in maintenance mode: the metric keeps working without it.
 """
 
 import datasets
