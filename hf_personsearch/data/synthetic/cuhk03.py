@@ -23,7 +23,7 @@ import scipy.io
 from PIL import Image
 
 from ..schema import make_record
-from .render import render_person
+from .render import STREET, AppearancePool, render_person
 
 IMAGE_TYPES = ("detected", "labeled")
 NUM_CAMERA_PAIRS = 5
@@ -85,16 +85,20 @@ def write(
 
     Columns ``images_per_view..4`` of each view stay empty cells, as many real cells are. The second
     half of the identities (in a seeded random order) is the test set; per test identity and view the
-    first crop is a query and the others are gallery crops. Defaults: 10 identities, 40 crops per
-    image type. Returns ``{"records": [...]}`` for the "detected" crops with splits train/query/gallery,
+    first crop is a query and the others are gallery crops. Crops are 32..64 pixels high, half the
+    resolution of the synthetic MSMT17 (CUHK03's low-resolution cameras), cut from "street" scenes with
+    a margin of background; "detected" and "labeled" crops of an identity wear its one appearance.
+    Defaults: 10 identities, 40 crops per image type. Returns ``{"records": [...]}`` for the "detected" crops with splits train/query/gallery,
     ``"records_all"`` (every detected crop, split "full"; not "all", which ``datasets`` reserves for
-    "every split") and ``"records_labeled"``.
+    "every split"), ``"records_labeled"`` and ``"appearances"`` (the appearance of each crop of
+    ``"records"``).
     """
     if not 1 <= images_per_view <= 5:
         raise ValueError(f"images_per_view must be in 1..5 (5 columns per view), got {images_per_view}")
     rng = np.random.default_rng(seed)
     out_dir = Path(out_dir)
     num_ids = ids_per_pair * NUM_CAMERA_PAIRS
+    pool = AppearancePool("cuhk03", num_ids)
     test_ids = set(rng.permutation(num_ids)[num_ids - num_ids // 2 :].tolist())
     cells = {}
     truth = {image_type: [] for image_type in IMAGE_TYPES}
@@ -108,9 +112,9 @@ def write(
                 columns: list[np.ndarray | None] = [None] * 10
                 for view in range(2):
                     for k in range(images_per_view):
-                        height = int(rng.integers(48, 97))
-                        width = max(8, int(round(height * rng.uniform(0.35, 0.45))))
-                        image = np.asarray(render_person(label - 1, height, width, rng))
+                        height = int(rng.integers(32, 65))
+                        width = max(6, int(round(height * rng.uniform(0.35, 0.45))))
+                        image = np.asarray(render_person(pool.identity(label - 1), height, width, rng, domain=STREET))
                         column = 5 * view + k
                         columns[column] = image
                         name = png_name(campair, pid, column)
@@ -163,4 +167,5 @@ def write(
         "records": records("detected", False),
         "records_all": records("detected", True),
         "records_labeled": records("labeled", False),
+        "appearances": [pool.identity(label - 1) for _, label, *_ in truth["detected"]],
     }

@@ -18,10 +18,7 @@ from scipy.io import savemat
 from ..formats.cuhk_sysu import IMAGE_DIR, PROTOCOL_DIR, SUBSETS
 from ..schema import NO_CAMERA, NO_IDENTITY, make_record
 from ._common import xyxy_to_xywh
-from .render import DOMAINS, render_scene
-
-UNLABELED_APPEARANCES = (3000, 4000)
-"""Render identities of the persons without identity: far from the labeled ones, so they look different."""
+from .render import NIGHT, STREET, AppearancePool, render_scene
 
 
 def _struct_array(rows: list[dict], fields: tuple[str, ...]) -> np.ndarray:
@@ -75,11 +72,13 @@ def write(
     two gallery sizes are exercised; ``max(gallery_sizes) + 1`` test images (a query's gallery never holds
     its own image) keep the round trip to about a second. Each identity appears in two images; images
     also hold persons without identity. The subset files list the queries of ``occlusion_queries`` /
-    ``resolution_queries`` with the galleries of ``max(gallery_sizes)``.
+    ``resolution_queries`` with the galleries of ``max(gallery_sizes)``. Images alternate between the
+    "street" and "night" styles; persons wear CUHK-SYSU's block of appearances (``render.AppearancePool``).
 
     Returns:
         ``{"records": [train in Images.mat order, then test in pool order], "queries": {gallery size or
-        None (full set) or "occlusion"/"resolution": [queries as load_queries returns them]}}``.
+        None (full set) or "occlusion"/"resolution": [queries as load_queries returns them]}, "appearances":
+        [the appearance of each box of each record]}``.
     """
     if num_test_identities < 1 or num_train_identities < 1:
         raise ValueError("need at least one train and one test identity")
@@ -92,16 +91,23 @@ def write(
     train_ids = list(range(num_train_identities))
     test_ids = list(range(num_train_identities, num_train_identities + num_test_identities))
     people = _appearances(num_train_images, train_ids) + _appearances(num_test_images, test_ids)
+    pool = AppearancePool("cuhk_sysu", num_train_identities + num_test_identities)
 
-    records, image_rows = [], []
+    records, image_rows, appearances = [], [], []
     for k, labeled in enumerate(people):
         split = "train" if k < num_train_images else "test"
         name = f"s{k + 1}.jpg"
         ids = labeled + [NO_IDENTITY] * int(rng.integers(0 if labeled else 1, 3))
-        looks = [i if i >= 0 else int(rng.integers(*UNLABELED_APPEARANCES)) for i in ids]
+        looks = [pool.identity(i) if i >= 0 else pool.stranger(rng) for i in ids]
+        appearances.append(looks)
         image_width = width + 8 * int(rng.integers(0, 5))  # CUHK-SYSU images differ in size
         image, boxes = render_scene(
-            looks, width=image_width, height=height, domain=k % DOMAINS, rng=rng, max_person_height=height - 10
+            looks,
+            width=image_width,
+            height=height,
+            domain=(STREET, NIGHT)[k % 2],
+            rng=rng,
+            max_person_height=height - 10,
         )
         image.save(root / IMAGE_DIR / name, quality=92)
         xywh = [xyxy_to_xywh(b) for b in boxes]
@@ -189,4 +195,4 @@ def write(
         rows = [protocol_rows[max(gallery_sizes)][q] for q in chosen]
         savemat(root / relative, {key: _struct_array(rows, ("Query", "Gallery"))})
         queries[subset] = [queries[max(gallery_sizes)][q] for q in chosen]
-    return {"records": records, "queries": queries}
+    return {"records": records, "queries": queries, "appearances": appearances}

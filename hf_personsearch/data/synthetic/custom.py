@@ -15,10 +15,10 @@ import numpy as np
 from ..formats.custom import DEFAULT_PROTOCOL
 from ..schema import NO_IDENTITY, make_record
 from ._common import add_coco_query, xyxy_to_xywh
-from .render import DOMAINS, render_scene
+from .render import NIGHT, STREET, AppearancePool, render_scene
 
-UNLABELED_APPEARANCES = (3000, 4000)
-"""Render identities of the persons without identity: far from the labeled ones, so they look different."""
+IGNORED_CROWD_SIZE = 3
+"""Far-away persons drawn under the ignore box: what such a box is for (a crowd nobody annotated)."""
 
 
 def write(
@@ -36,14 +36,18 @@ def write(
     """Write a small custom-format dataset under ``out_dir`` and return its ground truth.
 
     Defaults: a handful of images, each identity in two images of different cameras (so every test
-    query has a match), one unlabeled person per image, and an ignore box in the first image of a split.
+    query has a match), one unlabeled person per image, and an ignore box over a drawn far-away crowd in
+    the first image of a split. Images of odd cameras have the "night" style, the others "street";
+    persons wear the custom block of appearances (``render.AppearancePool``).
 
     Returns:
-        ``{"records": [train then test records], "queries": [one per test identity, in test.json]}``.
+        ``{"records": [train then test records], "queries": [one per test identity, in test.json],
+        "appearances": [the appearance of each box of each record]}``.
     """
     root = Path(out_dir)
     rng = np.random.default_rng(seed)
-    records, queries = [], []
+    pool = AppearancePool("custom", num_train_identities + num_test_identities)
+    records, queries, appearances = [], [], []
     # The protocol stated explicitly, as docs/custom_format.md asks of users' own data.
     query_document = {"protocol": DEFAULT_PROTOCOL, "images": [], "annotations": []}
     next_identity, image_id = 0, 0
@@ -61,10 +65,19 @@ def write(
             (root / file_name).parent.mkdir(parents=True, exist_ok=True)
             labeled = [i for j, i in enumerate(identities) if k in (j % num_images, (j + 1) % num_images)]
             ids = labeled + [NO_IDENTITY]
-            looks = [i if i >= 0 else int(rng.integers(*UNLABELED_APPEARANCES)) for i in ids]
+            looks = [pool.identity(i) if i >= 0 else pool.stranger(rng) for i in ids]
+            crowds = [[pool.stranger(rng) for _ in range(IGNORED_CROWD_SIZE)]] if k == 0 else []
             image, boxes = render_scene(
-                looks, width=width, height=height, domain=camera % DOMAINS, rng=rng, max_person_height=height - 8
+                looks,
+                width=width,
+                height=height,
+                domain=(STREET, NIGHT)[camera % 2],
+                rng=rng,
+                max_person_height=height - 8,
+                crowds=crowds,
             )
+            boxes, crowd_boxes = boxes[: len(ids)], boxes[len(ids) :]
+            appearances.append(looks)
             image.save(root / file_name, quality=92)
             entry = {"id": image_id, "file_name": file_name, "camera_id": camera}
             if k % 2 == 0:  # width/height are optional: given here, read from the image header otherwise
@@ -77,12 +90,8 @@ def write(
                 document["annotations"].append(annotation)
                 if split == "test" and identity != NO_IDENTITY and identity not in [q["person_id"] for q in queries]:
                     add_coco_query(query_document, queries, entry, annotation, box, camera)
-            ignore = None
-            if k == 0:  # an ignore box (e.g. a crowd nobody annotated) in the bottom-left corner
-                document["annotations"].append(
-                    {"image_id": image_id, "bbox": [0.0, height - 20.0, 30.0, 20.0], "ignore": 1}
-                )
-                ignore = [[0.0, height - 20.0, 30.0, float(height)]]
+            for box in crowd_boxes:  # an ignore box: a crowd nobody annotated one by one
+                document["annotations"].append({"image_id": image_id, "bbox": xyxy_to_xywh(box), "ignore": 1})
             records.append(
                 make_record(
                     image=str(root / file_name),
@@ -91,7 +100,7 @@ def write(
                     height=height,
                     boxes=boxes,
                     person_ids=ids,
-                    ignore_regions=ignore,
+                    ignore_regions=crowd_boxes,
                     camera_id=camera,
                     source="custom",
                     task="search",
@@ -100,4 +109,4 @@ def write(
             )
         (root / f"{split}.json").write_text(json.dumps(document, indent=1))
     (root / "query.json").write_text(json.dumps(query_document, indent=1))
-    return {"records": records, "queries": queries}
+    return {"records": records, "queries": queries, "appearances": appearances}

@@ -1,7 +1,8 @@
 """Synthetic LUPerson: unlabeled crops, as a crop folder or as the released LMDB + keys.pkl.
 
 LUPerson has no identities; the writer still draws a different appearance per crop (each crop is a
-new person, as the paper's unification assumes). Half the cities have a video level, half not, as
+new person, as the paper's unification assumes), from LUPerson's own appearance block. Crops are cut
+from "cool" scenes (LUPerson's style, see ``render.STYLES``) with a margin of background. Half the cities have a video level, half not, as
 both layouts occur in the released folders. ``layout="lmdb"`` writes the very same crops (same draws,
 same JPEG bytes) into ``lmdb/`` + ``keys.pkl``, the public release's layout.
 """
@@ -15,30 +16,27 @@ from pathlib import Path
 import numpy as np
 
 from ..schema import NO_IDENTITY, make_record
-from .render import render_person
+from .render import COOL, AppearancePool, render_person
 
 PLACES = (("france", "paris"), ("japan", "tokyo"), ("brazil", "rio"))
 LAYOUTS = ("folder", "lmdb")
 
 
-def write(
-    out_dir: Path, *, seed: int = 0, num_crops: int = 12, first_identity: int = 1000, layout: str = "folder"
-) -> dict:
-    """Write ``num_crops`` crops spread over the places of :data:`PLACES`.
+def write(out_dir: Path, *, seed: int = 0, num_crops: int = 12, layout: str = "folder") -> dict:
+    """Write ``num_crops`` crops (64..128 pixels high) spread over the places of :data:`PLACES`.
 
     Args:
-        first_identity: appearance index of the first crop; default 1000 keeps the look of LUPerson
-            crops apart from the labeled synthetic sets (which use small indices).
         layout: "folder" (default: the layout every other test reads) writes
             ``<country>/<city>/[<video>/]<frame>_<obj>.jpg`` files; "lmdb" writes ``out_dir/lmdb/`` (the
             LMDB environment, key = crop name, value = JPEG bytes) and ``out_dir/keys.pkl`` (the list of
             keys) and needs the optional ``lmdb`` package.
-    Returns ``{"records": [...]}`` (split "train", no identities); with "lmdb" each record's image is
-    ``{"bytes": ..., "path": key}`` as the parser gives it.
+    Returns ``{"records": [...], "appearances": [...]}`` (split "train", no identities; the appearance of
+    each crop); with "lmdb" each record's image is ``{"bytes": ..., "path": key}`` as the parser gives it.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"synthetic luperson: unknown layout {layout!r}; expected one of {LAYOUTS}")
     rng = np.random.default_rng(seed)
+    pool = AppearancePool("luperson", num_crops)
     out_dir = Path(out_dir)
     records, crops = [], {}
     for index in range(num_crops):
@@ -49,7 +47,7 @@ def write(
         width = max(8, int(round(height * rng.uniform(0.35, 0.45))))
         key = (folder / name).as_posix()
         buffer = io.BytesIO()
-        render_person(first_identity + index, height, width, rng).save(buffer, format="JPEG", quality=95)
+        render_person(pool.identity(index), height, width, rng, domain=COOL).save(buffer, format="JPEG", quality=95)
         if layout == "folder":
             path = out_dir / key
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +71,7 @@ def write(
         )
     if layout == "lmdb":
         write_lmdb(out_dir, crops)
-    return {"records": records}
+    return {"records": records, "appearances": [pool.identity(index) for index in range(num_crops)]}
 
 
 def write_lmdb(out_dir: Path, crops: dict[str, bytes], keys: list | None = None) -> None:

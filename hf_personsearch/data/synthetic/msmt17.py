@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..schema import make_record
-from .render import render_person
+from .render import WARM, AppearancePool, render_person
 
 TIMES_OF_DAY = ("morning", "noon", "afternoon")
 
@@ -27,16 +27,19 @@ def write(
 ) -> dict:
     """Write one crop per identity and camera (+ one val crop per train identity).
 
-    Test identity k is drawn as appearance ``num_train_ids + k`` so train and test persons differ, as
-    in the real split. Query: the camera-0 crop of each test identity; gallery: the other cameras.
-    Defaults: 12 train, 4 val, 3 query and 6 gallery crops. Returns ``{"records": [...]}``.
+    Crops are 64..128 pixels high, cut from "warm" scenes (MSMT17's style, see ``render.STYLES``) with a
+    margin of background. Test identity k is MSMT17's identity ``num_train_ids + k`` of its appearance
+    block, so train and test persons differ, as in the real split. Query: the camera-0 crop of each test
+    identity; gallery: the other cameras. Defaults: 12 train, 4 val, 3 query and 6 gallery crops.
+    Returns ``{"records": [...], "appearances": [...]}`` (the appearance of each record's crop).
     """
     if num_cameras < 2:
         raise ValueError(f"num_cameras must be >= 2 (query and gallery views), got {num_cameras}")
     rng = np.random.default_rng(seed)
+    pool = AppearancePool("msmt17", num_train_ids + num_test_ids)
     root = Path(out_dir) / "MSMT17_V1"
     lists = {"train": [], "val": [], "query": [], "gallery": []}
-    records = []
+    records, appearances = [], []
 
     def add(split: str, folder: str, label: int, appearance: int, camera: int, frame: int) -> None:
         height = int(rng.integers(64, 129))
@@ -45,7 +48,8 @@ def write(
         name = f"{label:04d}_{frame:03d}_{camera + 1:02d}_{date}_{frame:04d}_{frame % 3}.jpg"
         path = root / folder / f"{label:04d}" / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        render_person(appearance, height, width, rng).save(path, quality=95)
+        render_person(appearance, height, width, rng, domain=WARM).save(path, quality=95)
+        appearances.append(appearance)
         lists[split].append(f"{label:04d}/{name} {label}")
         records.append(
             make_record(
@@ -64,11 +68,12 @@ def write(
 
     for pid in range(num_train_ids):
         for camera in range(num_cameras):
-            add("train", "train", pid, pid, camera, frame=camera)
-        add("val", "train", pid, pid, int(rng.integers(num_cameras)), frame=num_cameras)
+            add("train", "train", pid, pool.identity(pid), camera, frame=camera)
+        add("val", "train", pid, pool.identity(pid), int(rng.integers(num_cameras)), frame=num_cameras)
     for pid in range(num_test_ids):
         for camera in range(num_cameras):
-            add("query" if camera == 0 else "gallery", "test", pid, num_train_ids + pid, camera, frame=camera)
+            split = "query" if camera == 0 else "gallery"
+            add(split, "test", pid, pool.identity(num_train_ids + pid), camera, frame=camera)
     for split, lines in lists.items():
         (root / f"list_{split}.txt").write_text("\n".join(lines) + "\n")
-    return {"records": records}
+    return {"records": records, "appearances": appearances}

@@ -14,9 +14,11 @@ import numpy as np
 from ..formats.posetrack21 import ANNOTATION_DIR
 from ..schema import make_record
 from ._common import add_coco_query, xyxy_to_xywh
-from .render import DOMAINS, render_scene
+from .render import NIGHT, STREET, AppearancePool, render_scene
 
 NUM_KEYPOINTS = 17
+IGNORED_CROWD_SIZE = 3
+"""Far-away persons drawn under the ignore polygon of a video's first frame: what the polygon is for."""
 
 
 def _keypoints(box: np.ndarray) -> list[float]:
@@ -42,15 +44,19 @@ def write(
 
     Defaults: a few short videos (each one a camera); every val identity appears in two videos, so each
     query (its first frame in the first of them) has matches elsewhere; train and val identities are
-    disjoint. The first frame of every video carries one ignore polygon.
+    disjoint. The first frame of every video carries one ignore polygon (a rectangle) over a drawn
+    far-away crowd. Odd videos have the "night" style, even ones "street"; persons wear PoseTrack21's
+    block of appearances (``render.AppearancePool``).
 
     Returns:
-        ``{"records": [train then val records in json order], "queries": [one per val identity]}``.
+        ``{"records": [train then val records in json order], "queries": [one per val identity],
+        "appearances": [the appearance of each box of each record]}``.
     """
     root = Path(out_dir)
     (root / ANNOTATION_DIR).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    records, queries = [], []
+    pool = AppearancePool("posetrack21", num_train_identities + num_val_identities)
+    records, queries, appearances = [], [], []
     query_document = {"images": [], "annotations": []}
     next_identity, video = 1, 0
     for split, num_videos, num_identities in (
@@ -69,11 +75,22 @@ def write(
             for frame in range(frames_per_video):
                 image_id = int(f"1{video:06d}{frame:04d}")
                 file_name = f"{folder}/{frame:06d}.jpg"
+                looks = [pool.identity(identity - 1) for identity in cast]
+                crowds = [[pool.stranger(rng) for _ in range(IGNORED_CROWD_SIZE)]] if frame == 0 else []
                 image, boxes = render_scene(
-                    cast, width=width, height=height, domain=video % DOMAINS, rng=rng, max_person_height=height - 8
+                    looks,
+                    width=width,
+                    height=height,
+                    domain=(STREET, NIGHT)[video % 2],
+                    rng=rng,
+                    max_person_height=height - 8,
+                    crowds=crowds,
                 )
+                boxes, crowd_boxes = boxes[: len(cast)], boxes[len(cast) :]
+                appearances.append(looks)
                 image.save(root / file_name, quality=92)
-                polygon = ([[2.0, 20.0, 20.0, 2.0]], [[2.0, 2.0, 30.0, 30.0]]) if frame == 0 else ([], [])
+                polygon_x = [[float(b[0]), float(b[2]), float(b[2]), float(b[0])] for b in crowd_boxes]
+                polygon_y = [[float(b[1]), float(b[1]), float(b[3]), float(b[3])] for b in crowd_boxes]
                 document["images"].append(
                     {
                         "id": image_id,
@@ -83,8 +100,8 @@ def write(
                         "nframes": frames_per_video,
                         "is_labeled": True,
                         "has_labeled_person": bool(cast),
-                        "ignore_regions_x": polygon[0],
-                        "ignore_regions_y": polygon[1],
+                        "ignore_regions_x": polygon_x,
+                        "ignore_regions_y": polygon_y,
                     }
                 )
                 for track, (identity, box) in enumerate(zip(cast, boxes)):
@@ -110,7 +127,7 @@ def write(
                         height=height,
                         boxes=boxes,
                         person_ids=cast,
-                        ignore_regions=[[2.0, 2.0, 20.0, 30.0]] if frame == 0 else None,
+                        ignore_regions=crowd_boxes,
                         camera_id=video,
                         source="posetrack21",
                         task="search",
@@ -119,4 +136,4 @@ def write(
                 )
         (root / ANNOTATION_DIR / f"{split}.json").write_text(json.dumps(document))
     (root / ANNOTATION_DIR / "query.json").write_text(json.dumps(query_document))
-    return {"records": records, "queries": queries}
+    return {"records": records, "queries": queries, "appearances": appearances}
