@@ -90,8 +90,8 @@ def write(
     a margin of background; "detected" and "labeled" crops of an identity wear its one appearance.
     Defaults: 10 identities, 40 crops per image type. Returns ``{"records": [...]}`` for the "detected" crops with splits train/query/gallery,
     ``"records_all"`` (every detected crop, split "full"; not "all", which ``datasets`` reserves for
-    "every split"), ``"records_labeled"`` and ``"appearances"`` (the appearance of each crop of
-    ``"records"``).
+    "every split"), ``"records_labeled"`` and ``"appearances"`` (per record of
+    ``"records"``, the appearance of its one box).
     """
     if not 1 <= images_per_view <= 5:
         raise ValueError(f"images_per_view must be in 1..5 (5 columns per view), got {images_per_view}")
@@ -167,5 +167,5 @@ def write(
         "records": records("detected", False),
         "records_all": records("detected", True),
         "records_labeled": records("labeled", False),
-        "appearances": [pool.identity(label - 1) for _, label, *_ in truth["detected"]],
+        "appearances": [[pool.identity(label - 1)] for _, label, *_ in truth["detected"]],
     }

@@ -30,8 +30,8 @@ def write(out_dir: Path, *, seed: int = 0, num_crops: int = 12, layout: str = "f
             ``<country>/<city>/[<video>/]<frame>_<obj>.jpg`` files; "lmdb" writes ``out_dir/lmdb/`` (the
             LMDB environment, key = crop name, value = JPEG bytes) and ``out_dir/keys.pkl`` (the list of
             keys) and needs the optional ``lmdb`` package.
-    Returns ``{"records": [...], "appearances": [...]}`` (split "train", no identities; the appearance of
-    each crop); with "lmdb" each record's image is ``{"bytes": ..., "path": key}`` as the parser gives it.
+    Returns ``{"records": [...], "appearances": [...]}`` (split "train", no identities; per record the
+    appearance of its one box); with "lmdb" each record's image is ``{"bytes": ..., "path": key}`` as the parser gives it.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"synthetic luperson: unknown layout {layout!r}; expected one of {LAYOUTS}")
@@ -71,7 +71,7 @@ def write(out_dir: Path, *, seed: int = 0, num_crops: int = 12, layout: str = "f
         )
     if layout == "lmdb":
         write_lmdb(out_dir, crops)
-    return {"records": records, "appearances": [pool.identity(index) for index in range(num_crops)]}
+    return {"records": records, "appearances": [[pool.identity(index)] for index in range(num_crops)]}
 
 
 def write_lmdb(out_dir: Path, crops: dict[str, bytes], keys: list | None = None) -> None:

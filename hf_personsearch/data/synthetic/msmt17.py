@@ -31,7 +31,7 @@ def write(
     margin of background. Test identity k is MSMT17's identity ``num_train_ids + k`` of its appearance
     block, so train and test persons differ, as in the real split. Query: the camera-0 crop of each test
     identity; gallery: the other cameras. Defaults: 12 train, 4 val, 3 query and 6 gallery crops.
-    Returns ``{"records": [...], "appearances": [...]}`` (the appearance of each record's crop).
+    Returns ``{"records": [...], "appearances": [...]}`` (per record, the appearance of its one box).
     """
     if num_cameras < 2:
         raise ValueError(f"num_cameras must be >= 2 (query and gallery views), got {num_cameras}")
@@ -49,7 +49,7 @@ def write(
         path = root / folder / f"{label:04d}" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         render_person(appearance, height, width, rng, domain=WARM).save(path, quality=95)
-        appearances.append(appearance)
+        appearances.append([appearance])
         lists[split].append(f"{label:04d}/{name} {label}")
         records.append(
             make_record(
