@@ -82,8 +82,9 @@ APPEARANCE_BLOCKS = (
 """How many appearances each synthetic dataset owns, in order: blocks of consecutive appearance indices
 that never overlap, so no clothing is shared between datasets (one identity = one appearance, and the
 pre-training sets never show a target identity). The five pre-training sets come first, then the four
-target sets; the sizes cover the benchmark data set with room to spare (e.g. CrowdHuman ~80 scenes of up
-to 9 drawn persons; PRW 120 identities plus unknown persons) and add up to :data:`NUM_DISTINCT_APPEARANCES`."""
+target sets. The sizes hold the labeled identities of the benchmark data set with room to spare (MSMT17 44,
+CUHK03 40, LUPerson 160 crops, PRW 120 plus its unknown persons) and leave the detection sets hundreds of
+appearances to draw their unlabeled persons from; they add up to :data:`NUM_DISTINCT_APPEARANCES`."""
 
 SHIRT_COLOURS = (
     (220, 30, 30),
