@@ -1,14 +1,31 @@
-"""Pieces the synthetic writers share: box conversion and the query list of COCO-style formats."""
+"""Pieces the synthetic writers share: box conversion, MATLAB files, the query list of COCO-style formats."""
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import numpy as np
+import scipy.io
+
+MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: posix, written by hf_personsearch.data.synthetic"
+"""The text part of a v5 .mat header (116 bytes once padded). scipy writes the creation time there, so the
+same seed would write different bytes; MATLAB and scipy ignore the text when reading."""
 
 
 def xyxy_to_xywh(box) -> list[float]:
     """``[x1, y1, x2, y2]`` -> ``[x, y, w, h]`` as plain floats (the raw formats store xywh boxes in json/mat)."""
     x1, y1, x2, y2 = (float(v) for v in box)
     return [x1, y1, x2 - x1, y2 - y1]
+
+
+def savemat(path: str | Path, variables: dict) -> None:
+    """``scipy.io.savemat(path, variables)`` with the fixed :data:`MAT_HEADER` text, so files are reproducible."""
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, variables)
+    data = bytearray(buffer.getvalue())
+    data[:116] = MAT_HEADER.ljust(116)
+    Path(path).write_bytes(bytes(data))
 
 
 def add_coco_query(

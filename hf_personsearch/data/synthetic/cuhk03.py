@@ -19,10 +19,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import scipy.io
 from PIL import Image
 
 from ..schema import make_record
+from ._common import savemat
 from .render import STREET, AppearancePool, render_person
 
 IMAGE_TYPES = ("detected", "labeled")
@@ -131,7 +131,7 @@ def write(
             split: [i + 1 for i, e in enumerate(truth[image_type]) if e[5] == split]
             for split in ("train", "query", "gallery")
         }
-        scipy.io.savemat(
+        savemat(
             out_dir / f"cuhk03_new_protocol_config_{image_type}.mat",
             {
                 "filelist": np.array(filelist, dtype=object).reshape(-1, 1),

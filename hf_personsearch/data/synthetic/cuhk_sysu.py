@@ -13,11 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy.io import savemat
 
 from ..formats.cuhk_sysu import IMAGE_DIR, PROTOCOL_DIR, SUBSETS
 from ..schema import NO_CAMERA, NO_IDENTITY, make_record
-from ._common import xyxy_to_xywh
+from ._common import savemat, xyxy_to_xywh
 from .render import NIGHT, STREET, AppearancePool, render_scene
 
 

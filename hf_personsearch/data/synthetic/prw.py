@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy.io import savemat
 
 from ..schema import NO_IDENTITY, make_record
+from ._common import savemat
 from .render import DUSK, STREET, AppearancePool, render_scene
 
 UNKNOWN_PERSON_ID = -2
