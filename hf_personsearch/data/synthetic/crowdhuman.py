@@ -1,4 +1,4 @@
-"""Synthetic CrowdHuman: ``annotation_{train,val}.odgt`` + ``Images/<ID>.jpg`` (REFERENCE.md 4).
+"""Synthetic CrowdHuman: ``annotation_{train,val}.odgt`` + ``Images/<ID>.jpg``, as released.
 
 Each .odgt line is a JSON object ``{"ID", "gtboxes": [...]}`` with the keys the public loaders read
 (``tag``, ``fbox``/``vbox``/``hbox`` as ``[x, y, w, h]``, ``extra`` with ``box_id``/``occ``/``ignore``,
