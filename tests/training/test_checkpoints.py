@@ -1,8 +1,11 @@
-"""Atomic checkpoints: exact round trip, keep-last pruning, fallback from corrupt/partial folders, and a
-process killed with SIGKILL while saving."""
+"""Atomic checkpoints: exact round trip, keep-last pruning and clean-up of partial folders, sha256 verification
+with fallback, a full disk, an RNG state accelerate could not restore, and a process killed with SIGKILL while
+saving."""
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import signal
@@ -20,7 +23,9 @@ from hf_personsearch.training.checkpoints import (
     MANIFEST_FILE,
     TEMP_PREFIX,
     CheckpointError,
+    CheckpointSaveError,
     checkpoint_problem,
+    file_sha256,
     find_resumable_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -89,11 +94,89 @@ def test_keep_last_and_fallback_from_corrupt_or_partial_checkpoints(tmp_path, ca
     assert find_resumable_checkpoint(tmp_path).name == "checkpoint-00000002"
     save_checkpoint(accelerator, tmp_path, 4, {"step": 4}, keep_last=2)
     assert not list(tmp_path.glob(f"{TEMP_PREFIX}*"))  # the stale temporary folder was removed
-    # keep_last counts complete checkpoints only; broken ones stay for inspection
-    complete = [p.name for p in list_checkpoints(tmp_path) if checkpoint_problem(p) is None]
-    assert complete == ["checkpoint-00000002", "checkpoint-00000004"]
+    # keep_last counts complete checkpoints only; the partial folders (3: truncated, 9: no manifest) are deleted
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-00000002", "checkpoint-00000004"]
+    assert all(checkpoint_problem(p) is None for p in list_checkpoints(tmp_path))
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
         resolve_resume_path("latest", tmp_path / "empty")
+
+
+def flip_one_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_file_of_the_same_size_fails_its_checksum(tmp_path, caplog):
+    accelerator, model, optimizer, scheduler = make_run()
+    for step in (1, 2):
+        train(model, optimizer, scheduler, 1)
+        save_checkpoint(accelerator, tmp_path, step, {"step": step})
+    manifest = json.loads((tmp_path / "checkpoint-00000002" / MANIFEST_FILE).read_text())
+    assert set(manifest["files"]["random_states_0.pkl"]) == {"size", "sha256"}
+    flip_one_byte(tmp_path / "checkpoint-00000002" / "random_states_0.pkl")
+    with caplog.at_level(logging.WARNING):
+        assert resolve_resume_path("latest", tmp_path).name == "checkpoint-00000001"
+    assert "random_states_0.pkl does not match its sha256" in caplog.text
+    with pytest.raises(CheckpointError, match=r"checkpoint-00000002: not a complete checkpoint: random_states_0\.pkl"):
+        resolve_resume_path(tmp_path / "checkpoint-00000002", tmp_path)
+    with pytest.raises(CheckpointError, match="random_states_0.pkl does not match its sha256"):
+        load_checkpoint(accelerator, tmp_path / "checkpoint-00000002")
+    flip_one_byte(tmp_path / "checkpoint-00000001" / "model.safetensors")
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        resolve_resume_path("latest", tmp_path)
+
+
+def test_an_rng_state_accelerate_cannot_restore_stops_the_load(tmp_path):
+    """Damage written before the manifest (so its checksum matches): accelerate only logs "Could not load
+    random states" at INFO and goes on; load_checkpoint must not."""
+    accelerator, model, optimizer, scheduler = make_run()
+    folder = save_checkpoint(accelerator, tmp_path, 1, {"step": 1})
+    rng_file = folder / "random_states_0.pkl"
+    rng_file.write_bytes(b"not a pickle")
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    manifest["files"]["random_states_0.pkl"] = {"size": rng_file.stat().st_size, "sha256": file_sha256(rng_file)}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"random_states_0\.pkl: cannot read the RNG state of process 0"):
+        load_checkpoint(accelerator, folder)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError(
+            "[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file data/0: "
+            "file write failed"
+        ),
+        OSError(errno.ENOSPC, "No space left on device"),
+    ],
+    ids=["torch-enforce-fail", "oserror-enospc"],
+)
+def test_a_full_disk_is_named_and_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch, error):
+    accelerator, model, optimizer, scheduler = make_run()
+    train(model, optimizer, scheduler, 1)
+    previous = save_checkpoint(accelerator, tmp_path, 1, {"step": 1})
+    before = {p.name: p.read_bytes() for p in previous.iterdir()}
+    real_save = torch.save
+
+    def save_until_the_disk_fills(obj, f, *args, **kwargs):
+        if str(f).endswith("optimizer.bin"):
+            with open(f, "wb") as file:  # what torch.save leaves when the disk fills up mid-write
+                file.write(b"PK\x03\x04 partial")
+            raise error
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
+    train(model, optimizer, scheduler, 1)
+    with pytest.raises(CheckpointSaveError) as raised:
+        save_checkpoint(accelerator, tmp_path, 2, {"step": 2})
+    message = str(raised.value)
+    assert "checkpoint of step 2 not saved: the disk is full (ENOSPC) writing " in message
+    assert f"{TEMP_PREFIX}00000002 (last file written: optimizer.bin)" in message and "MiB free there" in message
+    assert f"the previous checkpoint {previous} is intact" in message
+    assert [p.name for p in tmp_path.iterdir()] == [previous.name]  # the partial folder is gone
+    assert {p.name: p.read_bytes() for p in previous.iterdir()} == before
+    assert resolve_resume_path("latest", tmp_path) == previous
 
 
 SAVER = textwrap.dedent(

@@ -4,6 +4,7 @@ seeds, and run_training's exact resume with every step logged once."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -12,7 +13,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from hf_personsearch.data.sampler import HybridSampler
-from hf_personsearch.training.checkpoints import list_checkpoints
+from hf_personsearch.training.checkpoints import CheckpointError, list_checkpoints, resolve_resume_path
 from hf_personsearch.training.loop import (
     LOSS_LOG_FILE,
     LoopSettings,
@@ -237,3 +238,25 @@ def test_keep_log_until_drops_later_and_broken_lines(tmp_path):
 def test_single_source_dataset_rejects_other_sources():
     with pytest.raises(KeyError, match="names source 1, only source 0 exists"):
         SingleSourceDataset(NoisyItems())[(1, 0)]
+
+
+def test_resume_latest_falls_back_past_a_damaged_rng_file_and_stays_exact(tmp_path, caplog):
+    """One flipped byte in the newest checkpoint's RNG file: without checksums accelerate restores a wrong
+    (or no) RNG state and the run continues, no longer exact; with them, resume uses the previous checkpoint."""
+    straight, _ = train_tiny(tmp_path / "straight")
+    interrupted = tmp_path / "interrupted"
+    train_tiny(interrupted, stop_after_steps=5)  # checkpoints 2, 4, 5
+    rng_file = interrupted / "checkpoint-00000005" / "random_states_0.pkl"
+    data = bytearray(rng_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    rng_file.write_bytes(bytes(data))
+
+    with pytest.raises(CheckpointError, match=r"checkpoint-00000005: not a complete checkpoint: random_states_0"):
+        resolve_resume_path(interrupted / "checkpoint-00000005", interrupted)
+    with caplog.at_level(logging.WARNING):
+        latest = resolve_resume_path("latest", interrupted)
+    assert latest.name == "checkpoint-00000004" and "random_states_0.pkl does not match its sha256" in caplog.text
+    resumed, steps = train_tiny(interrupted, resume_from=latest)
+    assert steps == [5, 6] and logged(interrupted) == logged(tmp_path / "straight")
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
