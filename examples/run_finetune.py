@@ -37,6 +37,7 @@ evaluation ``results.json`` (final evaluation and the history of periodic ones),
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -77,6 +78,8 @@ from hf_personsearch.training.loop import (
     SingleSourceDataset,
     TrainingData,
     build_accelerator,
+    check_processes_agree,
+    oim_table_facts,
     run_training,
 )
 from hf_personsearch.training.optim import build_optimizer, build_scheduler
@@ -309,7 +312,15 @@ def main(argv: list[str] | None = None) -> int:
         tracker_config=config,
         script_state=script_state,
         after_step=evaluate_periodically,
+        agreed_facts={
+            f"{data['dataset']} {target.train_split} records": len(all_records),
+            "training records (after data.train_fraction)": len(records),
+            "identities": identity_map.num_identities,
+            "identity map sha256": hashlib.sha256(json.dumps(identity_map.person_ids).encode()).hexdigest(),
+        },
     )
+    unwrapped = accelerator.unwrap_model(outcome.model)
+    check_processes_agree(accelerator, oim_table_facts(unwrapped.oim), f"the OIM tables after step {outcome.step}")
     if not outcome.finished:
         accelerator.end_training()
         return 0

@@ -17,12 +17,9 @@ what ``--push_to_hub`` uploads).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
-
-import torch
 
 from hf_personsearch.data.augmentation import TwoViewAugmentation
 from hf_personsearch.data.collate import HybridPretrainDataset, collate_pretrain
@@ -40,7 +37,14 @@ from hf_personsearch.training.config import (
     save_resolved_config,
 )
 from hf_personsearch.training.hub import push_folder_to_hub
-from hf_personsearch.training.loop import LoopSettings, TrainingData, build_accelerator, run_training
+from hf_personsearch.training.loop import (
+    LoopSettings,
+    TrainingData,
+    build_accelerator,
+    check_processes_agree,
+    oim_table_facts,
+    run_training,
+)
 from hf_personsearch.training.optim import build_optimizer, build_scheduler
 from hf_personsearch.training.pretraining import (
     export_pretrained,
@@ -69,10 +73,6 @@ def resolve_config(args: argparse.Namespace) -> dict:
     if args.push_to_hub:
         extra.append("hub.push_to_hub=true")
     return config_from_args(args, PRETRAIN_DEFAULTS, extra)
-
-
-def tensor_digest(tensor: torch.Tensor) -> str:
-    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,11 +169,15 @@ def main(argv: list[str] | None = None) -> int:
         stop_after_steps=args.stop_after_steps,
         tracker_config=config,
         before_step=record_sample_keys,
+        agreed_facts={
+            **identity_space.agreement_facts(),
+            **{f"{name}: sampler size": size for (name, _, _), size in zip(loaded, dataset.source_sizes)},
+        },
     )
     model, step, guard = outcome.model, outcome.step, outcome.guard
 
-    # ---- per-process record (what this rank drew, its copy of the OIM tables)
-    oim = accelerator.unwrap_model(model).person_search.oim
+    # ---- per-process record (what this rank drew, its copy of the OIM tables), then the tables compared
+    oim_facts = oim_table_facts(accelerator.unwrap_model(model).person_search.oim)
     ranks_dir = output_dir / "ranks"
     ranks_dir.mkdir(exist_ok=True)
     (ranks_dir / f"rank{accelerator.process_index}.json").write_text(
@@ -183,14 +187,14 @@ def main(argv: list[str] | None = None) -> int:
                 "num_processes": accelerator.num_processes,
                 "steps": step,
                 "sample_keys": [list(k) if isinstance(k, tuple) else k for k in sample_keys],
-                "oim_lut_sha256": tensor_digest(oim.lut),
-                "oim_queue_sha256": tensor_digest(oim.queue),
+                "oim_lut_sha256": oim_facts["OIM lookup table sha256"],
+                "oim_queue_sha256": oim_facts["OIM queue sha256"],
                 "skipped_steps": guard.skipped_steps,
                 "skipped_by_source": dict(guard.by_source),
             }
         )
     )
-    accelerator.wait_for_everyone()
+    check_processes_agree(accelerator, oim_facts, f"the OIM tables after step {step}")
     if not outcome.finished:
         accelerator.end_training()
         return 0

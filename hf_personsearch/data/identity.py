@@ -22,6 +22,8 @@ sources ``0..M-1``, re-ID sources ``0..N-1``), which the intra-task alignment mo
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -183,6 +185,25 @@ class IdentitySpace:
             )
         out[~new] = block.offset + rank
         return out
+
+    def agreement_facts(self) -> dict[str, int | str]:
+        """What every training process must share about the space, by name: each source's records,
+        labeled and new identities and first global id, the total, and the sha256 of :meth:`to_dict`
+        (which also covers the labeled ids themselves).
+
+        Every process builds its own space from the data it reads; an OIM row means the same person on
+        every process only if these facts are equal everywhere, which the training loop checks before the
+        first step (a node-local copy with one image fewer shifts every later offset).
+        """
+        facts: dict[str, int | str] = {"identities in all": self.num_identities}
+        for block in self.sources:
+            facts[f"{block.name}: records"] = block.num_records
+            facts[f"{block.name}: labeled identities"] = block.num_labeled
+            facts[f"{block.name}: new identities"] = block.num_new
+            facts[f"{block.name}: first global id"] = block.offset
+        description = json.dumps(self.to_dict(), sort_keys=True).encode()
+        facts["identity space sha256"] = hashlib.sha256(description).hexdigest()
+        return facts
 
     def to_dict(self) -> dict:
         """A JSON-serialisable description (saved with the run); :meth:`from_dict` rebuilds the space."""

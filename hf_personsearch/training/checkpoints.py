@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from .loop import gather_objects
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -175,8 +177,7 @@ def _failures_everywhere(accelerator, failure: str | None) -> list[str]:
     process that failed never leaves the others waiting at a barrier)."""
     if accelerator.num_processes == 1:
         return [failure] if failure else []
-    gathered: list = [None] * accelerator.num_processes
-    torch.distributed.all_gather_object(gathered, failure)
+    gathered = gather_objects(accelerator, failure)
     return [f"process {rank}: {message}" for rank, message in enumerate(gathered) if message]
 
 

@@ -25,6 +25,7 @@ uses the global torch RNG that ``accelerator.save_state`` saves and ``load_state
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -62,6 +63,55 @@ def build_accelerator(training: Mapping, output_dir):
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=True)],
         step_scheduler_with_optimizer=False,
     )
+
+
+def gather_objects(accelerator, value) -> list:
+    """``value`` of every process, by process index, on every process (a collective: all must call it)."""
+    if accelerator.num_processes == 1:
+        return [value]
+    gathered: list = [None] * accelerator.num_processes
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
+
+
+class ProcessDisagreementError(RuntimeError):
+    """The processes of one run hold different values of something that must be identical on all."""
+
+
+def describe_disagreement(facts_by_process: Sequence[Mapping[str, object]]) -> list[str]:
+    """One line per fact whose value is not the same in every process's ``facts``, naming each value."""
+    names = list(dict.fromkeys(name for facts in facts_by_process for name in facts))
+    lines = []
+    for name in names:
+        values = [facts.get(name, "<missing>") for facts in facts_by_process]
+        if any(value != values[0] for value in values):
+            per_process = ", ".join(f"process {rank} has {value}" for rank, value in enumerate(values))
+            lines.append(f"{name!r}: {per_process}")
+    return lines
+
+
+def check_processes_agree(accelerator, facts: Mapping[str, object], what: str) -> None:
+    """Raise :class:`ProcessDisagreementError` on every process (none waits forever) unless every process
+    passed equal ``facts``; ``what`` names them in the message."""
+    lines = describe_disagreement(gather_objects(accelerator, dict(facts)))
+    if lines:
+        raise ProcessDisagreementError(
+            f"the {accelerator.num_processes} processes disagree on {what}: " + "; ".join(lines)
+        )
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def oim_table_facts(oim: torch.nn.Module) -> dict[str, str]:
+    """sha256 of an OIM loss's lookup table and circular queue (and the queue's write position): equal on
+    every process after every step, since each process applies every process's update (all_gather)."""
+    return {
+        "OIM lookup table sha256": tensor_sha256(oim.lut),
+        "OIM queue sha256": tensor_sha256(oim.queue),
+        "OIM queue head": str(int(oim.queue_head)),
+    }
 
 
 def sample_seed(seed: int, rank: int, position: int) -> int:
@@ -409,6 +459,7 @@ def run_training(
     before_step: Callable[[Sequence[dict]], None] | None = None,
     after_step: Callable[[int], None] | None = None,
     forward: Callable | None = None,
+    agreed_facts: Mapping[str, object] | None = None,
 ) -> TrainingOutcome:
     """Train ``model`` for ``settings.max_steps`` optimiser steps (or until ``stop_after_steps``); call on
     every process.
@@ -429,8 +480,14 @@ def run_training(
         after_step: called with the step number after each optimiser step, before its checkpoint (e.g. a
             periodic evaluation; it must leave the model in training mode).
         forward: ``forward(model, batch) -> (loss, loss_dict)`` (default :func:`default_forward`).
+        agreed_facts: what every process must hold identically before the first step, by name (the
+            identity space's counts, the sampler's source sizes, ...): each process builds them from the
+            data it reads, and a node-local copy or stale cache with one image fewer would otherwise train
+            OIM tables whose rows mean different persons, silently.
 
     Raises:
+        ProcessDisagreementError: ``agreed_facts`` differ between processes (raised on every process,
+            naming each differing fact and every process's value).
         ConfigError: the checkpoint was written by another number of processes (the per-process sample
             streams would not continue exactly).
         NonFiniteLossError: ``max_consecutive_nonfinite`` steps in a row had a NaN/inf loss.
@@ -442,6 +499,7 @@ def run_training(
 
     output_dir = Path(output_dir)
     script_state = {} if script_state is None else script_state
+    check_processes_agree(accelerator, agreed_facts or {}, "the training data, before the first step")
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     guard = NonFiniteGuard(settings.max_consecutive_nonfinite)
     start_step = 0

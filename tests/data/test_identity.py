@@ -96,3 +96,36 @@ def test_from_records_reads_person_ids():
     records = [{"person_ids": np.array([2], np.int64)}, {"person_ids": np.array([1], np.int64)}]
     space = IdentitySpace.from_records([("cuhk03", "reid", records)])
     assert space.global_ids(0, 0, [2]).tolist() == [1]
+
+
+def test_agreement_facts_name_what_one_record_fewer_changes():
+    from hf_personsearch.training.loop import describe_disagreement
+
+    full = _space().agreement_facts()
+    assert full["msmt17: first global id"] == 5 and full["identities in all"] == 14
+    assert full == _space().agreement_facts()  # built twice from the same data: equal
+    one_fewer = IdentitySpace.from_person_ids(
+        [
+            ("crowdhuman", "detection", [[N, N, N], []]),  # the last record (2 boxes) is missing
+            ("msmt17", "reid", [[7], [3], [7], [12]]),
+            ("luperson", "reid", [[N], [N]]),
+            ("prw", "search", [[5, N], [N, 5, 9]]),
+        ]
+    ).agreement_facts()
+    lines = describe_disagreement([full, one_fewer])
+    assert lines[:3] == [
+        "'identities in all': process 0 has 14, process 1 has 12",
+        "'crowdhuman: records': process 0 has 3, process 1 has 2",
+        "'crowdhuman: new identities': process 0 has 5, process 1 has 3",
+    ]
+    assert "'msmt17: first global id': process 0 has 5, process 1 has 3" in lines
+    # the same counts with other labeled ids still differ (the sha256 covers the ids themselves)
+    other_ids = IdentitySpace.from_person_ids(
+        [
+            ("crowdhuman", "detection", [[N, N, N], [], [N, N]]),
+            ("msmt17", "reid", [[7], [4], [7], [12]]),
+            ("luperson", "reid", [[N], [N]]),
+            ("prw", "search", [[5, N], [N, 5, 9]]),
+        ]
+    ).agreement_facts()
+    assert [line.split(":")[0] for line in describe_disagreement([full, other_ids])] == ["'identity space sha256'"]

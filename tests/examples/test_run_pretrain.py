@@ -184,3 +184,71 @@ def test_export_and_push_to_fake_hub(tmp_path):
     identities = json.loads((output / "identity_space.json").read_text())["num_identities"]
     assert type(model).__name__ == "PersonSearchModel" and model.config.num_person_ids == identities
     assert AutoImageProcessor.from_pretrained(folder).min_size == 128
+
+
+PROBE = """
+import importlib.util, os, sys
+spec = importlib.util.spec_from_file_location("run_pretrain", {script!r})
+script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(script)
+rank1 = os.environ["RANK"] == "1"
+if {probe!r} == "one record fewer":  # e.g. a node-local copy missing one image: rank 1 reads one record fewer
+    load_sources = script.load_sources
+
+    def load_sources_on_this_node(sources, cache_dir):
+        loaded = load_sources(sources, cache_dir)
+        if rank1:
+            name, task, data = loaded[0]
+            loaded[0] = (name, task, data.select(range(len(data) - 1)))
+        return loaded
+
+    script.load_sources = load_sources_on_this_node
+else:  # "OIM table drift": rank 1's lookup table ends the run different from rank 0's
+    run_training = script.run_training
+
+    def run_training_with_drift(*args, **kwargs):
+        outcome = run_training(*args, **kwargs)
+        if rank1:
+            outcome.model.module.person_search.oim.lut[0, 0] += 1.0
+        return outcome
+
+    script.run_training = run_training_with_drift
+sys.exit(script.main())
+"""
+
+
+def launch_two_processes(tmp_path, probe: str, output, max_steps: int) -> subprocess.CompletedProcess:
+    wrapper = tmp_path / "probe.py"
+    wrapper.write_text(PROBE.format(script=str(SCRIPT), probe=probe))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        port = probe_socket.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    command += [str(wrapper), "--config", str(DEMO), "--output_dir", str(output), "--max_steps", str(max_steps)]
+    for override in TINY:
+        command += ["-o", override]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=170, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_ranks_reading_different_data_stop_before_the_first_step(tmp_path):
+    result = launch_two_processes(tmp_path, "one record fewer", tmp_path / "out", max_steps=2)
+    assert result.returncode != 0
+    log = result.stdout + result.stderr
+    assert log.count("ProcessDisagreementError: the 2 processes disagree on the training data") == 2  # both ranks
+    first = "crowdhuman"  # the demo's first source, the one rank 1 read one record fewer of
+    assert f"'{first}: records': process 0 has 3, process 1 has 2" in log
+    assert f"'{first}: sampler size': process 0 has 3, process 1 has 2" in log
+    assert not list((tmp_path / "out").glob("checkpoint-*"))  # no step was trained
+
+
+@pytest.mark.slow
+def test_oim_tables_that_differ_at_the_end_fail_the_run(tmp_path):
+    result = launch_two_processes(tmp_path, "OIM table drift", tmp_path / "out", max_steps=1)
+    assert result.returncode != 0
+    log = result.stdout + result.stderr
+    assert log.count("ProcessDisagreementError: the 2 processes disagree on the OIM tables after step 1") == 2
+    assert "'OIM lookup table sha256': process 0 has " in log
+    assert not (tmp_path / "out" / "pretrain_model").exists()  # nothing exported

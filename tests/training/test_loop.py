@@ -23,6 +23,8 @@ from hf_personsearch.training.loop import (
     SeededSampleStream,
     SingleSourceDataset,
     TrainingData,
+    check_processes_agree,
+    describe_disagreement,
     keep_log_until,
     move_to_device,
     run_training,
@@ -260,3 +262,13 @@ def test_resume_latest_falls_back_past_a_damaged_rng_file_and_stays_exact(tmp_pa
     assert steps == [5, 6] and logged(interrupted) == logged(tmp_path / "straight")
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_check_processes_agree_passes_on_one_process_and_names_every_difference():
+    check_processes_agree(Accelerator(cpu=True), {"records": 3}, "the data")  # one process: nothing to compare
+    lines = describe_disagreement([{"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2}])
+    assert lines == [
+        "'a': process 0 has 1, process 1 has 1, process 2 has 2",
+        "'b': process 0 has x, process 1 has y, process 2 has <missing>",
+    ]
+    assert describe_disagreement([{"a": 1}, {"a": 1}]) == []
