@@ -172,8 +172,13 @@ def build_processor(config: dict) -> PersonSearchImageProcessor:
     return PersonSearchImageProcessor(min_size=config["data"]["min_size"], max_size=config["data"]["max_size"])
 
 
-def evaluate(model, config: dict, data_dir: str, progress: bool) -> dict:
-    """Evaluation on the dataset's gallery split with the configured protocol (JSON-ready summary)."""
+def evaluate(model, config: dict, data_dir: str, accelerator) -> dict | None:
+    """Evaluation on the dataset's gallery split with the configured protocol (JSON-ready summary).
+
+    Every process must call it: the gallery and query inference is sharded over the processes (a long
+    evaluation on one process while the others wait at a barrier can outlast NCCL's collective timeout);
+    the main process gets the summary, the others ``None``.
+    """
     evaluation, data = config["evaluation"], config["data"]
     summary, _ = evaluate_on_target(
         model,
@@ -184,8 +189,12 @@ def evaluate(model, config: dict, data_dir: str, progress: bool) -> dict:
         cross_camera=bool(evaluation["cross_camera"]),
         det_thresh=float(evaluation["det_thresh"]),
         batch_size=int(evaluation["batch_size"]),
-        progress=progress,
+        progress=accelerator.is_local_main_process,
+        process_index=accelerator.process_index,
+        num_processes=accelerator.num_processes,
     )
+    if summary is None:
+        return None
     summary.pop("search")
     summary.pop("detection")
     return summary
@@ -291,11 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     def evaluate_periodically(step: int) -> None:
         if not evaluation_steps or step % evaluation_steps or step >= max_steps:
             return
-        if accelerator.is_main_process:
-            result = evaluate(accelerator.unwrap_model(model), config, data_dir, progress=False)
+        result = evaluate(accelerator.unwrap_model(model), config, data_dir, accelerator)
+        if result is not None:
             script_state["history"].append({"epoch": step / steps_per_epoch, "step": step, **result})
             logger.info("step %d: mAP %.4f top-1 %.4f", step, result["mAP"], result.get("top1", 0.0))
-        accelerator.wait_for_everyone()
 
     started = time.time()
     outcome = run_training(
@@ -328,13 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.is_main_process:
         # Saved before the final evaluation: a failing evaluation (e.g. an unreadable test image) must not
         # lose the trained model.
-        unwrapped = accelerator.unwrap_model(outcome.model)
         save_model(unwrapped, config, output_dir)
-        final = {
-            "epoch": round(outcome.step / steps_per_epoch, 2),
-            "step": outcome.step,
-            **evaluate(unwrapped, config, data_dir, progress=True),
-        }
+    result = evaluate(unwrapped, config, data_dir, accelerator)
+    if result is not None:
+        final = {"epoch": round(outcome.step / steps_per_epoch, 2), "step": outcome.step, **result}
         info = {
             "dataset": target.display_name,
             "data": data_dir if data["data_dir"] else f"synthetic {data['dataset']} (generated)",

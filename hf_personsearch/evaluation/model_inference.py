@@ -13,6 +13,14 @@ two of :func:`~.detection.evaluate_detection`):
 
 The model only ever sees processed images (resized, normalised, padded) in batches; nothing here knows
 about a particular dataset.
+
+Several processes (multi-GPU training) share the inference: ``num_processes`` > 1 splits the gallery and
+query batches round-robin by batch (batch ``b`` runs on process ``b % num_processes``), then gathers every
+process's results to process 0 in record order, where the metric is computed once. Whole batches are
+distributed, not images, because an image's outputs depend on its batch (images are padded to the largest
+of the batch), so the sharded result equals the one-process result exactly. The other processes get
+``None``. No process idles at a barrier through a whole evaluation, which on PRW or CUHK-SYSU can outlast the
+collective timeout of NCCL (10-30 min).
 """
 
 from __future__ import annotations
@@ -65,6 +73,35 @@ def _batches(count: int, batch_size: int) -> list[range]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return [range(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+
+
+def shard_indices(count: int, batch_size: int, process_index: int, num_processes: int) -> list[int]:
+    """The item indices process ``process_index`` runs: those of batches ``process_index``,
+    ``process_index + num_processes``, ... Re-batched by ``batch_size``, they form the same batches as in
+    one process (only the last batch of all can be short, and it comes last)."""
+    if not 0 <= process_index < num_processes:
+        raise ValueError(f"process_index must be in 0..{num_processes - 1}, got {process_index}")
+    return [i for batch in _batches(count, batch_size)[process_index::num_processes] for i in batch]
+
+
+def gather_to_first_process(indices: list[int], items: list, count: int) -> list | None:
+    """Every process's ``items`` (the results for its ``indices``) in index order 0..count-1, on process 0
+    (torch.distributed must be initialised); ``None`` on the others."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    gathered = [None] * dist.get_world_size() if rank == 0 else None
+    dist.gather_object((indices, items), gathered, dst=0)
+    if rank != 0:
+        return None
+    ordered = [None] * count
+    for part_indices, part_items in gathered:
+        for index, item in zip(part_indices, part_items):
+            ordered[index] = item
+    missing = [index for index, item in enumerate(ordered) if item is None]
+    if missing:
+        raise RuntimeError(f"sharded inference: no process returned the results of items {missing[:10]}")
+    return ordered
 
 
 def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -152,14 +189,38 @@ def run_search_inference(
     queries: Sequence[dict],
     batch_size: int = 2,
     progress: bool = True,
-) -> SearchInputs:
-    """Gallery ground truth, gallery detections and embedded queries (see the module docstring)."""
+    *,
+    process_index: int = 0,
+    num_processes: int = 1,
+) -> SearchInputs | None:
+    """Gallery ground truth, gallery detections and embedded queries (see the module docstring).
+
+    Args:
+        process_index, num_processes: this process and how many share the work (every one must call; see the
+            module docstring); the result is returned on process 0 only, ``None`` elsewhere.
+    """
     if len(gallery_records) == 0:
         raise ValueError("run_search_inference: the gallery has no images")
+    if num_processes == 1:
+        detections = detect_gallery(model, processor, gallery_records, batch_size, progress)
+        embedded = embed_queries(model, processor, queries, gallery_records, batch_size, progress)
+    else:
+        gallery_part = shard_indices(len(gallery_records), batch_size, process_index, num_processes)
+        query_part = shard_indices(len(queries), batch_size, process_index, num_processes)
+        part_detections = detect_gallery(
+            model, processor, [gallery_records[i] for i in gallery_part], batch_size, progress
+        )
+        part_queries = embed_queries(
+            model, processor, [queries[i] for i in query_part], gallery_records, batch_size, progress
+        )
+        detections = gather_to_first_process(gallery_part, part_detections, len(gallery_records))
+        embedded = gather_to_first_process(query_part, part_queries, len(queries))
+        if process_index != 0:
+            return None
     return SearchInputs(
         gallery=gallery_annotations(gallery_records),
-        detections=detect_gallery(model, processor, gallery_records, batch_size, progress),
-        queries=embed_queries(model, processor, queries, gallery_records, batch_size, progress),
+        detections=detections,
+        queries=embedded,
         images={str(record["image_id"]): record["image"] for record in gallery_records},
     )
 
@@ -203,8 +264,14 @@ def evaluate_on_target(
     det_thresh: float = 0.5,
     batch_size: int = 2,
     progress: bool = True,
-) -> tuple[dict, SearchInputs]:
+    process_index: int = 0,
+    num_processes: int = 1,
+) -> tuple[dict, SearchInputs] | tuple[None, None]:
     """Search and detection evaluation of ``model`` on a target dataset's raw folder.
+
+    With ``num_processes`` > 1 every process must call it: the inference is sharded over the processes (see
+    the module docstring) and the metric computed on process 0, which gets the result; the others get
+    ``(None, None)``.
 
     Returns ``(summary, inputs)``: ``summary`` is the JSON-ready result in the model card's form
     (``dataset``, ``protocol``, ``split``, ``mAP``, ``top1``/``top5``/``top10``, ``detection_ap``,
@@ -221,7 +288,18 @@ def evaluate_on_target(
     size = resolve_gallery_size(dataset, gallery_size)
     records = load_target_records(dataset, data_dir, target.gallery_split)
     queries = load_target_queries(dataset, data_dir, size)
-    inputs = run_search_inference(model, processor, records, queries, batch_size, progress)
+    inputs = run_search_inference(
+        model,
+        processor,
+        records,
+        queries,
+        batch_size,
+        progress,
+        process_index=process_index,
+        num_processes=num_processes,
+    )
+    if inputs is None:
+        return None, None
     kept = sum(int((d["scores"] >= det_thresh).sum()) for d in inputs.detections)
     if kept:
         search = evaluate_search(
