@@ -24,7 +24,9 @@ the same NaN/inf guard, atomic checkpoints every ``checkpointing.every`` steps (
 ``--resume_from_checkpoint latest`` after an interruption, even ``kill -9``, ends with the same weights, bit for
 bit, as an uninterrupted run (the data order is a seeded epoch permutation, augmentation is seeded per sample,
 and the checkpoint holds model with OIM tables, optimiser, scheduler and RNG states). ``--stop_after_steps N``
-ends a session early with a checkpoint.
+ends a session early with a checkpoint. With several processes, they must agree on the training records and
+the identity map before the first step and on the OIM tables at the end, and the evaluations (periodic and
+final) run sharded over all of them, with the metric computed once on the main process.
 
 Outputs in ``training.output_dir``: the model (safetensors) + image processor, saved before the final
 evaluation so that a failing evaluation never loses it (``--resume_from_checkpoint latest`` then trains nothing

@@ -5,11 +5,16 @@
         # (a copy of examples/configs/pretrain_r50.yaml with the data_dir of each dataset filled in)
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 examples/run_pretrain.py --config ...   # 2 CPU processes
 
+Every process reads the data itself; before the first step they must agree on the unified identity space
+and the sampler's source sizes (a node-local copy or a stale cache with one image fewer would shift the OIM
+rows), or the run stops on every process with an error naming the source and each process's counts.
+
 With no data folder in the config the five sub-task datasets are generated synthetically (in their real raw
 formats, under ``<output_dir>/synthetic_data``) and read back through the real parsers, so the script runs
 anywhere. Outputs in ``training.output_dir``: ``resolved_config.yaml``, ``identity_space.json``,
 ``checkpoint-<step>/`` (atomic, last K kept), ``loss_log.jsonl`` (every step's loss terms), ``logs/``
-(tensorboard), ``ranks/rank<r>.json`` (per-process record: samples drawn, OIM table checksums),
+(tensorboard), ``ranks/rank<r>.json`` (per-process record: samples drawn, OIM table checksums, which
+must be equal on every process: the run fails otherwise),
 ``pretrain_model/`` and ``person_search_model/`` (the downstream model, image processor and model card;
 what ``--push_to_hub`` uploads).
 """

@@ -18,8 +18,10 @@ Several processes (multi-GPU training) share the inference: ``num_processes`` > 
 query batches round-robin by batch (batch ``b`` runs on process ``b % num_processes``), then gathers every
 process's results to process 0 in record order, where the metric is computed once. Whole batches are
 distributed, not images, because an image's outputs depend on its batch (images are padded to the largest
-of the batch), so the sharded result equals the one-process result exactly. The other processes get
-``None``. No process idles at a barrier through a whole evaluation, which on PRW or CUHK-SYSU can outlast the
+of the batch), so the sharded result equals the one-process result exactly. Process 0's weights and buffers
+are first copied to every process: DDP trained with ``broadcast_buffers=False`` leaves each process its own
+BatchNorm running statistics, and every shard must be computed by the same model (process 0's, the one that
+is saved). The other processes get ``None``. No process idles at a barrier through a whole evaluation, which on PRW or CUHK-SYSU can outlast the
 collective timeout of NCCL (10-30 min).
 """
 
@@ -82,6 +84,16 @@ def shard_indices(count: int, batch_size: int, process_index: int, num_processes
     if not 0 <= process_index < num_processes:
         raise ValueError(f"process_index must be in 0..{num_processes - 1}, got {process_index}")
     return [i for batch in _batches(count, batch_size)[process_index::num_processes] for i in batch]
+
+
+@torch.no_grad()
+def share_first_process_model(model: torch.nn.Module) -> None:
+    """Overwrite every parameter and buffer of ``model`` with process 0's values (torch.distributed must be
+    initialised; every process calls it)."""
+    import torch.distributed as dist
+
+    for tensor in [*model.parameters(), *model.buffers()]:
+        dist.broadcast(tensor.data, src=0)
 
 
 def gather_to_first_process(indices: list[int], items: list, count: int) -> list | None:
@@ -205,6 +217,7 @@ def run_search_inference(
         detections = detect_gallery(model, processor, gallery_records, batch_size, progress)
         embedded = embed_queries(model, processor, queries, gallery_records, batch_size, progress)
     else:
+        share_first_process_model(model)
         gallery_part = shard_indices(len(gallery_records), batch_size, process_index, num_processes)
         query_part = shard_indices(len(queries), batch_size, process_index, num_processes)
         part_detections = detect_gallery(

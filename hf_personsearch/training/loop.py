@@ -10,9 +10,12 @@ schedule, then call :func:`run_training`, which owns everything else::
     if outcome.finished:
         ...  # export, evaluation: the script's own
 
-:func:`run_training` runs the step loop with gradient accumulation (:func:`train_step`, the one NaN/inf guard
-:class:`NonFiniteGuard`), logs (tqdm, accelerate trackers, ``loss_log.jsonl``), writes atomic checkpoints
-(:mod:`.checkpoints`, last K kept), resumes exactly from one and stops early at ``stop_after_steps``.
+:func:`run_training` checks that every process built the same training data (``agreed_facts``: identity
+space, sampler sizes; :func:`check_processes_agree`), runs the step loop with gradient accumulation
+(:func:`train_step`, the one NaN/inf guard :class:`NonFiniteGuard`), logs (tqdm, accelerate trackers,
+``loss_log.jsonl``), writes atomic, checksummed checkpoints (:mod:`.checkpoints`, last K kept), resumes exactly
+from one and stops early at ``stop_after_steps``. The scripts compare the OIM tables across processes at the
+end (:func:`oim_table_facts`).
 
 The data loader is deliberately not prepared by accelerate: the sampler
 (:class:`~hf_personsearch.data.sampler.HybridSampler`) already shards by rank, and its state is one number

@@ -250,3 +250,47 @@ def test_kill_9_then_resume_gives_the_uninterrupted_weights_bit_for_bit(tmp_path
     results = [json.loads((folder / "results.json").read_text())["final"] for folder in (straight, interrupted)]
     assert results[0] == results[1]
     print(f"kill -9 after {killed_at} logged steps of 8; {len(weights_a)} tensors compared, all equal")
+
+
+@pytest.mark.slow
+def test_two_processes_agree_and_evaluate_sharded_with_the_one_process_result(tmp_path):
+    """2 CPU processes: the data agreement and the OIM check pass, the periodic and final evaluations run
+    sharded over both, and the final metrics equal a one-process evaluation of the saved model exactly."""
+    import socket
+
+    from hf_personsearch import PersonSearchImageProcessor
+    from hf_personsearch.evaluation.model_inference import evaluate_on_target
+
+    output_dir = tmp_path / "ddp"
+    with socket.socket() as probe:  # a free port for the rendezvous (torchrun's port 0 does not work here)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    command += [
+        str(ROOT / "examples" / "run_finetune.py"),
+        "--config",
+        str(DEMO_CONFIG),
+        "--output_dir",
+        str(output_dir),
+    ]
+    command += [
+        "data.synthetic_sizes={num_train_frames: 6, num_test_frames: 7, num_train_identities: 4, num_test_identities: 3}",
+        "training.batch_size=2",  # 2 x 2 processes: 2 steps per epoch over the 6 frames
+        "training.num_epochs=2",
+        "evaluation.every_epochs=1",
+        "evaluation.det_thresh=0.0",
+        "evaluation.batch_size=3",
+    ]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads((output_dir / "results.json").read_text())
+    assert [entry["step"] for entry in results["history"]] == [2, 4]  # periodic (epoch 1) and final
+
+    model = PersonSearchModel.from_pretrained(output_dir, dtype=torch.float32).eval()
+    processor = PersonSearchImageProcessor.from_pretrained(output_dir)
+    expected, _ = evaluate_on_target(
+        model, processor, "prw", str(output_dir / "data" / "prw"), det_thresh=0.0, batch_size=3, progress=False
+    )
+    for key in ("mAP", "top1", "top5", "top10", "detection_ap", "detection_recall", "num_queries"):
+        assert results["final"][key] == expected[key], key
