@@ -279,11 +279,24 @@ def check_rng_restored(folder: Path, process_index: int) -> None:
 
 def load_checkpoint(accelerator, folder: str | Path) -> dict:
     """Restore model, optimiser, scheduler and RNG states from ``folder`` (checked against its manifest's
-    checksums first); return its trainer state."""
+    checksums first); return its trainer state.
+
+    Raises:
+        CheckpointError: the folder fails its manifest, was written by another number of processes (the
+            per-process sample streams and RNG states would not continue exactly), or an RNG state was not
+            restored.
+    """
     folder = Path(folder)
     problem = checkpoint_problem(folder)
     if problem is not None:
         raise CheckpointError(f"{folder}: not a complete checkpoint: {problem}")
+    state = json.loads((folder / TRAINER_STATE_FILE).read_text())
+    written_by = state.get("num_processes", accelerator.num_processes)
+    if written_by != accelerator.num_processes:
+        raise CheckpointError(
+            f"{folder} was written by {written_by} processes, this run has {accelerator.num_processes}: the "
+            "per-process sample streams and RNG states would not continue exactly"
+        )
     accelerator.load_state(str(folder))
     check_rng_restored(folder, accelerator.process_index)
-    return json.loads((folder / TRAINER_STATE_FILE).read_text())
+    return state

@@ -491,14 +491,15 @@ def run_training(
     Raises:
         ProcessDisagreementError: ``agreed_facts`` differ between processes (raised on every process,
             naming each differing fact and every process's value).
-        ConfigError: the checkpoint was written by another number of processes (the per-process sample
-            streams would not continue exactly).
+        CheckpointError: ``resume_from`` fails its checksums, was written by another number of processes or
+            its RNG state could not be restored (:func:`~.checkpoints.load_checkpoint`); a checkpoint could not
+            be written (:class:`~.checkpoints.CheckpointSaveError`, e.g. a full disk).
         NonFiniteLossError: ``max_consecutive_nonfinite`` steps in a row had a NaN/inf loss.
     """
     from tqdm.auto import tqdm
 
     from .checkpoints import load_checkpoint, save_checkpoint
-    from .config import ConfigError, flatten_config
+    from .config import flatten_config
 
     output_dir = Path(output_dir)
     script_state = {} if script_state is None else script_state
@@ -508,11 +509,6 @@ def run_training(
     start_step = 0
     if resume_from is not None:
         state = load_checkpoint(accelerator, resume_from)
-        if state.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
-            raise ConfigError(
-                f"{resume_from} was written by {state['num_processes']} processes, this run has "
-                f"{accelerator.num_processes}: the per-process sample streams would not continue exactly"
-            )
         start_step = int(state["step"])
         guard.load_state_dict(state.get("nonfinite", {}))
         script_state.update(state.get("script_state", {}))

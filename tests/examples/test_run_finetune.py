@@ -147,6 +147,23 @@ def test_unwritable_output_dir_and_missing_checkpoint_are_reported(tmp_path, cap
     assert "no complete checkpoint in" in capsys.readouterr().err
 
 
+def test_resuming_from_a_checkpoint_with_a_damaged_rng_file_names_the_file(scratch_run, tmp_path, capsys):
+    import shutil
+
+    output_dir, _ = scratch_run
+    damaged = tmp_path / "out" / "checkpoint-00000002"
+    shutil.copytree(output_dir / "checkpoint-00000002", damaged)
+    rng_file = damaged / "random_states_0.pkl"
+    data = bytearray(rng_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the checksum can tell
+    rng_file.write_bytes(bytes(data))
+    args = ["--config", str(DEMO_CONFIG), "--output_dir", str(tmp_path / "out"), "--resume_from_checkpoint"]
+    assert run_finetune.main([*args, str(damaged)]) == 2
+    assert "random_states_0.pkl does not match its sha256" in capsys.readouterr().err
+    assert run_finetune.main([*args, "latest"]) == 2  # the only checkpoint is damaged: nothing to fall back to
+    assert "no complete checkpoint in" in capsys.readouterr().err
+
+
 def test_overrides_positional_and_with_o_are_one_syntax():
     positional = run_finetune.parse_args(["data.min_size=96", "--config", str(DEMO_CONFIG), "training.seed=3"])
     with_o = run_finetune.parse_args(["--config", str(DEMO_CONFIG), "-o", "data.min_size=96", "-o", "training.seed=3"])

@@ -222,3 +222,16 @@ def test_sigkill_while_saving_leaves_the_last_complete_checkpoint_usable(tmp_pat
     model = accelerator.prepare(nn.Linear(1500, 1500))
     assert load_checkpoint(accelerator, latest) == {"step": step}
     assert torch.all(model.weight == float(step))
+
+
+def test_a_checkpoint_of_another_process_count_is_refused_before_anything_is_loaded(tmp_path):
+    accelerator, model, optimizer, scheduler = make_run()
+    folder = save_checkpoint(accelerator, tmp_path, 1, {"step": 1, "num_processes": 2})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    changed = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match="written by 2 processes, this run has 1"):
+        load_checkpoint(accelerator, folder)
+    assert all(torch.equal(v, changed[k]) for k, v in model.state_dict().items())  # nothing restored
+    assert not torch.equal(before["weight"], changed["weight"])
