@@ -299,7 +299,7 @@ def test_two_processes_agree_and_evaluate_sharded_with_the_one_process_result(tm
         "evaluation.batch_size=3",
     ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-4000:]
     results = json.loads((output_dir / "results.json").read_text())
     assert [entry["step"] for entry in results["history"]] == [2, 4]  # periodic (epoch 1) and final
