@@ -274,13 +274,13 @@ def _search_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _why_no_match(index, threshold: float) -> str:
-    if not len(index):
-        return f"no person was detected in the {len(index.images)} gallery images (detection threshold {threshold})"
-    best = float(index.scores.max())
-    return (
-        f"no gallery person has a detection score >= {threshold} (the highest in the gallery is {best:.3f}): "
-        "lower --threshold"
-    )
+    """Why a search found nothing: no gallery detection reaches the threshold (the highest one, if the index
+    kept weaker detections, tells how far off it is)."""
+    why = f"no match: no gallery person in the {len(index.images)} gallery images has a detection score >= {threshold}"
+    weaker = index.scores[index.scores < threshold]
+    if len(weaker):
+        why += f" (the highest is {float(weaker.max()):.3f})"
+    return why + "; lower --threshold to see weaker detections"
 
 
 @register_subcommand(
