@@ -143,6 +143,7 @@ def _pipeline(args):
     from transformers import AutoImageProcessor, pipeline
 
     from . import PersonSearchImageProcessor
+    from . import pipelines as _  # noqa: F401  (registers the "person-search" task)
     from .hub.model_card import read_training_record, trained_on_synthetic_data
 
     model, notes = _load_model(args.model)
