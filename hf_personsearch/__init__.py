@@ -18,9 +18,9 @@ AutoConfig.register(PersonSearchConfig.model_type, PersonSearchConfig, exist_ok=
 AutoModel.register(PersonSearchConfig, PersonSearchModel, exist_ok=True)
 AutoConfig.register(PersonSearchPretrainConfig.model_type, PersonSearchPretrainConfig, exist_ok=True)
 AutoModel.register(PersonSearchPretrainConfig, PersonSearchPretrainModel, exist_ok=True)
-# The processor resizes with torch alone (no PIL or torchvision transforms), so it is the class of both of
-# transformers' image processor backends; registered for one only, transformers asks for the default
-# (torchvision when installed) and warns on every load that it "falls back to pil".
+# One processor class serves both of transformers' image processor backends (it takes PIL images and arrays
+# and resizes with torchvision's functional kernel); registered for "pil" only, AutoImageProcessor asks for
+# its default backend (torchvision when installed) and warned on every load that it "falls back to pil".
 AutoImageProcessor.register(
     PersonSearchConfig,
     image_processor_classes={"pil": PersonSearchImageProcessor, "torchvision": PersonSearchImageProcessor},

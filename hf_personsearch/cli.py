@@ -151,8 +151,7 @@ def _pipeline(args):
     try:
         processor = AutoImageProcessor.from_pretrained(args.model, **overrides)
     except OSError:
-        config = model.config
-        processor = PersonSearchImageProcessor(image_mean=config.image_mean, image_std=config.image_std, **overrides)
+        processor = PersonSearchImageProcessor(**overrides)
         notes.append(
             f"{args.model} has no saved image processor: using the default one "
             f"(min_size {processor.min_size}, max_size {processor.max_size})"

@@ -228,5 +228,5 @@ def search_similarity(query_embeddings: torch.Tensor, gallery_embeddings: torch.
             f"search_similarity: expected query embeddings (d,) or (Q, d) and gallery embeddings (N, d) with the "
             f"same d, got {tuple(queries.shape)} and {tuple(gallery.shape)}"
         )
-    queries = F.normalize(queries.float(), dim=-1)
+    queries = torch.nn.functional.normalize(queries.float(), dim=-1)
     return queries @ gallery.float().to(queries.device).T

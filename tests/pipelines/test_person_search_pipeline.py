@@ -308,7 +308,8 @@ def test_bad_input_gives_clear_errors(setup, tmp_path):
     broken.mkdir()
     (broken / "truncated.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(
-        ValueError, match=r"none of the 1 gallery images could be read: gallery image 0 .*truncated.jpg\) cannot be read"
+        ValueError,
+        match=r"none of the 1 gallery images could be read: gallery image 0 .*truncated.jpg\) cannot be read",
     ):
         search(query, query_box=boxes[0][0].tolist(), gallery=str(broken))
     with pytest.raises(FileNotFoundError, match="query image: image file .*missing.jpg does not exist"):
