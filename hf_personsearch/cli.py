@@ -184,7 +184,7 @@ def _card_arguments(parser: argparse.ArgumentParser) -> None:
         "--kind",
         choices=("pretrained", "finetuned"),
         default=None,
-        help="default: training_info's kind, else finetuned",
+        help="default: training_info's kind, else pretrained for a pre-training checkpoint, else finetuned",
     )
     parser.add_argument("--repo-id", default=None, help="Hub id shown in the usage snippet (default: the folder name)")
     parser.add_argument("--license", default="apache-2.0", help="licence of the weights (apache-2.0)")
