@@ -104,13 +104,19 @@ def _note(text: str) -> None:
     print(f"note: {text}", file=sys.stderr)
 
 
-def _load_model(name_or_path: str):
-    """The PersonSearchModel of a saved folder or Hub id, its config and notes for the user. A pre-training
-    checkpoint gives its downstream person search part (PersonSearchModel.from_pretrained takes it)."""
-    import torch
-    from transformers import AutoConfig, AutoModel
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
-    from . import PersonSearchModel, PersonSearchPretrainConfig
+
+def _load_model(name_or_path: str):
+    """The PersonSearchModel of a saved folder or Hub id and notes for the user. A pre-training checkpoint
+    gives its downstream person search part (PersonSearchModel.from_pretrained takes it); anything else that
+    is not a person search model is one clear error line, not a traceback."""
+    import torch
+    from transformers import AutoConfig
+
+    from . import PersonSearchConfig, PersonSearchModel, PersonSearchPretrainConfig
 
     path = Path(name_or_path)
     if path.is_dir() and not (path / "config.json").is_file():
@@ -120,20 +126,24 @@ def _load_model(name_or_path: str):
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(
-            f"--model {name_or_path}: neither a saved model folder nor a loadable Hub model id ({first_line})"
+            f"--model {name_or_path}: neither a saved model folder nor a loadable Hub model id ({_first_line(error)})"
         ) from error
+    if not isinstance(config, (PersonSearchConfig, PersonSearchPretrainConfig)):
+        raise ValueError(
+            f"--model {name_or_path}: a {config.model_type!r} model, not a person search model "
+            f"(expected model_type {PersonSearchConfig.model_type!r} or {PersonSearchPretrainConfig.model_type!r})"
+        )
     notes = []
     if isinstance(config, PersonSearchPretrainConfig):
         notes.append(
             f"{name_or_path} is a pre-training checkpoint: searching with its person search part (detector and "
             "re-ID head as pre-trained, not fine-tuned on a target dataset)"
         )
-        return PersonSearchModel.from_pretrained(name_or_path, dtype=torch.float32), notes
-    model = AutoModel.from_pretrained(name_or_path, dtype=torch.float32)
-    if not isinstance(model, PersonSearchModel):
-        raise ValueError(f"--model {name_or_path}: a {type(model).__name__}, not a person search model")
+    try:
+        model = PersonSearchModel.from_pretrained(name_or_path, dtype=torch.float32)
+    except OSError as error:
+        raise ValueError(f"--model {name_or_path}: its weights cannot be loaded ({_first_line(error)})") from error
     return model, notes
 
 

@@ -200,6 +200,14 @@ def test_bad_model_gives_one_line(tmp_path, workspace, capsys):
     (tmp_path / "not_a_model").mkdir()
     assert cli.main(["search", "--model", str(tmp_path / "not_a_model"), *query]) == 2
     assert "not a saved model folder" in capsys.readouterr().err
+    (tmp_path / "other_model").mkdir()
+    (tmp_path / "other_model" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    assert cli.main(["search", "--model", str(tmp_path / "other_model"), *query]) == 2
+    assert "a 'bert' model, not a person search model" in capsys.readouterr().err
+    no_weights = save_tiny_model(tmp_path / "no_weights")
+    (no_weights / "model.safetensors").unlink()
+    assert cli.main(["search", "--model", str(no_weights), *query]) == 2
+    assert "its weights cannot be loaded" in capsys.readouterr().err
     assert cli.main(["search", "--model", "no-such-org/no-such-model", *query]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "neither a saved model folder nor a loadable Hub model id" in err

@@ -75,10 +75,8 @@ def _person_tile(
     draw = ImageDraw.Draw(tile)
 
     def to_tile(b: Sequence[float]) -> list[float]:
-        return [(b[0] - window[0]) * scale + dx, (b[1] - window[1]) * scale + dy] + [
-            (b[2] - window[0]) * scale + dx,
-            (b[3] - window[1]) * scale + dy,
-        ]
+        x1, y1, x2, y2 = (b[0] - window[0], b[1] - window[1], b[2] - window[0], b[3] - window[1])
+        return [x1 * scale + dx, y1 * scale + dy, x2 * scale + dx, y2 * scale + dy]
 
     for detection in detections:
         corners = to_tile(detection["box"])
