@@ -318,6 +318,8 @@ def search_command(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         best_per_image=args.best_per_image,
     )
+    for match in matches:
+        index.image_file(match["image_index"])  # a gallery moved since indexing: say so before the table
     if not matches:
         print(_why_no_match(index, args.threshold))
     else:
