@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args._run(args)
-    except (ValueError, FileNotFoundError, TypeError, ImportError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -85,7 +85,9 @@ def _parse_box(text: str) -> list[float]:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="saved model folder or Hub id")
+    parser.add_argument(
+        "--model", required=True, help="saved model folder (fine-tuned or pre-training checkpoint) or Hub id"
+    )
     parser.add_argument("--device", default=None, help="torch device (default: the first GPU if any, else cpu)")
     parser.add_argument("--min-size", type=int, default=None, help="override the image processor's min_size")
     parser.add_argument("--max-size", type=int, default=None, help="override the image processor's max_size")
@@ -93,16 +95,94 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="gallery images per forward pass (4)")
 
 
+def _add_gallery_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--gallery", required=required, help="folder of gallery images")
+    parser.add_argument("--recursive", action="store_true", help="also search the gallery folder's subfolders")
+
+
+def _note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _load_model(name_or_path: str):
+    """The PersonSearchModel of a saved folder or Hub id and notes for the user. A pre-training checkpoint
+    gives its downstream person search part (PersonSearchModel.from_pretrained takes it); anything else that
+    is not a person search model is one clear error line, not a traceback."""
+    import torch
+    from transformers import AutoConfig
+
+    from . import PersonSearchConfig, PersonSearchModel, PersonSearchPretrainConfig
+
+    path = Path(name_or_path)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ValueError(f"--model {path}: not a saved model folder ({path / 'config.json'} does not exist)")
+    if not path.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
+        raise ValueError(f"--model {name_or_path}: no such folder")
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"--model {name_or_path}: neither a saved model folder nor a loadable Hub model id ({_first_line(error)})"
+        ) from error
+    if not isinstance(config, (PersonSearchConfig, PersonSearchPretrainConfig)):
+        raise ValueError(
+            f"--model {name_or_path}: a {config.model_type!r} model, not a person search model "
+            f"(expected model_type {PersonSearchConfig.model_type!r} or {PersonSearchPretrainConfig.model_type!r})"
+        )
+    notes = []
+    if isinstance(config, PersonSearchPretrainConfig):
+        notes.append(
+            f"{name_or_path} is a pre-training checkpoint: searching with its person search part (detector and "
+            "re-ID head as pre-trained, not fine-tuned on a target dataset)"
+        )
+    try:
+        model = PersonSearchModel.from_pretrained(name_or_path, dtype=torch.float32)
+    except OSError as error:
+        raise ValueError(f"--model {name_or_path}: its weights cannot be loaded ({_first_line(error)})") from error
+    return model, notes
+
+
 def _pipeline(args):
+    """The search pipeline of ``--model``, with one-line notes on stderr about what is being searched with."""
     import torch
     from transformers import AutoImageProcessor, pipeline
 
-    import hf_personsearch.pipelines  # noqa: F401  (registers the task)
+    from . import PersonSearchImageProcessor
+    from . import pipelines as _  # noqa: F401  (registers the "person-search" task)
+    from .hub.model_card import read_training_record, trained_on_synthetic_data
 
+    model, notes = _load_model(args.model)
     overrides = {key: value for key, value in (("min_size", args.min_size), ("max_size", args.max_size)) if value}
-    processor = AutoImageProcessor.from_pretrained(args.model, **overrides)
+    try:
+        processor = AutoImageProcessor.from_pretrained(args.model, **overrides)
+    except OSError:
+        processor = PersonSearchImageProcessor(**overrides)
+        notes.append(
+            f"{args.model} has no saved image processor: using the default one "
+            f"(min_size {processor.min_size}, max_size {processor.max_size})"
+        )
+    if Path(args.model).is_dir() and trained_on_synthetic_data(read_training_record(args.model)):
+        notes.append(
+            f"{args.model} was trained on synthetic images only (see its model card): it demonstrates the toolkit, "
+            "its matches on real photos are not meaningful"
+        )
+    for note in notes:
+        _note(note)
     device = args.device if args.device is not None else (0 if torch.cuda.is_available() else -1)
-    return pipeline("person-search", model=args.model, image_processor=processor, device=device, dtype=torch.float32)
+    return pipeline("person-search", model=model, image_processor=processor, device=device)
+
+
+def _report_skipped(index) -> None:
+    if index.skipped:
+        _note(
+            f"{len(index.skipped)} gallery file(s) could not be read and were skipped: "
+            + ", ".join(item["image"] for item in index.skipped)
+        )
 
 
 # ---------------------------------------------------------------------- card
@@ -114,17 +194,20 @@ def _card_arguments(parser: argparse.ArgumentParser) -> None:
         "--kind",
         choices=("pretrained", "finetuned"),
         default=None,
-        help="default: training_info's kind, else finetuned",
+        help="default: training_info's kind, else pretrained for a pre-training checkpoint, else finetuned",
     )
     parser.add_argument("--repo-id", default=None, help="Hub id shown in the usage snippet (default: the folder name)")
     parser.add_argument("--license", default="apache-2.0", help="licence of the weights (apache-2.0)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing README.md")
 
 
 @register_subcommand("card", "Render or refresh the model card (README.md) of a saved model folder", _card_arguments)
 def card_command(args: argparse.Namespace) -> int:
     from .hub.model_card import refresh_model_card
 
-    path = refresh_model_card(args.path, kind=args.kind, repo_id=args.repo_id, license=args.license)
+    path = refresh_model_card(
+        args.path, kind=args.kind, repo_id=args.repo_id, license=args.license, overwrite=args.force
+    )
     print(f"wrote {path}")
     return 0
 
@@ -159,15 +242,18 @@ def export_backbone_command(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- index
 def _index_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser)
-    parser.add_argument("--gallery", required=True, help="folder of gallery images")
+    _add_gallery_arguments(parser, required=True)
     parser.add_argument("--out", required=True, help="folder to write the gallery index to")
 
 
 @register_subcommand("index", "Embed a gallery folder once and save the index", _index_arguments)
 def index_command(args: argparse.Namespace) -> int:
     search = _pipeline(args)
-    index = search.build_index(args.gallery, threshold=args.threshold, batch_size=args.batch_size)
+    index = search.build_index(
+        args.gallery, threshold=args.threshold, batch_size=args.batch_size, recursive=args.recursive
+    )
     index.save(args.out)
+    _report_skipped(index)
     print(f"indexed {len(index)} persons in {len(index.images)} images -> {args.out}")
     return 0
 
@@ -177,11 +263,17 @@ def _search_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser)
     parser.add_argument("--query", required=True, help="query image")
     parser.add_argument("--box", required=True, type=_parse_box, help="query person box x1,y1,x2,y2 in pixels")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--gallery", help="folder of gallery images (embedded now)")
-    source.add_argument("--index", help="gallery index folder written by `hf-personsearch index`")
+    _add_gallery_arguments(parser, required=False)
+    parser.add_argument("--index", help="gallery index folder written by `hf-personsearch index` (or --gallery)")
     parser.add_argument("--top-k", type=int, default=10, help="matches to show (10)")
+    parser.add_argument("--best-per-image", action="store_true", help="one match per gallery image (its best person)")
     parser.add_argument("--out", default=None, help="write the picture of the query and the matches here (.png)")
+    parser.add_argument(
+        "--show-detections",
+        action="store_true",
+        help="picture: whole gallery images with every detection and its score (default: a window on the match)",
+    )
+    parser.add_argument("--columns", type=int, default=5, help="picture: tiles per row (5)")
     parser.add_argument("--json", default=None, help="write the ranked matches as JSON here")
     parser.add_argument(
         "--backend",
@@ -191,26 +283,65 @@ def _search_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _why_no_match(index, threshold: float) -> str:
+    """Why a search found nothing: no gallery detection reaches the threshold (the highest one, if the index
+    kept weaker detections, tells how far off it is)."""
+    why = f"no match: no gallery person in the {len(index.images)} gallery images has a detection score >= {threshold}"
+    weaker = index.scores[index.scores < threshold]
+    if len(weaker):
+        why += f" (the highest is {float(weaker.max()):.3f})"
+    return why + "; lower --threshold to see weaker detections"
+
+
 @register_subcommand(
     "search", "Find the query person in a gallery; print a ranked table, draw a picture", _search_arguments
 )
 def search_command(args: argparse.Namespace) -> int:
-    from .pipelines import GalleryIndex, format_matches_table, load_image, render_search_result
+    from .pipelines import GalleryIndex, format_matches_table, image_from_source, render_search_result
 
+    if (args.gallery is None) == (args.index is None):
+        raise ValueError("give one of --gallery (a folder of images) and --index (a folder written by `index`)")
     search = _pipeline(args)
     if args.index is not None:
         index = GalleryIndex.load(args.index)
     else:
-        index = search.build_index(args.gallery, threshold=args.threshold, batch_size=args.batch_size)
+        index = search.build_index(
+            args.gallery, threshold=args.threshold, batch_size=args.batch_size, recursive=args.recursive
+        )
+    _report_skipped(index)
     matches = search.search(
-        args.query, args.box, index, top_k=args.top_k, backend=args.backend, threshold=args.threshold
+        args.query,
+        args.box,
+        index,
+        top_k=args.top_k,
+        backend=args.backend,
+        threshold=args.threshold,
+        best_per_image=args.best_per_image,
     )
-    print(format_matches_table(matches))
+    for match in matches:
+        index.image_file(match["image_index"])  # a gallery moved since indexing: say so before the table
+    if not matches:
+        print(_why_no_match(index, args.threshold))
+    else:
+        print(format_matches_table(matches))
     if args.json:
         Path(args.json).write_text(json.dumps(matches, indent=2))
-    if args.out:
+    if args.out and matches:
+
+        def detections(match: dict) -> list[dict]:
+            rows = (index.image_index == match["image_index"]) & (index.scores >= args.threshold)
+            return [
+                {"box": box.tolist(), "score": float(score)}
+                for box, score in zip(index.boxes[rows], index.scores[rows])
+            ]
+
         picture = render_search_result(
-            load_image(args.query, "query image"), args.box, matches, lambda m: load_image(m["image"], "gallery image")
+            image_from_source(args.query, "query image"),
+            args.box,
+            matches,
+            lambda match: image_from_source(str(index.image_file(match["image_index"])), "gallery image"),
+            columns=args.columns,
+            detections=detections if args.show_detections else None,
         )
         picture.save(args.out)
         print(f"wrote {args.out}")

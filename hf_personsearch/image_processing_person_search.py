@@ -175,6 +175,10 @@ class PersonSearchImageProcessor(BaseImageProcessor):
     ) -> list[dict[str, torch.Tensor]]:
         """Per image {"boxes", "scores", "embeddings"} of the detections with score >= threshold.
 
+        The embeddings are the model's norm-aware ones (NAE): unit re-ID direction x detection score, so their
+        norm is the score. Rank them against a query with :func:`search_similarity`, the toolkit's one scoring
+        rule (the pipeline, the gallery index, the CLI and the evaluation protocols all use it).
+
         Args:
             outputs: a :class:`PersonSearchOutput` of the model in eval mode.
             target_sizes: (B, 2) (height, width) to map the boxes to, usually the processor's
@@ -198,3 +202,31 @@ class PersonSearchImageProcessor(BaseImageProcessor):
                 boxes = boxes * torch.stack([width_ratio, height_ratio, width_ratio, height_ratio])
             results.append({"boxes": boxes, "scores": scores[keep], "embeddings": embeddings[keep]})
         return results
+
+
+def search_similarity(query_embeddings: torch.Tensor, gallery_embeddings: torch.Tensor) -> torch.Tensor:
+    """How well detected gallery persons match query persons: the toolkit's one scoring rule.
+
+    similarity = unit query embedding . norm-aware gallery embedding = detection score x cosine similarity of
+    the re-ID embeddings. This is NAE's ranking and the one of the person search protocols (the gallery
+    features are weighted by their detection score, as in NAE/SeqNet's evaluation), so a search ranks as the
+    evaluation that produced a model's mAP did: a confident detection of a person beats a background box that
+    merely looks alike. The pipeline, the gallery index, the CLI and the README snippet rank with it.
+
+    Args:
+        query_embeddings: (d,) or (Q, d) embeddings of the query persons (``model.embed_boxes``); normalised here.
+        gallery_embeddings: (N, d) detections' embeddings as ``post_process_person_search`` returns them
+            (norm = detection score).
+
+    Returns:
+        (N,) for one query, (Q, N) for Q queries; values in [-1, 1], higher = better match.
+    """
+    queries = torch.as_tensor(query_embeddings)
+    gallery = torch.as_tensor(gallery_embeddings)
+    if gallery.dim() != 2 or queries.dim() not in (1, 2) or queries.shape[-1] != gallery.shape[1]:
+        raise ValueError(
+            f"search_similarity: expected query embeddings (d,) or (Q, d) and gallery embeddings (N, d) with the "
+            f"same d, got {tuple(queries.shape)} and {tuple(gallery.shape)}"
+        )
+    queries = torch.nn.functional.normalize(queries.float(), dim=-1)
+    return queries @ gallery.float().to(queries.device).T

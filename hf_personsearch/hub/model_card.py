@@ -14,13 +14,19 @@ Metric values are fractions in [0, 1] (what the evaluation returns); cards show 
 (what papers report), in the table and in the model-index.
 
 A saved model folder can hold ``eval_results.json`` (a list of such dicts) and ``training_info.json`` (a flat
-dict: data, steps, hardware, ..., optionally ``"kind": "pretrained"``); :func:`refresh_model_card` turns
-them and ``config.json`` into the folder's ``README.md``.
+dict: data, steps, hardware, ..., optionally ``"kind": "pretrained"`` and ``"synthetic_data": true``);
+:func:`refresh_model_card` turns them and ``config.json`` into the folder's ``README.md``.
+
+Cards say what the model was trained on and nothing more: a model trained on the synthetic generator's images
+says so (``synthetic_data``), absolute paths of the training machine are reduced to their last folder name
+(they mean nothing to a reader and expose the machine's layout), and results on the custom format are shown
+as own-data results under the protocol rules query.json chose, not as a community benchmark.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -36,6 +42,13 @@ TEMPLATES_FOLDER = "model_card_templates"
 """The templates are package data of this subpackage, read through importlib (jinja2.PackageLoader), so that
 an installed wheel renders cards as a source checkout does; pass ``templates_dir`` to render from elsewhere."""
 
+SYNTHETIC_DATA_KEY = "synthetic_data"
+"""``training_info.json`` key: true when every training image came from the synthetic generator (the demo,
+tests). The card and ``hf-personsearch search`` then say that the model is not meant for real photos."""
+CUSTOM_DATASET = "custom"
+"""The registered name of the custom format (users' own data): its results are not a public benchmark."""
+PROCESSOR_FILE = "preprocessor_config.json"
+"""Written by ``PersonSearchImageProcessor.save_pretrained``; a pre-training checkpoint folder has none."""
 TASK_TYPE = "person-search"
 TASK_NAME = "Person Search"
 METRIC_NAMES = {"mAP": "mAP"}
@@ -68,6 +81,36 @@ def _display_name(dataset: str) -> str:
         if wanted in (spec.name, _dataset_type(spec.display_name)):
             return spec.display_name
     return dataset
+
+
+_ABSOLUTE_PATH = re.compile(r"(?:(?<=^)|(?<=[\s(=:,'\"]))(?:/|~/|[A-Za-z]:[\\/])[^\s,;)'\"]*")
+"""An absolute POSIX, home-relative or Windows path inside a text value (at its start or after a separator)."""
+
+
+def _without_local_paths(value):
+    """``value`` with every absolute path replaced by its last component ("/home/me/data/prw" -> "prw")."""
+    if not isinstance(value, str):
+        return value
+
+    def last_component(match: re.Match) -> str:
+        parts = [part for part in re.split(r"[\\/]", match.group(0)) if part and not part.endswith(":")]
+        return parts[-1] if parts else match.group(0)
+
+    return _ABSOLUTE_PATH.sub(last_component, value)
+
+
+def read_training_record(folder: str | Path) -> dict:
+    """``folder/training_info.json`` as a dict ({} when the folder has none)."""
+    path = Path(folder) / TRAINING_FILE
+    return _read_json(path, dict) if path.is_file() else {}
+
+
+def trained_on_synthetic_data(training: dict) -> bool:
+    """Whether a training record says that the model saw only synthetic images (:data:`SYNTHETIC_DATA_KEY`)."""
+    value = training.get(SYNTHETIC_DATA_KEY, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{TRAINING_FILE}: key {SYNTHETIC_DATA_KEY!r} must be true or false, got {value!r}")
+    return value
 
 
 def eval_results_to_model_index(results: list[dict]) -> list[EvalResult]:
@@ -145,6 +188,7 @@ def _table_rows(results: list[dict]) -> tuple[list[dict], list[str]]:
         rows.append(
             {
                 "dataset": _display_name(result["dataset"]),
+                "own_data": _dataset_type(result["dataset"]) == CUSTOM_DATASET,
                 "settings_text": ", ".join(f"{k}={v}" for k, v in settings.items()) or "-",
                 "mAP": f"{100 * float(result['mAP']):.2f}" if "mAP" in result else "-",
                 "topk": {k: f"{100 * float(result[k]):.2f}" for k in topk_names if k in result},
@@ -164,6 +208,8 @@ def render_model_card(
     license: str = DEFAULT_LICENSE,
     base_model: str | None = None,
     templates_dir: str | Path | None = None,
+    synthetic_data: bool = False,
+    image_processor_saved: bool = True,
 ) -> ModelCard:
     """Render the card of a person search model.
 
@@ -177,12 +223,16 @@ def render_model_card(
         license: licence id of the weights (default: the toolkit's apache-2.0).
         base_model: the model it was fine-tuned from, for the Hub's model tree.
         templates_dir: folder of the templates (default: the package's model_card_templates/).
+        synthetic_data: the model was trained on synthetic images only; the card says so first.
+        image_processor_saved: the repository holds ``preprocessor_config.json``; False (a pre-training
+            checkpoint) makes the usage snippet build the default processor instead of loading one.
     """
     import jinja2
 
     if kind not in CARD_KINDS:
         raise ValueError(f"card kind must be one of {CARD_KINDS}, got {kind!r}")
     eval_results = list(eval_results or [])
+    training = {key: _without_local_paths(value) for key, value in (training or {}).items()}
     model_index = eval_results_to_model_index(eval_results)
     target = sorted({_display_name(r["dataset"]) for r in eval_results})
     model_name = repo_id.rstrip("/").split("/")[-1]
@@ -192,7 +242,7 @@ def render_model_card(
         pipeline_tag=None,
         license=license,
         tags=["person-search", "pedestrian-detection", "person-re-identification", "hf-personsearch", kind],
-        datasets=datasets or [_dataset_type(name) for name in target] or None,
+        datasets=datasets or [_dataset_type(n) for n in target if _dataset_type(n) != CUSTOM_DATASET] or None,
         base_model=base_model,
         eval_results=model_index or None,
     )
@@ -211,12 +261,18 @@ def render_model_card(
         model_name=model_name,
         repo_id=repo_id,
         architecture=_architecture(config),
-        training=training or {},
+        training=training,
         loss_weights=_loss_weights(config),
         results=rows,
         topk_names=topk_names,
-        target_datasets=" and ".join(target) or "a person search dataset",
+        target_datasets=" and ".join(
+            "the user's own data (custom format)" if _dataset_type(n) == CUSTOM_DATASET else n for n in target
+        )
+        or "a person search dataset",
         license=license,
+        synthetic_data=synthetic_data,
+        image_processor_saved=image_processor_saved,
+        pretrain_checkpoint=hasattr(config, "person_search"),
     )
     return ModelCard(text)
 
@@ -238,10 +294,14 @@ def refresh_model_card(
     repo_id: str | None = None,
     license: str = DEFAULT_LICENSE,
     templates_dir: str | Path | None = None,
+    overwrite: bool = True,
 ) -> Path:
     """(Re-)write ``folder/README.md`` from ``config.json``, ``eval_results.json`` and ``training_info.json``.
 
-    ``kind`` defaults to training_info's "kind", else "finetuned"; ``repo_id`` defaults to the folder name.
+    ``kind`` defaults to training_info's "kind", else "pretrained" for a pre-training checkpoint and
+    "finetuned" otherwise; ``repo_id`` defaults to the folder name. ``overwrite=False`` refuses to replace an
+    existing README.md (``hf-personsearch card`` without ``--force``: it may hold text written by hand); the
+    training scripts regenerate the card of the folder they just wrote.
     """
     from transformers import AutoConfig
 
@@ -250,13 +310,19 @@ def refresh_model_card(
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not a saved model folder: {folder / 'config.json'} does not exist")
+    path = folder / CARD_FILE
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists: pass --force (overwrite=True) to replace it")
     config = AutoConfig.from_pretrained(folder)
     results = _read_json(folder / RESULTS_FILE, list) if (folder / RESULTS_FILE).is_file() else []
     for index, result in enumerate(results):
         if not isinstance(result, dict):
             raise ValueError(f"{folder / RESULTS_FILE}: item {index} is a {type(result).__name__}, expected an object")
-    training = _read_json(folder / TRAINING_FILE, dict) if (folder / TRAINING_FILE).is_file() else {}
-    kind = kind or training.pop("kind", None) or "finetuned"
+    training = read_training_record(folder)
+    synthetic_data = trained_on_synthetic_data(training)
+    training.pop(SYNTHETIC_DATA_KEY, None)
+    pretrain_checkpoint = hasattr(config, "person_search")
+    kind = kind or training.pop("kind", None) or ("pretrained" if pretrain_checkpoint else "finetuned")
     training.pop("kind", None)
     card = render_model_card(
         config,
@@ -266,7 +332,8 @@ def refresh_model_card(
         training=training,
         license=license,
         templates_dir=templates_dir,
+        synthetic_data=synthetic_data,
+        image_processor_saved=(folder / PROCESSOR_FILE).is_file(),
     )
-    path = folder / CARD_FILE
     card.save(path)
     return path

@@ -10,7 +10,15 @@ from transformers.pipelines import PIPELINE_REGISTRY
 import hf_personsearch  # noqa: F401  (registers PersonSearchConfig / PersonSearchModel with the Auto classes)
 
 from .gallery_index import GalleryIndex, faiss_available, model_fingerprint
-from .person_search import PersonSearchPipeline, check_box, format_matches_table, gallery_sources, load_image
+from .person_search import (
+    PersonSearchPipeline,
+    check_box,
+    display_path,
+    format_matches_table,
+    gallery_sources,
+    image_from_source,
+    load_image,
+)
 from .visualization import render_search_result
 
 TASK = "person-search"
@@ -22,9 +30,11 @@ __all__ = [
     "GalleryIndex",
     "PersonSearchPipeline",
     "check_box",
+    "display_path",
     "faiss_available",
     "format_matches_table",
     "gallery_sources",
+    "image_from_source",
     "load_image",
     "model_fingerprint",
     "render_search_result",

@@ -5,7 +5,11 @@ list, the model it was made with and the settings). Loading checks both, because
 (or of the same model at another image size) are not comparable with a query's: the search would return
 ranked nonsense without any error.
 
-Search is exact inner product on L2-normalised embeddings (= cosine similarity), in torch by default;
+Gallery images are stored as absolute paths, so an index searched from another working folder finds them;
+a gallery moved after indexing gives an error naming the missing file (:meth:`GalleryIndex.image_file`).
+
+Search ranks by :func:`~hf_personsearch.image_processing_person_search.search_similarity` (unit query
+embedding . norm-aware gallery embedding = detection score x cosine), in torch by default;
 ``backend="faiss"`` uses a FAISS flat inner-product index (``pip install hf-personsearch[faiss]``), exact too,
 so both give the same ranking (tested). FAISS is opt-in because it is not faster everywhere: on the shared
 2-core development machine (benchmarks/bench_search.py, 16 queries, d=256, two runs) torch/FAISS time ratios
@@ -22,9 +26,13 @@ from pathlib import Path
 
 import torch
 
+from ..image_processing_person_search import search_similarity
+
 TENSORS_FILE = "gallery_index.safetensors"
 METADATA_FILE = "gallery_index.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: norm-aware embeddings (norm = detection score), absolute image paths, skipped files. Version 1 indexes
+held unit embeddings and working-folder-relative paths; they are refused with a request to rebuild."""
 BACKENDS = ("torch", "faiss")
 
 
@@ -51,16 +59,19 @@ class GalleryIndex:
     """Persons detected in a gallery.
 
     Attributes:
-        embeddings: float32 (N, d), L2-normalised re-ID embeddings of the N detected persons.
+        embeddings: float32 (N, d), norm-aware re-ID embeddings of the N detected persons (unit direction x
+            detection score, as ``post_process_person_search`` returns them).
         boxes: float32 (N, 4) xyxy in the pixels of the original gallery images.
         scores: float32 (N,) detection scores.
         image_index: int64 (N,) position in ``images`` of the image each person was found in.
-        images: identifiers of the gallery images (file paths, or names given to in-memory images), all of
-            them, including those where no person was found.
+        images: identifiers of the gallery images (absolute file paths, or names given to in-memory images),
+            all that were read, including those where no person was found.
         model_id: where the model came from (``name_or_path``).
         model_fingerprint: :func:`model_fingerprint` of the model's weights.
         settings: what else changes the embeddings: detection threshold, processor min_size / max_size,
             embedding_dim.
+        skipped: gallery files that could not be read, ``{"image": path, "reason": why}``; the search ran
+            without them.
     """
 
     embeddings: torch.Tensor
@@ -71,6 +82,7 @@ class GalleryIndex:
     model_id: str
     model_fingerprint: str
     settings: dict = field(default_factory=dict)
+    skipped: list[dict] = field(default_factory=list)
     _faiss_index: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
@@ -104,6 +116,7 @@ class GalleryIndex:
             "model_fingerprint": self.model_fingerprint,
             "settings": self.settings,
             "images": self.images,
+            "skipped": self.skipped,
         }
         (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
         return folder
@@ -123,7 +136,8 @@ class GalleryIndex:
             raise ValueError(f"{folder / METADATA_FILE}: not valid JSON ({error})") from error
         if metadata.get("format_version") != FORMAT_VERSION:
             raise ValueError(
-                f"{folder / METADATA_FILE}: format_version {metadata.get('format_version')!r}, expected {FORMAT_VERSION}"
+                f"{folder / METADATA_FILE}: format_version {metadata.get('format_version')!r}, expected "
+                f"{FORMAT_VERSION}: rebuild the index with this version (hf-personsearch index)"
             )
         tensors = load_file(str(folder / TENSORS_FILE))
         return cls(
@@ -135,6 +149,7 @@ class GalleryIndex:
             model_id=metadata["model_id"],
             model_fingerprint=metadata["model_fingerprint"],
             settings=dict(metadata["settings"]),
+            skipped=list(metadata.get("skipped", [])),
         )
 
     def check_compatible(self, model_id: str, fingerprint: str, settings: dict) -> None:
@@ -154,6 +169,16 @@ class GalleryIndex:
             detail = ", ".join(f"{key}: index {old!r}, now {new!r}" for key, (old, new) in different.items())
             raise ValueError(f"the gallery index was made with other settings ({detail}): rebuild it")
 
+    def image_file(self, position: int) -> Path:
+        """The file of gallery image ``position``; a clear error when it is gone (gallery moved or deleted)."""
+        path = Path(self.images[position])
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"gallery image {path} (listed in the gallery index) does not exist: the gallery was moved or "
+                "deleted after indexing; rebuild the index where the images are now (hf-personsearch index)"
+            )
+        return path
+
     # ------------------------------------------------------------------ search
     def search(
         self, query_embeddings: torch.Tensor, top_k: int = 10, backend: str = "torch"
@@ -161,7 +186,7 @@ class GalleryIndex:
         """The ``top_k`` most similar gallery persons of each query.
 
         Args:
-            query_embeddings: (Q, d) or (d,) L2-normalised query embeddings.
+            query_embeddings: (Q, d) or (d,) query embeddings (normalised here).
             top_k: matches per query (fewer when the gallery has fewer persons).
             backend: "torch" (exact matmul + topk) or "faiss" (exact flat inner-product index; needs faiss).
 
@@ -172,7 +197,7 @@ class GalleryIndex:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        queries = torch.as_tensor(query_embeddings, dtype=torch.float32).cpu()
+        queries = torch.nn.functional.normalize(torch.as_tensor(query_embeddings, dtype=torch.float32).cpu(), dim=-1)
         if queries.dim() == 1:
             queries = queries[None]
         if queries.dim() != 2 or queries.shape[1] != self.embeddings.shape[1]:
@@ -184,7 +209,7 @@ class GalleryIndex:
         if k == 0:
             return torch.zeros((queries.shape[0], 0)), torch.zeros((queries.shape[0], 0), dtype=torch.long)
         if backend == "torch":
-            similarities = queries @ self.embeddings.float().T
+            similarities = search_similarity(queries, self.embeddings)
             values, indices = similarities.topk(k, dim=1)
             return values, indices
         if not faiss_available():

@@ -2,16 +2,22 @@
 
     search = pipeline("person-search", model="org/prtps-r50-prw")
     matches = search("query.jpg", query_box=[x1, y1, x2, y2], gallery="gallery/", top_k=10)
-    # [{"rank": 1, "image": "gallery/0003.jpg", "box": [...], "similarity": 0.91, "score": 0.99}, ...]
+    # [{"rank": 1, "image": "/abs/gallery/0003.jpg", "box": [...], "similarity": 0.91, "score": 0.99}, ...]
 
 The gallery is detected once per call (every person with a detection score >= ``threshold``), or once and
 for all with :meth:`PersonSearchPipeline.build_index` (a :class:`GalleryIndex`, saved to disk and reused).
-The query is embedded from its given box (no detection), as in the person search protocols.
-``search(image)`` without a query box returns the persons detected in the image.
+The query is embedded from its given box (no detection), as in the person search protocols. Matches are
+ranked by :func:`~hf_personsearch.image_processing_person_search.search_similarity`, the toolkit's one
+scoring rule. ``search(image)`` without a query box returns the persons detected in the image.
+
+Real photo folders hold broken files: a gallery file that cannot be read is skipped, named in a warning and
+counted in ``GalleryIndex.skipped``; only a gallery where nothing can be read is an error.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,21 +30,54 @@ from ..image_loading import load_image
 from ..modeling_person_search import PersonSearchOutput
 from .gallery_index import GalleryIndex, model_fingerprint
 
+logger = logging.getLogger(__name__)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_THRESHOLD = 0.5
 """Detection score a gallery person needs: the det_thresh of the PRW / CUHK-SYSU search protocols."""
 DEFAULT_BATCH_SIZE = 4
 """Gallery images per forward pass: scene images at 900x1500 are large; 4 fits a 16 GB GPU with a ResNet50."""
-PROGRESS_MIN_IMAGES = 100
-"""A progress bar is shown (when ``progress`` is None) for galleries of at least this many images."""
+PROGRESS_MIN_IMAGES = 4
+"""A progress bar (with ETA) is shown, when ``progress`` is None, for galleries of at least this many images:
+on CPU a ResNet-50/18 takes several seconds per 900x1500 image, so even a handful of images is a wait."""
 
 
-def gallery_sources(gallery) -> list:
-    """The gallery as a list of image sources: a folder (its images, sorted by name, not recursive), one
-    path, or a list of paths / PIL images / arrays. An empty gallery is an error."""
+def image_from_source(source, what: str) -> Image.Image:
+    """An RGB PIL image from what the image processor accepts: a path, a PIL image (any mode) or a numpy array
+    (H, W) grayscale, (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA, uint8 or float in [0, 1]. The alpha channel
+    is dropped, as ``PIL.Image.convert("RGB")`` does; ``what`` names the image in errors."""
+    if not isinstance(source, np.ndarray):
+        return load_image(source, what)
+    array = source
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise ValueError(f"{what}: expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array, got {source.shape}")
+    if np.issubdtype(array.dtype, np.floating):
+        if array.size and not (0.0 <= float(array.min()) and float(array.max()) <= 1.0):
+            raise ValueError(f"{what}: a float array must hold values in [0, 1], got [{array.min()}, {array.max()}]")
+        array = np.round(array * 255.0)
+    elif array.dtype != np.uint8:
+        raise ValueError(f"{what}: expected a uint8 or float array, got dtype {array.dtype}")
+    return Image.fromarray(array.astype(np.uint8)).convert("RGB")
+
+
+def gallery_sources(gallery, recursive: bool = False) -> list:
+    """The gallery as a list of image sources: a folder (its images by file extension, sorted by path; with
+    ``recursive`` its subfolders' too), one path, or a list of paths / PIL images / arrays. Files of a folder
+    without an image extension are reported once in a warning. An empty gallery is an error."""
     if isinstance(gallery, (str, Path)) and Path(gallery).is_dir():
         folder = Path(gallery)
-        sources = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        files = sorted(path for path in (folder.rglob("*") if recursive else folder.iterdir()) if path.is_file())
+        sources = [str(path) for path in files if path.suffix.lower() in IMAGE_EXTENSIONS]
+        others = [path.relative_to(folder).as_posix() for path in files if path.suffix.lower() not in IMAGE_EXTENSIONS]
+        if others:
+            shown = ", ".join(others[:5]) + (f", ... ({len(others) - 5} more)" if len(others) > 5 else "")
+            logger.warning("gallery folder %s: ignored %d non-image files: %s", folder, len(others), shown)
+        if not recursive and any(path.is_dir() for path in folder.iterdir()):
+            logger.warning(
+                "gallery folder %s has subfolders: they are not searched (use recursive / --recursive)", folder
+            )
         if not sources:
             raise ValueError(f"gallery folder {folder} has no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
         return sources
@@ -51,8 +90,9 @@ def gallery_sources(gallery) -> list:
 
 
 def _identifier(source, position: int) -> str:
+    """Absolute path of a file (so that a saved index works from any working folder), else a name."""
     if isinstance(source, (str, Path)):
-        return str(source)
+        return os.path.abspath(source)
     return getattr(source, "filename", "") or f"image_{position}"
 
 
@@ -75,9 +115,11 @@ class PersonSearchPipeline(Pipeline):
 
     Call: ``pipe(query, query_box=..., gallery=... | index=..., top_k=10)`` -> ranked matches
     ``[{"rank", "image", "image_index", "box", "similarity", "score"}]``, box in the gallery image's pixels,
-    similarity = cosine of the re-ID embeddings, score = detection score. ``pipe(image)`` -> detections
-    ``[{"box", "score"}]``. Options: ``threshold`` (0.5), ``batch_size`` (4), ``progress`` (None = a bar
-    for galleries of 100+ images), ``backend`` ("torch", "faiss").
+    similarity = :func:`search_similarity` (detection score x cosine of the re-ID embeddings), score =
+    detection score. ``pipe(image)`` -> detections ``[{"box", "score"}]``. Images: paths, PIL images or
+    grayscale / RGB / RGBA arrays. Options: ``threshold`` (0.5), ``batch_size`` (4), ``progress`` (None = a
+    bar for galleries of 4+ images), ``backend`` ("torch", "faiss"), ``best_per_image`` (False: one match per
+    gallery image, its best person), ``recursive`` (False: a gallery folder's subfolders too).
     """
 
     _load_image_processor = True
@@ -106,19 +148,16 @@ class PersonSearchPipeline(Pipeline):
         }
 
     def postprocess(self, model_outputs, threshold: float = DEFAULT_THRESHOLD):
-        """Per image {"boxes" (n, 4) original pixels, "scores" (n,), "embeddings" (n, d) L2-normalised}."""
+        """Per image {"boxes" (n, 4) original pixels, "scores" (n,), "embeddings" (n, d) norm-aware}."""
         outputs = PersonSearchOutput(
             boxes=model_outputs["boxes"], scores=model_outputs["scores"], embeddings=model_outputs["embeddings"]
         )
-        results = self.image_processor.post_process_person_search(
+        return self.image_processor.post_process_person_search(
             outputs,
             target_sizes=model_outputs["original_sizes"],
             image_sizes=model_outputs["image_sizes"],
             threshold=threshold,
         )
-        for result in results:
-            result["embeddings"] = torch.nn.functional.normalize(result["embeddings"].float(), dim=1)
-        return results
 
     def detect(self, images: list[Image.Image], threshold: float = DEFAULT_THRESHOLD) -> list[dict]:
         """Detections of a batch of PIL images (one forward pass)."""
@@ -140,7 +179,7 @@ class PersonSearchPipeline(Pipeline):
 
     def embed_query(self, image, box) -> torch.Tensor:
         """L2-normalised embedding (d,) of the person in ``box`` (xyxy, pixels of ``image``)."""
-        image = load_image(image, "query image")
+        image = image_from_source(image, "query image")
         box = check_box(box, image.width, image.height, "query")
         inputs = self.image_processor([np.array(image)], boxes=[np.asarray([box])])
         self.model.eval()
@@ -156,35 +195,53 @@ class PersonSearchPipeline(Pipeline):
         threshold: float = DEFAULT_THRESHOLD,
         batch_size: int = DEFAULT_BATCH_SIZE,
         progress: bool | None = None,
+        recursive: bool = False,
     ) -> GalleryIndex:
-        """Detect and embed every person of the gallery (a folder, paths or images) once."""
+        """Detect and embed every person of the gallery (a folder, paths or images) once. Files that cannot be
+        read are skipped (a warning each, listed in the index's ``skipped``); none readable is an error."""
         from tqdm.auto import tqdm
 
-        sources = gallery_sources(gallery)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        sources = gallery_sources(gallery, recursive=recursive)
         show = len(sources) >= PROGRESS_MIN_IMAGES if progress is None else progress
-        embeddings, boxes, scores, image_index = [], [], [], []
-        starts = range(0, len(sources), batch_size)
-        for start in tqdm(starts, desc="embedding gallery", unit="batch", disable=not show):
-            batch = [
-                load_image(source, f"gallery image {start + offset}")
-                for offset, source in enumerate(sources[start : start + batch_size])
-            ]
-            for offset, detections in enumerate(self.detect(batch, threshold=threshold)):
-                embeddings.append(detections["embeddings"].cpu())
+        embeddings, boxes, scores, image_index, images, skipped = [], [], [], [], [], []
+        bar = tqdm(total=len(sources), desc="embedding gallery", unit="image", disable=not show)
+        for start in range(0, len(sources), batch_size):
+            batch = []
+            for position, source in enumerate(sources[start : start + batch_size], start):
+                try:
+                    batch.append(image_from_source(source, f"gallery image {position}"))
+                except (OSError, ValueError) as error:
+                    if not isinstance(source, (str, Path)):
+                        raise  # an in-memory image of the wrong shape is the caller's bug, not a broken file
+                    logger.warning("skipped %s", error)
+                    skipped.append({"image": os.path.abspath(source), "reason": str(error)})
+                    continue
+                images.append(_identifier(source, position))
+            for offset, detections in enumerate(self.detect(batch, threshold=threshold) if batch else []):
+                embeddings.append(detections["embeddings"].float().cpu())
                 boxes.append(detections["boxes"].float().cpu())
                 scores.append(detections["scores"].float().cpu())
-                image_index.append(torch.full((len(detections["scores"]),), start + offset, dtype=torch.long))
+                row = len(images) - len(batch) + offset
+                image_index.append(torch.full((len(detections["scores"]),), row, dtype=torch.long))
+            bar.update(len(sources[start : start + batch_size]))
+        bar.close()
+        if not images:
+            raise ValueError(
+                f"none of the {len(sources)} gallery images could be read: "
+                + "; ".join(item["reason"] for item in skipped[:3])
+            )
         return GalleryIndex(
             embeddings=torch.cat(embeddings),
             boxes=torch.cat(boxes),
             scores=torch.cat(scores),
             image_index=torch.cat(image_index),
-            images=[_identifier(source, position) for position, source in enumerate(sources)],
+            images=images,
             model_id=self.model_id(),
             model_fingerprint=model_fingerprint(self.model),
             settings=self.settings(threshold),
+            skipped=skipped,
         )
 
     def search(
@@ -195,9 +252,12 @@ class PersonSearchPipeline(Pipeline):
         top_k: int = 10,
         backend: str = "torch",
         threshold: float | None = None,
+        best_per_image: bool = False,
     ) -> list[dict]:
         """Ranked matches of the query person in an index (checked to come from this model and settings).
-        ``threshold`` above the index's drops weaker detections; below it is an error (they were not kept)."""
+        ``threshold`` above the index's drops weaker detections; below it is an error (they were not kept).
+        ``best_per_image`` keeps only the best match of each gallery image (as the protocols count a true
+        positive once per image), so that one crowded image cannot fill the top-k."""
         threshold = index.settings.get("threshold", DEFAULT_THRESHOLD) if threshold is None else threshold
         index.check_compatible(self.model_id(), model_fingerprint(self.model), self.settings(threshold))
         if threshold < index.settings.get("threshold", 0.0):
@@ -208,18 +268,30 @@ class PersonSearchPipeline(Pipeline):
         query_embedding = self.embed_query(query, query_box)
         kept = index.scores >= threshold
         candidates = index if bool(kept.all()) else _subset(index, kept)
-        similarities, rows = candidates.search(query_embedding, top_k=top_k, backend=backend)
-        return [
-            {
-                "rank": rank + 1,
-                "image": candidates.images[int(candidates.image_index[row])],
-                "image_index": int(candidates.image_index[row]),
-                "box": [round(float(v), 2) for v in candidates.boxes[row]],
-                "similarity": float(similarity),
-                "score": float(candidates.scores[row]),
-            }
-            for rank, (similarity, row) in enumerate(zip(similarities[0].tolist(), rows[0].tolist()))
-        ]
+        if not len(candidates):
+            return []
+        similarities, rows = candidates.search(
+            query_embedding, top_k=len(candidates) if best_per_image else top_k, backend=backend
+        )
+        ranked, seen_images = [], set()
+        for similarity, row in zip(similarities[0].tolist(), rows[0].tolist()):
+            image_position = int(candidates.image_index[row])
+            if best_per_image and image_position in seen_images:
+                continue
+            seen_images.add(image_position)
+            ranked.append(
+                {
+                    "rank": len(ranked) + 1,
+                    "image": candidates.images[image_position],
+                    "image_index": image_position,
+                    "box": [round(float(v), 2) for v in candidates.boxes[row]],
+                    "similarity": float(similarity),
+                    "score": float(candidates.scores[row]),
+                }
+            )
+            if len(ranked) == top_k:
+                break
+        return ranked
 
     def __call__(
         self,
@@ -232,12 +304,14 @@ class PersonSearchPipeline(Pipeline):
         batch_size: int = DEFAULT_BATCH_SIZE,
         progress: bool | None = None,
         backend: str = "torch",
+        best_per_image: bool = False,
+        recursive: bool = False,
     ):
         if query_box is None:
             if gallery is not None or index is not None:
                 raise ValueError("a search needs query_box (x1, y1, x2, y2 of the query person in the query image)")
             images = query if isinstance(query, list) else [query]
-            loaded = [load_image(source, f"image {i}") for i, source in enumerate(images)]
+            loaded = [image_from_source(source, f"image {i}") for i, source in enumerate(images)]
             detections = self.detect(loaded, threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
             results = [
                 [
@@ -249,12 +323,16 @@ class PersonSearchPipeline(Pipeline):
             return results if isinstance(query, list) else results[0]
         if (gallery is None) == (index is None):
             raise ValueError("give either gallery (a folder, paths or images) or index (a GalleryIndex), not both")
-        query = load_image(query, "query image")
+        query = image_from_source(query, "query image")
         check_box(query_box, query.width, query.height, "query")  # before the (long) gallery pass
         if index is None:
             threshold = DEFAULT_THRESHOLD if threshold is None else threshold
-            index = self.build_index(gallery, threshold=threshold, batch_size=batch_size, progress=progress)
-        return self.search(query, query_box, index, top_k=top_k, backend=backend, threshold=threshold)
+            index = self.build_index(
+                gallery, threshold=threshold, batch_size=batch_size, progress=progress, recursive=recursive
+            )
+        return self.search(
+            query, query_box, index, top_k=top_k, backend=backend, threshold=threshold, best_per_image=best_per_image
+        )
 
 
 def _subset(index: GalleryIndex, keep: torch.Tensor) -> GalleryIndex:
@@ -267,7 +345,16 @@ def _subset(index: GalleryIndex, keep: torch.Tensor) -> GalleryIndex:
         model_id=index.model_id,
         model_fingerprint=index.model_fingerprint,
         settings=index.settings,
+        skipped=index.skipped,
     )
+
+
+def display_path(image: str) -> str:
+    """A gallery image as a person reads it: relative to the working folder when it lies below it."""
+    if not os.path.isabs(image):
+        return image
+    relative = os.path.relpath(image)
+    return image if relative.startswith("..") else relative
 
 
 def format_matches_table(matches: Iterable[dict]) -> str:
@@ -276,6 +363,7 @@ def format_matches_table(matches: Iterable[dict]) -> str:
     for match in matches:
         box = ", ".join(f"{v:.0f}" for v in match["box"])
         lines.append(
-            f"{match['rank']:>4}  {match['similarity']:>10.4f}  {match['score']:>5.2f}  {box:<30}  {match['image']}"
+            f"{match['rank']:>4}  {match['similarity']:>10.4f}  {match['score']:>5.2f}  {box:<30}  "
+            f"{display_path(match['image'])}"
         )
     return "\n".join(lines)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 
+from hf_personsearch import PersonSearchPretrainConfig, PersonSearchPretrainModel
 from hf_personsearch.data.synthetic.render import render_scene
 from hf_personsearch.hub import eval_results_to_model_index, model_index_metrics, refresh_model_card, render_model_card
 
@@ -80,24 +81,86 @@ def test_refresh_from_folder_and_the_usage_snippet_runs(tmp_path, monkeypatch):
     assert model_index_metrics(card) == {("PRW", "map"): 47.08, ("PRW", "top1"): 84.0}
     assert "pretrained" in card.data.tags and "- **steps**: 10" in card.content
 
-    # The snippet's inputs: query.jpg holding the box [100, 50, 180, 250] and a gallery folder.
-    work = tmp_path / "user"
+    namespace = _run_usage_snippets(card, "org/prtps-tiny", folder, tmp_path / "user", monkeypatch)
+    assert namespace["processor"].min_size == 128
+
+
+def _run_usage_snippets(card: ModelCard, repo_id: str, folder: Path, work: Path, monkeypatch) -> dict:
+    """Execute the card's ```python blocks with ``repo_id`` replaced by ``folder``, in ``work`` holding the
+    snippet's inputs (query.jpg with the box [100, 50, 180, 250] and a gallery folder); return their names."""
     write_gallery(work / "gallery", count=2)
     query, _ = render_scene([1], width=320, height=300, domain=0, rng=np.random.default_rng(3), min_person_height=200)
     query.save(work / "query.jpg")
     monkeypatch.chdir(work)
     blocks = re.findall(r"```python\n(.*?)```", card.content, flags=re.S)
-    assert len(blocks) == 2 and all("org/prtps-tiny" in block for block in blocks)
+    assert len(blocks) == 2 and repo_id in blocks[0]
     namespace: dict = {}
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         for block in blocks:
-            exec(block.replace("org/prtps-tiny", str(folder)), namespace)  # noqa: S102 (our own template)
+            exec(block.replace(repo_id, str(folder)), namespace)  # noqa: S102 (our own template)
     assert type(namespace["model"]).__name__ == "PersonSearchModel" and not namespace["model"].training
-    assert namespace["processor"].min_size == 128
     matches = namespace["matches"]
     assert isinstance(matches, list) and len(matches) <= 5
     assert len(printed.getvalue().splitlines()) == len(matches)
+    return namespace
+
+
+def test_card_of_a_pretraining_checkpoint_folder(tmp_path, monkeypatch):
+    """run_pretrain's pretrain_model/ folder: no training_info kind, no image processor saved. Its card is a
+    pre-trained card whose snippets load it as a PersonSearchModel with the default processor, and run."""
+    folder = tmp_path / "pretrain_model"
+    PersonSearchPretrainModel(PersonSearchPretrainConfig(person_search=tiny_config())).save_pretrained(folder)
+    card = ModelCard.load(refresh_model_card(folder, repo_id="org/prtps-pre"))
+    assert "pretrained" in card.data.tags and "pre-trained with the hybrid pre-training" in card.content
+    assert "AutoImageProcessor" not in card.content and "PersonSearchImageProcessor()" in card.content
+    namespace = _run_usage_snippets(card, "org/prtps-pre", folder, tmp_path / "user", monkeypatch)
+    assert namespace["processor"].min_size == 900
+
+
+def test_card_says_what_the_model_was_trained_on(tmp_path):
+    folder = save_tiny_model(tmp_path / "demo")
+    training = {
+        "kind": "finetuned",
+        "synthetic_data": True,
+        "data": "synthetic prw (generated)",
+        "initialisation": "pretrained (/home/alice/runs/2026-11-27/person_search_model)",
+    }
+    (folder / "training_info.json").write_text(json.dumps(training))
+    text = refresh_model_card(folder, repo_id="org/demo").read_text()
+    assert "**Trained on synthetic data only.**" in text and "not meaningful" in text
+    assert "street, campus" not in text
+    assert "- **initialisation**: pretrained (person_search_model)" in text and "/home/alice" not in text
+    assert "(initialised from pretrained (person_search_model))" in text
+    assert "synthetic_data" not in text  # the flag is said in words, not listed as a training setting
+    (folder / "training_info.json").write_text(json.dumps({**training, "synthetic_data": False}))
+    text = refresh_model_card(folder, repo_id="org/demo").read_text()
+    assert "synthetic data only" not in text and "learnt from the training data listed above" in text
+    (folder / "training_info.json").write_text(json.dumps({**training, "synthetic_data": "yes"}))
+    with pytest.raises(ValueError, match="'synthetic_data' must be true or false, got 'yes'"):
+        refresh_model_card(folder)
+
+
+def test_results_on_own_data_are_not_presented_as_a_benchmark():
+    own = {"dataset": "custom", "mAP": 0.61, "top1": 0.7, "protocol": "posetrack21", "settings": {"det_thresh": 0.5}}
+    card = render_model_card(tiny_config(), kind="finetuned", repo_id="org/m", eval_results=[own, RESULTS[0]])
+    text = card.content
+    assert "| own data (custom format) | protocol=posetrack21, det_thresh=0.5 | 61.00 | 70.00 |" in text
+    assert (
+        "not comparable with\npublished benchmarks" in text and "| PRW | protocol=prw, gallery=all | 47.08 |" in text
+    )
+    assert "fine-tuned on\nPRW and the user's own data (custom format)\nwith the toolkit" in text
+    assert card.data.datasets == ["prw"]  # "custom" is no Hub dataset
+
+
+def test_refresh_keeps_an_existing_card_unless_asked(tmp_path):
+    folder = save_tiny_model(tmp_path / "m")
+    (folder / "README.md").write_text("written by hand")
+    with pytest.raises(FileExistsError, match="README.md exists: pass --force"):
+        refresh_model_card(folder, overwrite=False)
+    assert (folder / "README.md").read_text() == "written by hand"
+    refresh_model_card(folder)
+    assert "## How to use" in (folder / "README.md").read_text()
 
 
 def test_refresh_errors_name_the_file(tmp_path):

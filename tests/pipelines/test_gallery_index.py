@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from hf_personsearch import search_similarity
 from hf_personsearch.pipelines import GalleryIndex, faiss_available
 
 
@@ -35,6 +36,24 @@ def test_torch_search_ranks_by_cosine_as_computed_by_hand():
     np.testing.assert_allclose(similarities[0].numpy(), expected, atol=1e-6)
 
 
+def test_one_similarity_is_detection_score_times_cosine():
+    # norm-aware gallery embeddings: unit directions at 0 and 60 degrees scaled by detection scores 0.5 and 1.0;
+    # the query (any length) at 0 degrees. Score x cosine: 0.5 x 1 = 0.5 and 1.0 x cos(60) = 0.5 -> a tie that
+    # cosine alone would break for the weak detection, a raw dot product with an unnormalised query would scale.
+    gallery = torch.tensor([[0.5, 0.0], [np.cos(np.pi / 3), np.sin(np.pi / 3)], [0.0, -0.9]], dtype=torch.float32)
+    query = torch.tensor([3.0, 0.0])
+    np.testing.assert_allclose(search_similarity(query, gallery).numpy(), [0.5, 0.5, 0.0], atol=1e-6)
+    np.testing.assert_allclose(search_similarity(query[None], gallery).numpy(), [[0.5, 0.5, 0.0]], atol=1e-6)
+    index = GalleryIndex(
+        gallery, torch.zeros(3, 4), gallery.norm(dim=1), torch.zeros(3, dtype=torch.long), ["a"], "m", "f"
+    )
+    similarities, rows = index.search(query, top_k=3)
+    assert rows.tolist()[0][2] == 2
+    np.testing.assert_allclose(similarities.numpy(), [[0.5, 0.5, 0.0]], atol=1e-6)
+    with pytest.raises(ValueError, match=r"same d, got \(3,\) and \(3, 2\)"):
+        search_similarity(torch.ones(3), gallery)
+
+
 def test_top_k_larger_than_gallery_returns_every_person():
     index = _index([[1.0, 0.0], [0.0, 1.0]])
     similarities, rows = index.search(torch.tensor([1.0, 0.0]), top_k=10, backend="torch")
@@ -55,15 +74,17 @@ def test_faiss_gives_the_same_ranking_and_similarities_as_torch():
 
 def test_save_load_round_trip(tmp_path):
     index = _index([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], scores=[0.9, 0.7, 0.55])
+    index.skipped = [{"image": "/photos/broken.jpg", "reason": "truncated"}]
     index.save(tmp_path / "index")
     loaded = GalleryIndex.load(tmp_path / "index")
     for name in ("embeddings", "boxes", "scores", "image_index"):
         assert torch.equal(getattr(loaded, name), getattr(index, name)), name
-    assert (loaded.images, loaded.model_id, loaded.model_fingerprint, loaded.settings) == (
+    assert (loaded.images, loaded.model_id, loaded.model_fingerprint, loaded.settings, loaded.skipped) == (
         index.images,
         index.model_id,
         index.model_fingerprint,
         index.settings,
+        index.skipped,
     )
     query = torch.tensor([0.8, 0.6])
     assert torch.equal(loaded.search(query, 3)[1], index.search(query, 3)[1])
@@ -89,7 +110,7 @@ def test_bad_queries_and_files(tmp_path):
     index.save(tmp_path / "index")
     metadata = json.loads((tmp_path / "index" / "gallery_index.json").read_text())
     (tmp_path / "index" / "gallery_index.json").write_text(json.dumps({**metadata, "format_version": 99}))
-    with pytest.raises(ValueError, match="format_version 99"):
+    with pytest.raises(ValueError, match="format_version 99, expected 2: rebuild the index"):
         GalleryIndex.load(tmp_path / "index")
     with pytest.raises(ValueError, match="image_index points outside"):
         GalleryIndex(torch.ones(1, 2), torch.ones(1, 4), torch.ones(1), torch.tensor([5]), ["a"], "m", "f")

@@ -1,6 +1,10 @@
-"""pipeline("person-search"): ranked matches equal a hand computation with the model; index reuse; bad input."""
+"""pipeline("person-search"): ranked matches equal a hand computation with the model; index reuse; real-folder
+robustness (broken files, subfolders, other working folders, RGBA / grayscale arrays); bad input."""
 
 import dataclasses
+import logging
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -46,7 +50,8 @@ def test_task_is_registered(setup):
 
 
 def _hand_ranking(search, query_path, query_box, gallery_paths, threshold):
-    """Model + processor without the pipeline: every gallery image alone, cosine of normalised embeddings."""
+    """Model + processor without the pipeline: every gallery image alone, similarity = detection score x cosine
+    (NAE's ranking), computed from the unit direction of each embedding and the score."""
     model, processor = search.model, search.image_processor
     query = np.array(Image.open(query_path).convert("RGB"))
     inputs = processor([query], boxes=[np.array([query_box])])
@@ -60,7 +65,8 @@ def _hand_ranking(search, query_path, query_box, gallery_paths, threshold):
             outputs, target_sizes=inputs["original_sizes"], image_sizes=inputs["image_sizes"], threshold=threshold
         )[0]
         for box, score, embedding in zip(detections["boxes"], detections["scores"], detections["embeddings"]):
-            similarity = float(torch.nn.functional.normalize(embedding, dim=0) @ query_embedding)
+            cosine = float(torch.nn.functional.normalize(embedding, dim=0) @ query_embedding)
+            similarity = float(score) * cosine
             rows.append((similarity, image_index, box.tolist(), float(score)))
     return sorted(rows, key=lambda row: -row[0])
 
@@ -72,6 +78,7 @@ def test_search_equals_hand_computation(setup, direct_matches):
     assert [m["rank"] for m in matches] == [1, 2, 3, 4, 5]
     assert [m["image"] for m in matches] == [str(gallery[row[1]]) for row in expected]
     np.testing.assert_allclose([m["similarity"] for m in matches], [row[0] for row in expected], atol=1e-4)
+    assert all(m["similarity"] <= m["score"] + 1e-6 for m in matches)  # score x cosine never exceeds the score
     np.testing.assert_allclose([m["box"] for m in matches], [row[2] for row in expected], atol=0.02)
     np.testing.assert_allclose([m["score"] for m in matches], [row[3] for row in expected], atol=1e-5)
     assert all(a["similarity"] >= b["similarity"] for a, b in zip(matches, matches[1:]))
@@ -80,9 +87,9 @@ def test_search_equals_hand_computation(setup, direct_matches):
 def test_index_saved_once_searched_later_gives_the_same_matches(setup, direct_matches, tmp_path):
     _, _, _, search, index, gallery = setup
     query_box, direct = direct_matches
-    assert index.images == [str(path) for path in gallery]
+    assert index.images == [str(path.absolute()) for path in gallery]
     assert index.embeddings.shape[1] == 256
-    torch.testing.assert_close(index.embeddings.norm(dim=1), torch.ones(len(index)))
+    torch.testing.assert_close(index.embeddings.norm(dim=1), index.scores)  # norm-aware: norm = detection score
     index.save(tmp_path / "index")
     from_index = search(str(gallery[1]), query_box=query_box, index=GalleryIndex.load(tmp_path / "index"), top_k=5)
     assert [m["image"] for m in from_index] == [m["image"] for m in direct]
@@ -127,10 +134,164 @@ def test_detection_mode_and_in_memory_gallery(setup):
     assert index.images == ["image_0", "image_1"]
 
 
-def test_progress_bar_when_asked(setup, capsys):
+def test_progress_bar_when_asked_and_by_default_from_four_images(setup, capsys):
     _, _, _, search, _, gallery = setup
     search.build_index([str(gallery[0])], threshold=0.0, progress=True)
     assert "embedding gallery" in capsys.readouterr().err
+    search.build_index([str(gallery[0])] * 3, threshold=0.0)
+    assert "embedding gallery" not in capsys.readouterr().err
+    search.build_index([str(gallery[0])] * 4, threshold=0.0, batch_size=3)
+    bar = capsys.readouterr().err
+    assert "4/4" in bar and ("image/s" in bar or "s/image" in bar)  # counted in images, with a rate for the ETA
+
+
+def test_unreadable_gallery_files_are_skipped_named_and_counted(setup, tmp_path, caplog):
+    _, _, boxes, search, index, gallery = setup
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in gallery:
+        shutil.copy(path, folder / path.name)
+    (folder / "scene_001.png").write_bytes((folder / "scene_001.png").read_bytes()[:200])  # truncated
+    with caplog.at_level(logging.WARNING):
+        partial = search.build_index(str(folder), threshold=0.0, batch_size=2)
+    assert [item["image"] for item in partial.skipped] == [str(folder / "scene_001.png")]
+    assert "scene_001.png" in caplog.text and "skipped" in caplog.text
+    assert partial.images == [str(folder / "scene_000.png"), str(folder / "scene_002.png")]
+    # the readable images give exactly the detections they give in the full index
+    for position, name in ((0, "scene_000.png"), (1, "scene_002.png")):
+        full_position = [Path(p).name for p in index.images].index(name)
+        torch.testing.assert_close(
+            partial.boxes[partial.image_index == position], index.boxes[index.image_index == full_position]
+        )
+    matches = search(str(gallery[0]), query_box=boxes[0][0].tolist(), gallery=str(folder), threshold=0.0, top_k=50)
+    assert {Path(m["image"]).name for m in matches} == {"scene_000.png", "scene_002.png"}
+
+
+def test_recursive_gallery_and_non_image_files_reported_once(setup, tmp_path, caplog):
+    _, _, _, search, _, gallery = setup
+    folder = tmp_path / "nested"
+    (folder / "day2").mkdir(parents=True)
+    shutil.copy(gallery[0], folder / "a.png")
+    shutil.copy(gallery[1], folder / "day2" / "b.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "day2" / "list.csv").write_text("x")
+    with caplog.at_level(logging.WARNING):
+        flat = search.build_index(str(folder), threshold=0.0)
+    assert flat.images == [str(folder / "a.png")]
+    assert "ignored 1 non-image files: notes.txt" in caplog.text and "subfolders" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        nested = search.build_index(str(folder), threshold=0.0, recursive=True)
+    assert nested.images == [str(folder / "a.png"), str(folder / "day2" / "b.png")]
+    assert caplog.text.count("non-image") == 1 and "day2/list.csv, notes.txt" in caplog.text
+
+
+def test_saved_index_works_from_another_working_folder_and_a_moved_gallery_is_named(setup, tmp_path, monkeypatch):
+    _, _, boxes, search, _, gallery = setup
+    work = tmp_path / "work"
+    (work / "gallery").mkdir(parents=True)
+    for path in gallery[:2]:
+        shutil.copy(path, work / "gallery" / path.name)
+    monkeypatch.chdir(work)
+    search.build_index("gallery", threshold=0.0).save("index")  # relative paths, as a user types them
+    monkeypatch.chdir(tmp_path)
+    index = GalleryIndex.load(work / "index")
+    assert index.images == [str(work / "gallery" / path.name) for path in gallery[:2]]
+    assert index.image_file(1) == work / "gallery" / gallery[1].name
+    matches = search(str(gallery[0]), query_box=boxes[0][0].tolist(), index=index, threshold=0.0)
+    assert {m["image"] for m in matches} <= set(index.images)
+    (work / "gallery").rename(work / "moved")
+    with pytest.raises(FileNotFoundError, match="scene_000.png .*does not exist: the gallery was moved or deleted"):
+        index.image_file(0)
+
+
+def test_rgba_and_grayscale_arrays_are_searched_as_the_processor_reads_them(setup):
+    _, _, boxes, search, _, gallery = setup
+    rgb = Image.open(gallery[0]).convert("RGB")
+    rgba = np.array(rgb.convert("RGBA"))
+    rgba[..., 3] = 7  # any alpha: dropped, as PIL's convert("RGB") drops it
+    expected = search(rgb, threshold=0.0)
+    assert search(rgba, threshold=0.0) == expected
+    assert search(np.array(rgb) / 255.0, threshold=0.0) == expected  # float in [0, 1]
+    gray = rgb.convert("L")
+    assert search(np.array(gray), threshold=0.0) == search(gray, threshold=0.0)
+    assert search(np.array(gray)[:, :, None], threshold=0.0) == search(gray.convert("RGB"), threshold=0.0)
+    box = boxes[0][0].tolist()
+    torch.testing.assert_close(search.embed_query(rgba, box), search.embed_query(rgb, box))
+    with pytest.raises(ValueError, match=r"query image: expected an \(H, W\), .* array, got \(240, 320, 2\)"):
+        search.embed_query(np.zeros((240, 320, 2), np.uint8), box)
+    with pytest.raises(ValueError, match=r"float array must hold values in \[0, 1\]"):
+        search(np.full((40, 40, 3), 3.0))
+
+
+def test_best_per_image_keeps_the_best_match_of_each_image(setup):
+    _, _, boxes, search, index, gallery = setup
+    query, box = str(gallery[1]), boxes[1][0].tolist()
+    every = search(query, query_box=box, index=index, top_k=len(index))
+    best = search(query, query_box=box, index=index, top_k=10, best_per_image=True)
+    first_of_each = []
+    for match in every:
+        if match["image"] not in [m["image"] for m in first_of_each]:
+            first_of_each.append(match)
+    assert len(best) == len(gallery) and [m["rank"] for m in best] == [1, 2, 3]
+    assert [(m["image"], m["box"], m["similarity"]) for m in best] == [
+        (m["image"], m["box"], m["similarity"]) for m in first_of_each
+    ]
+
+
+def test_readme_snippet_ranks_like_the_pipeline(setup, tmp_path, monkeypatch):
+    """The README's "Use a model" snippet (README_SNIPPET, to be kept equal to it) runs and ranks the gallery
+    persons as the pipeline does: both score with search_similarity."""
+    _, model_dir, boxes, search, _, gallery = setup
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gallery").mkdir()
+    for name, path in (("query.jpg", gallery[1]), ("gallery/0001.jpg", gallery[0]), ("gallery/0002.jpg", gallery[2])):
+        Image.open(path).convert("RGB").save(tmp_path / name, quality=95)
+    query_box = [round(v) for v in boxes[1][0].tolist()]
+    code = README_SNIPPET.replace('"path/or/org-name"', repr(str(model_dir)))
+    code = code.replace("[100, 50, 180, 250]", str(query_box)).replace("threshold=0.5", "threshold=0.0")
+    namespace: dict = {}
+    exec(code, namespace)  # noqa: S102 (our own snippet)
+    matches = search(
+        "query.jpg", query_box=query_box, gallery=["gallery/0001.jpg", "gallery/0002.jpg"], threshold=0.0, top_k=5
+    )
+    ranked = namespace["ranked"][:5]
+    assert [os.path.basename(m["image"]) for m in matches] == [f"000{image + 1}.jpg" for _, image, _ in ranked]
+    np.testing.assert_allclose([m["similarity"] for m in matches], [row[0] for row in ranked], atol=1e-5)
+
+
+README_SNIPPET = """
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel
+
+import hf_personsearch  # registers the person search classes with the Auto classes
+from hf_personsearch import search_similarity
+
+model = AutoModel.from_pretrained("path/or/org-name", dtype=torch.float32).eval()
+processor = AutoImageProcessor.from_pretrained("path/or/org-name")
+query_image, query_box = Image.open("query.jpg"), [100, 50, 180, 250]  # x1, y1, x2, y2 in pixels
+gallery_images = [Image.open("gallery/0001.jpg"), Image.open("gallery/0002.jpg")]
+
+with torch.no_grad():
+    query = processor([query_image], boxes=[[query_box]])
+    query_embedding = model.embed_boxes(query["pixel_values"], query["boxes"], query["image_sizes"])[0][0]
+    batch = processor(gallery_images)  # resize 900/1500, normalise, pad
+    outputs = model(batch["pixel_values"], batch["image_sizes"])
+detections = processor.post_process_person_search(
+    outputs, target_sizes=batch["original_sizes"], image_sizes=batch["image_sizes"], threshold=0.5
+)  # per image: boxes (original pixels), scores, embeddings (norm = detection score)
+ranked = sorted(  # (similarity, gallery image, box), best first: the ranking of the pipeline and the CLI
+    (
+        (float(similarity), image, box.tolist())
+        for image, found in enumerate(detections)
+        for similarity, box in zip(search_similarity(query_embedding, found["embeddings"]), found["boxes"])
+    ),
+    reverse=True,
+)
+for similarity, image, box in ranked[:5]:
+    print(f"{similarity:.3f}  gallery image {image}  box {[round(v) for v in box]}")
+"""
 
 
 def test_bad_input_gives_clear_errors(setup, tmp_path):
@@ -146,7 +307,10 @@ def test_bad_input_gives_clear_errors(setup, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "truncated.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    with pytest.raises(OSError, match=r"gallery image 0 .*truncated.jpg\) cannot be read as an image"):
+    with pytest.raises(
+        ValueError,
+        match=r"none of the 1 gallery images could be read: gallery image 0 .*truncated.jpg\) cannot be read",
+    ):
         search(query, query_box=boxes[0][0].tolist(), gallery=str(broken))
     with pytest.raises(FileNotFoundError, match="query image: image file .*missing.jpg does not exist"):
         search(str(tmp_path / "missing.jpg"), query_box=[0, 0, 10, 10], gallery=str(root / "gallery"))
