@@ -62,6 +62,7 @@ from hf_personsearch.data.search_dataset import (
     select_fraction,
     target_dataset,
 )
+from hf_personsearch.data.synthetic import is_synthetic
 from hf_personsearch.evaluation.model_inference import evaluate_on_target, resolve_gallery_size
 from hf_personsearch.hub import is_timm_tag, load_backbone_weights
 from hf_personsearch.training.checkpoints import CheckpointError, resolve_resume_path
@@ -345,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         info = {
             "dataset": target.display_name,
             "data": data_dir if data["data_dir"] else f"synthetic {data['dataset']} (generated)",
+            "synthetic_data": is_synthetic(data_dir),
             "initialisation": config["init"]["from"]
             + (f" ({config['init']['path']})" if config["init"]["path"] else ""),
             "training images": f"{len(records)} of {len(all_records)} (fraction {data['train_fraction']})",

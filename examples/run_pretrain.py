@@ -30,6 +30,7 @@ from hf_personsearch.data.augmentation import TwoViewAugmentation
 from hf_personsearch.data.collate import HybridPretrainDataset, collate_pretrain
 from hf_personsearch.data.identity import IdentitySpace
 from hf_personsearch.data.sampler import HybridSampler
+from hf_personsearch.data.synthetic import is_synthetic
 from hf_personsearch.hub import load_backbone_weights
 from hf_personsearch.modeling_person_search_pretrain import PersonSearchPretrainModel
 from hf_personsearch.training.checkpoints import CheckpointError, resolve_resume_path
@@ -211,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             "data": ", ".join(
                 f"{s['name']} ({'synthetic' if uses_synthetic_data(config) else s['data_dir']}, {s.get('split', 'train')})"
                 for s in config["data"]["sources"]
+            ),
+            "synthetic_data": all(
+                source["data_dir"] is None or is_synthetic(source["data_dir"]) for source in config["data"]["sources"]
             ),
             "identities in the pre-training OIM table": identity_space.num_identities,
             "steps": max_steps,

@@ -233,6 +233,9 @@ def export_pretrained(
         **({"min_size": int(max(min_sizes)), "max_size": int(data["max_size"])} if min_sizes else {})
     )
     processor.save_pretrained(folder)
-    (folder / TRAINING_FILE).write_text(json.dumps({"kind": "pretrained", **training_info}, indent=1))
+    record = json.dumps({"kind": "pretrained", **training_info}, indent=1)
+    # Both folders carry the training record, so `search` and `card` on either know what the model saw.
+    (pretrain_folder / TRAINING_FILE).write_text(record)
+    (folder / TRAINING_FILE).write_text(record)
     refresh_model_card(folder, kind="pretrained", repo_id=repo_id or folder.resolve().name)
     return {"pretrain_model": pretrain_folder, "person_search_model": folder}

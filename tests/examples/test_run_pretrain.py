@@ -175,6 +175,8 @@ def test_export_and_push_to_fake_hub(tmp_path):
     card = ModelCard(uploaded["README.md"].decode())
     assert "pretrained" in card.data.tags and "org/prtps-demo" in card.text
     assert "**steps**: 1" in card.text and "lambda (adversarial_loss_weight)" in card.text
+    for exported in (folder, output / "pretrain_model"):
+        assert json.loads((exported / "training_info.json").read_text())["synthetic_data"] is True
 
     from transformers import AutoImageProcessor, AutoModel
 

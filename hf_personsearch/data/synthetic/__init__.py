@@ -17,6 +17,7 @@ or from a shell: ``python -m hf_personsearch.data.synthetic crowdhuman /tmp/crow
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..formats import get_spec
@@ -37,7 +38,28 @@ def generate(fmt: str, out_dir: str | Path, seed: int = 0, **sizes) -> dict:
         the writer's ground truth: at least ``{"records": [...]}`` (unified records, split included),
         plus ``"queries"`` for the target datasets.
     """
-    return get_spec(fmt).write_synthetic(out_dir, seed=seed, **sizes)
+    truth = get_spec(fmt).write_synthetic(out_dir, seed=seed, **sizes)
+    marker = {"format": fmt, "seed": seed, "sizes": sizes}
+    (Path(out_dir) / SYNTHETIC_MARKER).write_text(json.dumps(marker, sort_keys=True, default=str) + "\n")
+    return truth
 
 
-__all__ = ["DOMAINS", "generate", "person_appearance", "render_person", "render_scene"]
+SYNTHETIC_MARKER = "SYNTHETIC_DATA.json"
+"""Written by :func:`generate` at the root of every synthetic dataset (format, seed, sizes), so that a model
+trained on it says so in its card wherever the folder is passed as ``data_dir``. No parser reads it."""
+
+
+def is_synthetic(data_dir: str | Path | None) -> bool:
+    """Whether ``data_dir`` holds a dataset written by :func:`generate` (its :data:`SYNTHETIC_MARKER`)."""
+    return data_dir is not None and (Path(data_dir) / SYNTHETIC_MARKER).is_file()
+
+
+__all__ = [
+    "DOMAINS",
+    "SYNTHETIC_MARKER",
+    "generate",
+    "is_synthetic",
+    "person_appearance",
+    "render_person",
+    "render_scene",
+]
