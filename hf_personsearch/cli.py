@@ -231,11 +231,14 @@ def export_backbone_command(args: argparse.Namespace) -> int:
 
     import hf_personsearch  # noqa: F401
 
-    from .hub.export import export_backbone
+    from .hub.export import TORCHVISION_LOAD_LINE, export_backbone
 
     model = AutoModel.from_pretrained(args.model, dtype=torch.float32)
     path = export_backbone(model, args.out, format=args.format, architecture=args.architecture)
     print(f"wrote {path} ({args.format} layout)")
+    if args.format == "torchvision":
+        architecture = args.architecture or model.config.backbone.split(".")[0]
+        print("load it (strict) with:", TORCHVISION_LOAD_LINE.format(architecture=architecture, path=path))
     return 0
 
 

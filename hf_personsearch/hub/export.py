@@ -154,6 +154,38 @@ def _check_torchvision_layout(state: dict[str, torch.Tensor], architecture: str 
         )
 
 
+TORCHVISION_LOAD_LINE = (
+    "backbone = torchvision.models.{architecture}(); backbone.fc = torch.nn.Identity(); "
+    'backbone.load_state_dict(torch.load("{path}", weights_only=True)["state_dict"])'
+)
+"""How a torchvision user loads a ``torchvision`` export, strict, in one line: the file keeps the layout of the
+paper's released backbones (``{"state_dict": ...}``, no classifier) so code written for those files reads ours;
+the classifier is replaced by ``Identity`` because a backbone has none (ShuffleNet V2's is ``fc`` too)."""
+
+
+def export_formats(config) -> tuple[str, ...]:
+    """The export layouts that work for a model of ``config`` (a PersonSearchConfig, or a pre-training config
+    holding one as ``person_search``): what cards and the CLI may advertise.
+
+    "timm" for timm backbones; "torchvision" where the backbone's keys and shapes are exactly those of the
+    torchvision model of the same name (ResNets; torchvision's ShuffleNet V2), checked by building both
+    without weights; none for the builtin ShuffleNet V1, whose state dict already has megvii's layout.
+    """
+    config = getattr(config, "person_search", config)
+    if config.backbone_library == "builtin":
+        return ()
+    if config.backbone_library == "torchvision":
+        return ("torchvision",)
+    from ..backbone import timm_feature_network
+
+    state = timm_feature_network(config.backbone).state_dict()
+    try:
+        _check_torchvision_layout(state, config.backbone.split(".")[0])
+    except ValueError:
+        return ("timm",)
+    return ("timm", "torchvision")
+
+
 def export_backbone(model, path: str | Path, format: str = "torchvision", architecture: str | None = None) -> Path:
     """Write the backbone's weights to ``path`` in ``format`` (see the module docstring) and return the path.
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..data.formats import dataset_names, get_spec
+from .export import TORCHVISION_LOAD_LINE, export_formats
 
 CARD_KINDS = ("pretrained", "finetuned")
 RESULTS_FILE = "eval_results.json"
@@ -273,6 +274,10 @@ def render_model_card(
         synthetic_data=synthetic_data,
         image_processor_saved=image_processor_saved,
         pretrain_checkpoint=hasattr(config, "person_search"),
+        export_formats=export_formats(config),
+        torchvision_load_line=TORCHVISION_LOAD_LINE.format(
+            architecture=getattr(config, "person_search", config).backbone.split(".")[0], path="backbone.pth"
+        ),
     )
     return ModelCard(text)
 

@@ -12,6 +12,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from hf_personsearch import PersonSearchConfig, PersonSearchModel
 from hf_personsearch.hub import backbone_state_dict, export_backbone, load_backbone_weights, read_state_dict
+from hf_personsearch.hub.export import TORCHVISION_LOAD_LINE, export_formats
 
 
 def _resnet18_model(seed: int = 0) -> PersonSearchModel:
@@ -231,3 +232,25 @@ def test_pretraining_model_backbone_loads_and_records_its_start(tmp_path):
         assert torch.equal(model.person_search.backbone.body.state_dict()[key], start.state_dict()[key]), key
     assert model.config.person_search.backbone_init == "start.pth"
     assert model.export_person_search_model().config.backbone_init == "start.pth"
+
+
+@torch.no_grad()
+def test_the_documented_torchvision_line_loads_the_export_strict(tmp_path):
+    model = _resnet18_model()
+    path = export_backbone(model, tmp_path / "resnet18-ps.pth", format="torchvision")
+    scope = {"torch": torch, "torchvision": torchvision}
+    exec(TORCHVISION_LOAD_LINE.format(architecture="resnet18", path=path), scope)  # raises unless strict works
+    backbone = scope["backbone"].eval()
+    x = torch.randn(1, 3, 64, 96)
+    torch.testing.assert_close(_our_features(model, x)[1], _torchvision_features(backbone, x)[1])
+
+
+def test_export_formats_name_only_layouts_that_work():
+    def config(backbone, library="timm"):
+        return PersonSearchConfig(backbone=backbone, backbone_library=library, num_person_ids=4)
+
+    assert export_formats(config("resnet18")) == ("timm", "torchvision")
+    assert export_formats(config("test_resnet")) == ("timm",)  # deep stem: no torchvision twin
+    assert export_formats(config("shufflenet_v2_x0_5", "torchvision")) == ("torchvision",)
+    assert export_formats(config("shufflenet_v1_g3_x1_0", "builtin")) == ()
+    assert export_formats(types.SimpleNamespace(person_search=config("resnet18"))) == ("timm", "torchvision")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 
-from hf_personsearch import PersonSearchPretrainConfig, PersonSearchPretrainModel
+from hf_personsearch import PersonSearchConfig, PersonSearchPretrainConfig, PersonSearchPretrainModel
 from hf_personsearch.data.synthetic.render import render_scene
 from hf_personsearch.hub import eval_results_to_model_index, model_index_metrics, refresh_model_card, render_model_card
 
@@ -183,3 +183,14 @@ def test_templates_dir_replaces_the_packaged_templates(tmp_path):
     assert model_index_metrics(ModelCard(str(card)))[("PRW", "map")] == 47.08
     with pytest.raises(FileNotFoundError, match=f"model card template pretrained.md does not exist in {tmp_path}"):
         render_model_card(tiny_config(), kind="pretrained", repo_id="org/m", templates_dir=tmp_path)
+
+
+def test_pretrained_card_advertises_only_exports_that_work_for_its_backbone():
+    tiny = render_model_card(tiny_config(), kind="pretrained", repo_id="org/tiny").text
+    assert "--format torchvision" not in tiny and "--format timm" in tiny  # test_resnet has no torchvision twin
+    resnet = render_model_card(
+        PersonSearchConfig(backbone="resnet18", num_person_ids=4), kind="pretrained", repo_id="org/r18"
+    ).text
+    assert "--format torchvision" in resnet and "torchvision.models.resnet18(); backbone.fc" in resnet
+    v1 = PersonSearchConfig(backbone="shufflenet_v1_g3_x1_0", backbone_library="builtin", num_person_ids=4)
+    assert "export-backbone" not in render_model_card(v1, kind="pretrained", repo_id="org/v1").text
