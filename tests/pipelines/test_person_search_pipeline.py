@@ -240,7 +240,7 @@ def test_best_per_image_keeps_the_best_match_of_each_image(setup):
 
 
 def test_readme_snippet_ranks_like_the_pipeline(setup, tmp_path, monkeypatch):
-    """The README's "Use a model" snippet (README_SNIPPET, to be kept equal to it) runs and ranks the gallery
+    """The README's "Use a model" snippet (read from README.md) runs and ranks the gallery
     persons as the pipeline does: both score with search_similarity."""
     _, model_dir, boxes, search, _, gallery = setup
     monkeypatch.chdir(tmp_path)
@@ -255,43 +255,24 @@ def test_readme_snippet_ranks_like_the_pipeline(setup, tmp_path, monkeypatch):
     matches = search(
         "query.jpg", query_box=query_box, gallery=["gallery/0001.jpg", "gallery/0002.jpg"], threshold=0.0, top_k=5
     )
+    exec(README_PIPELINE_SNIPPET.replace("threshold=0.5", "threshold=0.0"), namespace)  # noqa: S102
+    from_readme_index = namespace["matches"]
+    assert [m["image"] for m in from_readme_index] == [
+        m["image"] for m in namespace["search"]("query.jpg", query_box=query_box, gallery="gallery/", top_k=10)
+    ]
     ranked = namespace["ranked"][:5]
     assert [os.path.basename(m["image"]) for m in matches] == [f"000{image + 1}.jpg" for _, image, _ in ranked]
     np.testing.assert_allclose([m["similarity"] for m in matches], [row[0] for row in ranked], atol=1e-5)
 
 
-README_SNIPPET = """
-import torch
-from PIL import Image
-from transformers import AutoImageProcessor, AutoModel
+def _readme_snippets() -> list[str]:
+    """The python blocks of the README's "Use a model" section: the model snippet, then the pipeline's."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Use a model", 1)[1].split("\n## ", 1)[0]
+    return [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
 
-import hf_personsearch  # registers the person search classes with the Auto classes
-from hf_personsearch import search_similarity
 
-model = AutoModel.from_pretrained("path/or/org-name", dtype=torch.float32).eval()
-processor = AutoImageProcessor.from_pretrained("path/or/org-name")
-query_image, query_box = Image.open("query.jpg"), [100, 50, 180, 250]  # x1, y1, x2, y2 in pixels
-gallery_images = [Image.open("gallery/0001.jpg"), Image.open("gallery/0002.jpg")]
-
-with torch.no_grad():
-    query = processor([query_image], boxes=[[query_box]])
-    query_embedding = model.embed_boxes(query["pixel_values"], query["boxes"], query["image_sizes"])[0][0]
-    batch = processor(gallery_images)  # resize 900/1500, normalise, pad
-    outputs = model(batch["pixel_values"], batch["image_sizes"])
-detections = processor.post_process_person_search(
-    outputs, target_sizes=batch["original_sizes"], image_sizes=batch["image_sizes"], threshold=0.5
-)  # per image: boxes (original pixels), scores, embeddings (norm = detection score)
-ranked = sorted(  # (similarity, gallery image, box), best first: the ranking of the pipeline and the CLI
-    (
-        (float(similarity), image, box.tolist())
-        for image, found in enumerate(detections)
-        for similarity, box in zip(search_similarity(query_embedding, found["embeddings"]), found["boxes"])
-    ),
-    reverse=True,
-)
-for similarity, image, box in ranked[:5]:
-    print(f"{similarity:.3f}  gallery image {image}  box {[round(v) for v in box]}")
-"""
+README_SNIPPET, README_PIPELINE_SNIPPET = _readme_snippets()
 
 
 def test_bad_input_gives_clear_errors(setup, tmp_path):
