@@ -5,6 +5,9 @@ classifier placed after it learns to tell the domains apart (it receives the ord
 the features before it receive the reversed gradient and so learn to make the domains indistinguishable.
 ``weight = 0`` cuts the features off from the domain classifiers entirely (the classifiers still learn):
 the "reversal off" setting of the learning test.
+
+Both are instances of one gradient scaling layer (Domain Adaptive Faster R-CNN's GradientScalarLayer):
+the IAM's consistency regulariser goes through it with ``+weight``, i.e. it is minimised by the features.
 """
 
 from __future__ import annotations
@@ -13,22 +16,32 @@ import torch
 from torch import nn
 
 
-class _ReverseGradient(torch.autograd.Function):
+class _ScaleGradient(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, features: torch.Tensor, weight: float) -> torch.Tensor:
-        ctx.weight = weight
+    def forward(ctx, features: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor
         return features.view_as(features)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return -ctx.weight * grad_output, None
+        return ctx.factor * grad_output, None
+
+
+def _check_weight(weight: float) -> float:
+    if weight < 0:
+        raise ValueError(f"gradient reversal weight must be >= 0 (the sign is the reversal), got {weight}")
+    return float(weight)
 
 
 def reverse_gradient(features: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
     """Identity on ``features``; the gradient flowing back through it is multiplied by ``-weight``."""
-    if weight < 0:
-        raise ValueError(f"gradient reversal weight must be >= 0 (the sign is the reversal), got {weight}")
-    return _ReverseGradient.apply(features, float(weight))
+    return _ScaleGradient.apply(features, -_check_weight(weight))
+
+
+def scale_gradient(features: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """Identity on ``features``; the gradient flowing back through it is multiplied by ``+weight`` (no
+    reversal: the layers before it descend on the loss, with the same strength as the reversed terms)."""
+    return _ScaleGradient.apply(features, _check_weight(weight))
 
 
 class GradientReversal(nn.Module):
@@ -41,9 +54,7 @@ class GradientReversal(nn.Module):
 
     def __init__(self, weight: float = 1.0):
         super().__init__()
-        if weight < 0:
-            raise ValueError(f"gradient reversal weight must be >= 0 (the sign is the reversal), got {weight}")
-        self.weight = float(weight)
+        self.weight = _check_weight(weight)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return reverse_gradient(features, self.weight)

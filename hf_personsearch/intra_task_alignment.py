@@ -11,8 +11,12 @@ classifier is per patch; Img_head is a fully connected layer applied at each loc
 convolution). L_d_cst is the consistency regularizer of Domain Adaptive Faster R-CNN, extended from its
 two domains to many: the L2 distance between the image's domain probabilities (averaged over its valid
 locations) and the domain probabilities of each of its instances, averaged over the instances.
-Because of the reversal, minimising L_adv trains the classifiers to recognise the dataset while pushing
-the model's features towards being dataset-agnostic.
+Because of the reversal, minimising L_d_img + L_d_ins trains the classifiers to recognise the dataset
+while pushing the model's features towards being dataset-agnostic. L_d_cst is not adversarial: as in
+Domain Adaptive Faster R-CNN's public PyTorch code (a second GradientScalarLayer with +weight in front
+of the same classifiers), it reaches the features through a gradient scaling by +weight, so the features
+are pushed to make the image and instance predictions AGREE. Through the reversal they would be pushed
+to make them disagree. The classifiers therefore run twice per call, once behind each layer.
 
 The paper uses two IAMs with the same architecture: the detection IAM (f_img = encoder feature map,
 f_ins = detection-head vectors) and the re-ID IAM (f_img = RoI-aligned person maps, f_ins = re-ID
@@ -27,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gradient_reversal import GradientReversal
+from .gradient_reversal import GradientReversal, scale_gradient
 
 
 def image_domain_loss(
@@ -97,7 +101,8 @@ class IntraTaskAlignmentModule(nn.Module):
         num_convs: depth of each branch (image: 3x3 convolutions; instance: fully connected layers).
         conv_channels: width of the image branch.
         instance_hidden_dim: width of the instance branch.
-        reversal_weight: the gradient reversal weight (0 = the features get no gradient from the IAM).
+        reversal_weight: the gradient reversal weight of the domain terms, also the (un-reversed) gradient
+            weight of the consistency term (0 = the features get no gradient from the IAM).
         negative_slope: LeakyReLU slope between the layers (0 = ReLU). A small slope keeps the classifier
             alive: with ReLU the reversed gradient turns every unit off (see PersonSearchPretrainConfig).
 
@@ -136,13 +141,19 @@ class IntraTaskAlignmentModule(nn.Module):
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 module.reset_parameters()
 
+    def classify(
+        self, image_features: torch.Tensor, instance_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Domain logits of every location (K, D, H, W) and of every instance (N, D); no gradient layer."""
+        return self.image_head(self.image_convs(image_features)), self.instance_head(
+            self.instance_layers(instance_features)
+        )
+
     def domain_logits(
         self, image_features: torch.Tensor, instance_features: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Domain logits of every location (K, D, H, W) and of every instance (N, D), after the reversal."""
-        image_logits = self.image_head(self.image_convs(self.gradient_reversal(image_features)))
-        instance_logits = self.instance_head(self.instance_layers(self.gradient_reversal(instance_features)))
-        return image_logits, instance_logits
+        """:meth:`classify` behind the gradient reversal (the domain classification terms)."""
+        return self.classify(self.gradient_reversal(image_features), self.gradient_reversal(instance_features))
 
     def forward(
         self,
@@ -157,10 +168,16 @@ class IntraTaskAlignmentModule(nn.Module):
                 f"domain ids {image_domains.tolist()} must lie in [0, {self.num_domains}) (this IAM's domains)"
             )
         image_logits, instance_logits = self.domain_logits(image_features, instance_features)
+        weight = self.gradient_reversal.weight
+        consistency_image_logits, consistency_instance_logits = self.classify(
+            scale_gradient(image_features, weight), scale_gradient(instance_features, weight)
+        )
         return AlignmentOutput(
             image_loss=image_domain_loss(image_logits, image_domains, valid),
             instance_loss=instance_domain_loss(instance_logits, image_domains[instance_image_index]),
-            consistency_loss=consistency_regularizer(image_logits, instance_logits, instance_image_index, valid),
+            consistency_loss=consistency_regularizer(
+                consistency_image_logits, consistency_instance_logits, instance_image_index, valid
+            ),
             image_logits=image_logits,
             instance_logits=instance_logits,
         )

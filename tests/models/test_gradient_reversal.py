@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_personsearch.gradient_reversal import GradientReversal, reverse_gradient
+from hf_personsearch.gradient_reversal import GradientReversal, reverse_gradient, scale_gradient
 
 
 @pytest.mark.parametrize("weight", [0.0, 0.25, 1.0, 3.0])
@@ -25,8 +25,19 @@ def test_reversal_composes_with_a_loss_numerically():
     assert torch.allclose(x.grad, torch.tensor([-4.0, 8.0, -2.0]))
 
 
+def test_scale_gradient_is_identity_forward_and_plus_weight_backward():
+    features = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    incoming = torch.randn(4, dtype=torch.float64)
+    output = scale_gradient(features, 0.25)
+    assert torch.equal(output, features)
+    output.backward(incoming)
+    assert torch.equal(features.grad, 0.25 * incoming)
+
+
 def test_negative_weight_is_rejected():
     with pytest.raises(ValueError, match="must be >= 0"):
         GradientReversal(-1.0)
     with pytest.raises(ValueError, match="must be >= 0"):
         reverse_gradient(torch.zeros(1), -0.5)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        scale_gradient(torch.zeros(1), -0.5)

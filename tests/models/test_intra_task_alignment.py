@@ -74,6 +74,40 @@ def test_module_scales_feature_gradient_by_reversal_weight_and_always_trains_its
     assert torch.allclose(scaled[2], unit[2]) and unit[2].abs().sum() > 0
 
 
+def test_consistency_gradient_descends_while_the_domain_terms_are_reversed():
+    """DA-Faster R-CNN's reference: the domain terms reach the features through the reversal (-weight),
+    the consistency term through a +weight scaling of the same classifiers (the features make the two
+    levels agree)."""
+    torch.manual_seed(2)
+    module = IntraTaskAlignmentModule(
+        3, 4, num_domains=3, num_convs=1, conv_channels=4, instance_hidden_dim=5, reversal_weight=0.5
+    )
+    image_features = torch.randn(2, 3, 3, 3, requires_grad=True)
+    instance_features = torch.randn(3, 4, requires_grad=True)
+    domains, index = torch.tensor([0, 2]), torch.tensor([0, 1, 1])
+    features = [image_features, instance_features]
+    out = module(image_features, domains, instance_features, index)
+    consistency_gradient = torch.autograd.grad(out.consistency_loss, features + [module.image_head.weight])
+    domain_gradient = torch.autograd.grad(out.image_loss + out.instance_loss, features)
+
+    image_logits, instance_logits = module.classify(image_features, instance_features)  # no gradient layer
+    plain_consistency = torch.autograd.grad(
+        consistency_regularizer(image_logits, instance_logits, index), features + [module.image_head.weight]
+    )
+    image_logits, instance_logits = module.classify(image_features, instance_features)
+    plain_domain = torch.autograd.grad(
+        image_domain_loss(image_logits, domains) + instance_domain_loss(instance_logits, domains[index]), features
+    )
+    for reached, plain in zip(consistency_gradient[:2], plain_consistency[:2]):
+        assert plain.abs().sum() > 0
+        assert torch.allclose(reached, 0.5 * plain, atol=1e-7)  # descent on L_d_cst, scaled by the weight
+    # the classifiers minimise the consistency term too (they are not behind any gradient layer)
+    assert torch.allclose(consistency_gradient[2], plain_consistency[2], atol=1e-7)
+    for reached, plain in zip(domain_gradient, plain_domain):
+        assert plain.abs().sum() > 0
+        assert torch.allclose(reached, -0.5 * plain, atol=1e-7)  # ascent on L_d_img + L_d_ins
+
+
 def test_reversal_makes_the_feature_gradient_ascend_the_domain_loss():
     torch.manual_seed(1)
     module = IntraTaskAlignmentModule(3, 3, num_domains=2, num_convs=1, conv_channels=4, instance_hidden_dim=4)
