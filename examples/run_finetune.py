@@ -331,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     unwrapped = accelerator.unwrap_model(outcome.model)
-    check_processes_agree(accelerator, oim_table_facts(unwrapped.oim), f"the OIM tables after step {outcome.step}")
+    check_processes_agree(
+        accelerator, oim_table_facts(unwrapped.search_head.oim), f"the OIM tables after step {outcome.step}"
+    )
     if not outcome.finished:
         accelerator.end_training()
         return 0

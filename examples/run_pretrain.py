@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     model, step, guard = outcome.model, outcome.step, outcome.guard
 
     # ---- per-process record (what this rank drew, its copy of the OIM tables), then the tables compared
-    oim_facts = oim_table_facts(accelerator.unwrap_model(model).person_search.oim)
+    oim_facts = oim_table_facts(accelerator.unwrap_model(model).person_search.search_head.oim)
     ranks_dir = output_dir / "ranks"
     ranks_dir.mkdir(exist_ok=True)
     (ranks_dir / f"rank{accelerator.process_index}.json").write_text(

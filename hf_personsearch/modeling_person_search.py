@@ -1,8 +1,9 @@
 """PersonSearchModel: NAE-style one-stage person search (Faster R-CNN detector + norm-aware re-ID head).
 
-image -> encoder (backbone up to stride 16) -> RPN proposals -> RoIAlign (14x14 on the encoder map)
--> box head (the backbone's last stage) -> norm-aware embedding (detection score from its norm, re-ID
-feature from its direction) + box regressor; OIM loss on the embeddings of proposals matched to persons.
+image -> encoder (backbone up to stride 16) -> RPN proposals -> search head (NormAwareRoIHead: RoIAlign
+14x14 on the encoder map -> box head (the backbone's last stage) -> norm-aware embedding (detection score
+from its norm, re-ID feature from its direction) + box regressor; OIM loss on the embeddings of
+proposals matched to persons).
 """
 
 from __future__ import annotations
@@ -12,21 +13,25 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchvision.models.detection._utils import BoxCoder, Matcher
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.ops import MultiScaleRoIAlign
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .backbone import SplitBackbone
 from .configuration_person_search import PersonSearchConfig
-from .detection_head import detection_losses, postprocess_detections, sample_proposals
 from .norm_aware_embedding import BoxRegressor, NormAwareEmbedding
+from .norm_aware_roi_head import FEATURE_NAME, NormAwareRoIHead, new_oim
 from .oim import OIMLoss
 
-FEATURE_NAME = "encoder"
+LEGACY_KEY_MAPPING = {
+    r"^(embedding_head|box_regressor|oim)\.": r"search_head.\1.",
+    r"^person_search\.(embedding_head|box_regressor|oim)\.": r"person_search.search_head.\1.",
+}
+"""Checkpoints saved before the search head became one module (up to hf-personsearch 0.1) hold its
+parts at the top level (``embedding_head.*``, ``box_regressor.*``, ``oim.lut``; with the ``person_search.``
+prefix in a pre-training checkpoint): ``from_pretrained`` renames them to ``search_head.*``."""
 
 logger = logging.getLogger(__name__)
 
@@ -125,21 +130,8 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
             post_nms_top_n={"training": config.rpn_post_nms_top_n_train, "testing": config.rpn_post_nms_top_n_test},
             nms_thresh=config.rpn_nms_thresh,
         )
-        self.roi_align = MultiScaleRoIAlign([FEATURE_NAME], config.roi_output_size, config.roi_sampling_ratio)
-        self.embedding_head = NormAwareEmbedding(
-            (self.backbone.encoder_channels, self.backbone.head_channels), config.embedding_dim
-        )
-        self.box_regressor = BoxRegressor(self.backbone.head_channels)
-        self.oim = OIMLoss(
-            config.embedding_dim,
-            config.num_person_ids,
-            config.oim_queue_size,
-            scalar=config.oim_scalar,
-            momentum=config.oim_momentum,
-        )
-        self.box_coder = BoxCoder(tuple(config.bbox_reg_weights))
-        self.proposal_matcher = Matcher(
-            config.box_fg_iou_thresh, config.box_bg_iou_thresh, allow_low_quality_matches=False
+        self.search_head = NormAwareRoIHead(
+            self.config, self.backbone.box_head, self.backbone.encoder_channels, self.backbone.head_channels
         )
         self.post_init()
 
@@ -163,15 +155,19 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
             num_person_ids / oim_queue_size: the target dataset's identity count / queue size. When they
                 differ from the checkpoint's, the OIM tables are replaced by fresh (zero) ones of the new
                 size (see :meth:`resize_oim`), instead of a size-mismatch error.
+
+        Checkpoints of the earlier layout (search head parts at the top level) load through
+        ``LEGACY_KEY_MAPPING``.
         """
+        kwargs.setdefault("key_mapping", LEGACY_KEY_MAPPING)
         model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         model.resize_oim(num_person_ids, oim_queue_size)
         if backbone_only:
-            for part in (model.rpn, model.embedding_head, model.box_regressor, model.oim):
+            for part in (model.rpn, model.search_head):
                 part.apply(model._init_weights)
             logger.warning(
-                "%s: backbone_only=True, kept the backbone weights and re-initialised the RPN, the embedding head, "
-                "the box regressor and the OIM tables",
+                "%s: backbone_only=True, kept the backbone weights and re-initialised the RPN and the search head "
+                "(embedding head, box regressor, OIM tables)",
                 pretrained_model_name_or_path,
             )
         return model
@@ -186,14 +182,8 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
             return
         self.config.num_person_ids, self.config.oim_queue_size = new
         self.config.validate_values()
-        lut = self.oim.lut
-        self.oim = OIMLoss(
-            self.config.embedding_dim,
-            new[0],
-            new[1],
-            scalar=self.config.oim_scalar,
-            momentum=self.config.oim_momentum,
-        ).to(device=lut.device, dtype=lut.dtype)
+        lut = self.search_head.oim.lut
+        self.search_head.oim = new_oim(self.config).to(device=lut.device, dtype=lut.dtype)
         logger.warning(
             "OIM table re-sized from %d identities / queue %d to %d identities / queue %d: fresh zero tables "
             "(the checkpoint's identities do not carry over)",
@@ -244,7 +234,7 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
                     f"labels[{index}]: box {target['boxes'][int(torch.where(empty)[0][0])]} has no area inside the "
                     f"{width}x{height} image (expected x1 < x2, y1 < y2)"
                 )
-            self.oim.check_ids(person_ids, where=f"labels[{index}]")
+            self.search_head.check_person_ids(person_ids, where=f"labels[{index}]")
             checked.append({**target, "boxes": boxes, "person_ids": person_ids})
         return checked
 
@@ -252,15 +242,6 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Encoder feature map (stride 16 for the default split)."""
         return self.backbone.encode(pixel_values)
-
-    def embed_rois(self, encoder_features: torch.Tensor, boxes: list[torch.Tensor], image_sizes):
-        """RoIAlign ``boxes`` (one (n_i, 4) tensor per image) and run box head + embedding + regressor.
-
-        Returns (roi_features, head_features, embeddings, logits, raw_embeddings, box_deltas)."""
-        roi_features = self.roi_align({FEATURE_NAME: encoder_features}, boxes, image_sizes)
-        head_features = self.backbone.box_head(roi_features)
-        embeddings, logits, raw = self.embedding_head(roi_features, head_features)
-        return roi_features, head_features, embeddings, logits, raw, self.box_regressor(head_features)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -271,7 +252,6 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
         labels: list[dict[str, torch.Tensor]] | None = None,
         output_features: bool = False,
         return_dict: bool = True,
-        **kwargs,
     ) -> PersonSearchOutput:
         sizes = self._image_sizes(pixel_values, image_sizes, pixel_mask)
         if self.training:
@@ -280,56 +260,25 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
         images = ImageList(pixel_values, sizes)
         rpn_targets = [{"boxes": target["boxes"]} for target in labels] if self.training else None
         proposals, rpn_losses = self.rpn(images, {FEATURE_NAME: encoder_features}, rpn_targets)
+        head = self.search_head(encoder_features, proposals, sizes, labels if self.training else None)
         output = PersonSearchOutput()
         if self.training:
-            sampled = sample_proposals(
-                proposals,
-                labels,
-                self.proposal_matcher,
-                self.box_coder,
-                self.config.box_batch_size_per_image,
-                self.config.box_positive_fraction,
-            )
-            proposals = sampled.boxes
-        roi_features, head_features, embeddings, logits, raw, box_deltas = self.embed_rois(
-            encoder_features, proposals, sizes
-        )
-        if self.training:
-            det_classification, det_box = detection_losses(
-                logits, box_deltas, sampled.is_person, sampled.regression_targets
-            )
-            reid = self.oim(embeddings[sampled.is_person], sampled.person_ids[sampled.is_person])
             output.loss_dict = {
                 "rpn_objectness": rpn_losses["loss_objectness"],
                 "rpn_box": rpn_losses["loss_rpn_box_reg"],
-                "det_classification": det_classification,
-                "det_box": det_box,
-                "reid_oim": reid,
+                **head.losses,
             }
             output.loss = self.weighted_loss(output.loss_dict)
         else:
-            detections = postprocess_detections(
-                proposals,
-                box_deltas,
-                torch.sigmoid(logits),
-                embeddings,
-                sizes,
-                self.box_coder,
-                self.config.box_score_thresh,
-                self.config.box_nms_thresh,
-                self.config.box_detections_per_img,
-            )
-            output.boxes = [d["boxes"] for d in detections]
-            output.scores = [d["scores"] for d in detections]
-            output.embeddings = [d["embeddings"] for d in detections]
+            output.boxes = [d["boxes"] for d in head.detections]
+            output.scores = [d["scores"] for d in head.detections]
+            output.embeddings = [d["embeddings"] for d in head.detections]
         if output_features:
             output.encoder_features = encoder_features
-            output.roi_features = roi_features
-            output.instance_features = torch.nn.functional.adaptive_avg_pool2d(head_features, 1).flatten(1)
-            output.reid_embeddings = raw
-            output.roi_image_index = torch.cat(
-                [torch.full((len(p),), i, device=pixel_values.device) for i, p in enumerate(proposals)]
-            )
+            output.roi_features = head.roi_features
+            output.instance_features = head.instance_features
+            output.reid_embeddings = head.reid_embeddings
+            output.roi_image_index = head.roi_image_index
         return output if return_dict else output.to_tuple()
 
     def weighted_loss(self, loss_dict: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -368,9 +317,9 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
                     f"embed_boxes: image {index} box {image_boxes[bad][0].tolist()} is empty or not finite"
                 )
         was_training = self.training
-        self.eval()
+        self.eval()  # the backbone's BatchNorms too, when they are not frozen
         try:
-            _, _, embeddings, _, _, _ = self.embed_rois(self.encode(pixel_values), boxes, sizes)
+            embeddings = self.search_head.box_features(self.encode(pixel_values), boxes, sizes).embeddings
         finally:
             self.train(was_training)
         return list(embeddings.split([len(b) for b in boxes]))

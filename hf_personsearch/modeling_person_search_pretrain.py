@@ -6,6 +6,8 @@ Eq. (1), ``L = L_ps + eta * L_con + lambda * L_adv``:
 - L_ps (Eq. 2-4): RPN + detection head + OIM on each view; the mean of the two views.
 - L_con (Eq. 5-6): SimSiam on the re-ID features h of the ground-truth persons present in both views of
   images without real identities (detection images, unlabeled re-ID crops); z = prediction MLP(h).
+  The ground-truth features come from the search head's ``box_features`` (normalised with the running
+  statistics, so they do not depend on how many persons the batch holds).
 - L_adv (Eq. 7): the detection IAM on (encoder map, detection-head vectors) of images from detection
   sources, the re-ID IAM on (RoI-aligned person maps, re-ID embeddings) of images from re-ID sources;
   optionally the inter-task module (Table 5) on every image. Each IAM term is the mean of the two views.
@@ -24,7 +26,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_person_search_pretrain import PersonSearchPretrainConfig
 from .intra_task_alignment import AlignmentOutput, IntraTaskAlignmentModule
-from .modeling_person_search import PersonSearchModel, PersonSearchPreTrainedModel
+from .modeling_person_search import LEGACY_KEY_MAPPING, PersonSearchModel, PersonSearchPreTrainedModel
 from .simsiam import PredictionMLP, contrastive_loss
 
 PS_TERMS = ("rpn_objectness", "rpn_box", "det_classification", "det_box", "reid_oim")
@@ -142,6 +144,13 @@ class PersonSearchPretrainModel(PersonSearchPretrainPreTrainedModel):
                 config.num_detection_domains + config.num_reid_domains,
             )
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """``PreTrainedModel.from_pretrained``; checkpoints of the earlier layout (the person search
+        model's search head parts at its top level) load through ``LEGACY_KEY_MAPPING``."""
+        kwargs.setdefault("key_mapping", LEGACY_KEY_MAPPING)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     def export_person_search_model(self, save_directory: str | None = None, **save_kwargs) -> PersonSearchModel:
         """The downstream model (backbone + detection + re-ID heads, without predictor and IAMs).
@@ -270,7 +279,6 @@ class PersonSearchPretrainModel(PersonSearchPretrainPreTrainedModel):
         image_sizes_2: torch.Tensor | None = None,
         sources: list[str] | None = None,
         return_dict: bool = True,
-        **kwargs,
     ) -> PersonSearchPretrainOutput:
         if not self.training:
             raise RuntimeError(
@@ -305,10 +313,9 @@ class PersonSearchPretrainModel(PersonSearchPretrainPreTrainedModel):
                     dim=1,
                 )
                 gt_boxes.append(boxes)
-            # re-ID features of the ground-truth persons, reusing this view's encoder map (no second pass)
-            gt_roi_features, _, _, _, gt_embeddings, _ = person_search.embed_rois(
-                output.encoder_features, gt_boxes, sizes
-            )
+            # re-ID features of the ground-truth persons, reusing this view's encoder map (no second pass);
+            # batch-independent, and the inference statistics stay those of the proposal batches
+            gt_features = person_search.search_head.box_features(output.encoder_features, gt_boxes, sizes)
             views.append(
                 {
                     "loss": output.loss,
@@ -317,8 +324,8 @@ class PersonSearchPretrainModel(PersonSearchPretrainPreTrainedModel):
                     "instance_features": output.instance_features,
                     "roi_image_index": output.roi_image_index,
                     "valid": _valid_locations(sizes, output.encoder_features, stride),
-                    "gt_roi_features": gt_roi_features,
-                    "gt_embeddings": gt_embeddings,
+                    "gt_roi_features": gt_features.roi_features,
+                    "gt_embeddings": gt_features.reid_embeddings,
                     "gt_image_index": torch.cat(
                         [torch.full((len(b),), i, dtype=torch.long, device=device) for i, b in enumerate(gt_boxes)]
                     ),

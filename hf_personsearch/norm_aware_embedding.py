@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
-    """BatchNorm that falls back to running statistics for a single sample, where batch statistics
-    are undefined (e.g. one ground-truth box in a batch)."""
-    if bn.training and x.shape[0] < 2:
+def _batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, use_running_stats: bool = False) -> torch.Tensor:
+    """``bn(x)``, or normalisation with the running statistics without updating them (gradients still
+    flow to ``x`` and the affine parameters) when asked, or for a single sample, where batch statistics
+    are undefined."""
+    if use_running_stats or (bn.training and x.shape[0] < 2):
         return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
     return bn(x)
 
@@ -27,8 +28,10 @@ class NormAwareEmbedding(nn.Module):
         in_channels: channels of the (encoder RoI feature map, box head feature map), e.g. (1024, 2048).
         embedding_dim: total size, split evenly between the inputs (NAE: 256 = 128 + 128).
 
-    ``forward(roi_features, head_features)`` returns ``(embeddings, logits, raw)``: L2-normalised
-    embeddings (N, d), detection logits (N,), and the un-normalised embeddings (N, d).
+    ``forward(roi_features, head_features, use_running_stats=False)`` returns ``(embeddings, logits, raw)``:
+    L2-normalised embeddings (N, d), detection logits (N,), and the un-normalised embeddings (N, d).
+    ``use_running_stats=True`` normalises with the running statistics and leaves them unchanged, in
+    train mode too (the embeddings of given boxes, independent of the batch).
     """
 
     def __init__(self, in_channels: tuple[int, int], embedding_dim: int = 256):
@@ -47,15 +50,17 @@ class NormAwareEmbedding(nn.Module):
             bn.reset_parameters()
             bn.reset_running_stats()
 
-    def forward(self, roi_features: torch.Tensor, head_features: torch.Tensor):
+    def forward(
+        self, roi_features: torch.Tensor, head_features: torch.Tensor, use_running_stats: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         halves = []
         for feature_map, projection, bn in zip((roi_features, head_features), self.projections, self.projection_norms):
             pooled = F.adaptive_max_pool2d(feature_map, 1).flatten(1)
-            halves.append(_batch_norm(bn, projection(pooled)))
+            halves.append(_batch_norm(bn, projection(pooled), use_running_stats))
         raw = torch.cat(halves, dim=1)
         norms = raw.norm(dim=1, keepdim=True)
         embeddings = raw / norms.clamp_min(1e-12)
-        logits = _batch_norm(self.rescaler, norms).squeeze(1)
+        logits = _batch_norm(self.rescaler, norms, use_running_stats).squeeze(1)
         return embeddings, logits, raw
 
 

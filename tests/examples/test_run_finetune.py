@@ -114,7 +114,7 @@ def test_full_initialisation_starts_from_the_checkpoint_weights(scratch_run):
         config["init"]["from"] = init
         state = run_finetune.build_model(config, num_identities=4).state_dict()
         assert all(torch.equal(state[k], saved[k]) for k in saved if k.startswith("backbone."))
-        head = "embedding_head.projections.0.weight"
+        head = "search_head.embedding_head.projections.0.weight"
         assert torch.equal(state[head], saved[head]) == same_heads, init
 
 

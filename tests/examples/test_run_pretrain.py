@@ -74,7 +74,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     identity = json.loads((interrupted / "identity_space.json").read_text())
     config = json.loads((interrupted / "pretrain_model" / "config.json").read_text())
     assert config["person_search"]["num_person_ids"] == identity["num_identities"]
-    assert weights_a["person_search.oim.lut"].shape[0] == identity["num_identities"]
+    assert weights_a["person_search.search_head.oim.lut"].shape[0] == identity["num_identities"]
     assert (config["num_detection_domains"], config["num_reid_domains"]) == (2, 3)
     # tensorboard got the loss terms and the learning rate
     assert list((interrupted / "logs").rglob("events.out.tfevents.*"))
@@ -155,7 +155,7 @@ def test_two_cpu_processes_keep_identical_oim_tables_and_draw_different_samples(
     keys = [[tuple(k) for k in r["sample_keys"]] for r in ranks]
     assert len(keys[0]) == len(keys[1]) == 6 and keys[0] != keys[1]
     # and the LUT saved by the main process is the one both ranks hold, updated by training
-    lut = load_file(output / "pretrain_model" / "model.safetensors")["person_search.oim.lut"]
+    lut = load_file(output / "pretrain_model" / "model.safetensors")["person_search.search_head.oim.lut"]
     assert lut.abs().sum() > 0
 
 
@@ -211,7 +211,7 @@ else:  # "OIM table drift": rank 1's lookup table ends the run different from ra
     def run_training_with_drift(*args, **kwargs):
         outcome = run_training(*args, **kwargs)
         if rank1:
-            outcome.model.module.person_search.oim.lut[0, 0] += 1.0
+            outcome.model.module.person_search.search_head.oim.lut[0, 0] += 1.0
         return outcome
 
     script.run_training = run_training_with_drift

@@ -1,12 +1,16 @@
 """Downstream loading: a PersonSearchModel from a pre-training checkpoint (full or backbone only, OIM
-re-sized), the exported downstream folder through AutoModel, and the pre-training round trip."""
+re-sized), the exported downstream folder through AutoModel, the pre-training round trip, and checkpoints
+saved before the search head became one module."""
 
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from test_pretrain_model import build
 from transformers import AutoConfig, AutoModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -79,9 +83,15 @@ def test_backbone_only_keeps_backbone_and_reinitialises_heads(pretrain_checkpoin
     for name, tensor in state.items():
         if name.startswith("backbone."):
             assert torch.equal(tensor, saved["person_search." + name]), name
-    for name in ("embedding_head.projections.0.weight", "rpn.head.conv.0.0.weight", "box_regressor.linear.weight"):
+    for name in (
+        "search_head.embedding_head.projections.0.weight",
+        "rpn.head.conv.0.0.weight",
+        "search_head.box_regressor.linear.weight",
+    ):
         assert not torch.equal(state[name], saved["person_search." + name]), name
-    assert torch.count_nonzero(model.oim.lut) == 0 and torch.count_nonzero(model.oim.queue) == 0
+    assert (
+        torch.count_nonzero(model.search_head.oim.lut) == 0 and torch.count_nonzero(model.search_head.oim.queue) == 0
+    )
 
 
 def test_oim_table_resized_for_a_target_dataset_with_other_identities(pretrain_checkpoint, caplog):
@@ -91,15 +101,16 @@ def test_oim_table_resized_for_a_target_dataset_with_other_identities(pretrain_c
     assert any(
         "OIM table re-sized from 12 identities / queue 6 to 5 identities / queue 3" in m for m in _warnings(caplog)
     )
-    assert model.oim.lut.shape == (5, 16) and torch.count_nonzero(model.oim.lut) == 0
-    assert model.oim.queue.shape == (3, 16) and model.config.num_person_ids == 5
+    assert model.search_head.oim.lut.shape == (5, 16) and torch.count_nonzero(model.search_head.oim.lut) == 0
+    assert model.search_head.oim.queue.shape == (3, 16) and model.config.num_person_ids == 5
     # everything else still comes from the checkpoint
     assert torch.equal(
-        model.embedding_head.projections[0].weight, saved["person_search.embedding_head.projections.0.weight"]
+        model.search_head.embedding_head.projections[0].weight,
+        saved["person_search.search_head.embedding_head.projections.0.weight"],
     )
     # same size asked: the pre-trained table is kept
     same = PersonSearchModel.from_pretrained(folder, dtype=torch.float32, num_person_ids=12)
-    assert torch.equal(same.oim.lut, saved["person_search.oim.lut"])
+    assert torch.equal(same.search_head.oim.lut, saved["person_search.search_head.oim.lut"])
 
 
 def test_exported_downstream_folder_loads_as_person_search_model_via_automodel(pretrain_checkpoint, tmp_path):
@@ -123,3 +134,40 @@ def test_pretraining_checkpoint_round_trips_exactly(pretrain_checkpoint):
     assert set(state) == set(saved)
     for name, tensor in state.items():
         assert torch.equal(tensor, saved[name]), name
+
+
+def _legacy_layout(folder, destination):
+    """A copy of a saved folder in the layout before NormAwareRoIHead: the search head's parts at the top
+    level of the person search model (``embedding_head.*``, ``box_regressor.*``, ``oim.lut`` ...)."""
+    shutil.copytree(folder, destination)
+    weights = load_file(destination / "model.safetensors")
+    legacy = {re.sub(r"(^|\.)search_head\.", r"\1", name): tensor for name, tensor in weights.items()}
+    assert "person_search.oim.lut" in legacy or "oim.lut" in legacy
+    save_file(legacy, destination / "model.safetensors", metadata={"format": "pt"})
+    return destination
+
+
+def test_checkpoints_of_the_legacy_layout_load_every_tensor(pretrain_checkpoint, tmp_path, caplog):
+    folder, saved = pretrain_checkpoint
+    legacy = _legacy_layout(folder, tmp_path / "legacy_pretrain")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING):
+            pretrain = PersonSearchPretrainModel.from_pretrained(legacy, dtype=torch.float32)
+            downstream = PersonSearchModel.from_pretrained(legacy, dtype=torch.float32)
+            pretrain.export_person_search_model(tmp_path / "exported")
+            exported = PersonSearchModel.from_pretrained(
+                _legacy_layout(tmp_path / "exported", tmp_path / "legacy_exported"), dtype=torch.float32
+            )
+    finally:
+        hf_logging.disable_propagation()
+    assert _warnings(caplog) == []  # no missing / unexpected keys
+    state = pretrain.state_dict()
+    assert set(state) == set(saved)
+    for name, tensor in state.items():
+        assert torch.equal(tensor, saved[name]), name
+    for model in (downstream, exported):
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(tensor, saved["person_search." + name]), name

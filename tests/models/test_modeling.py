@@ -48,7 +48,7 @@ def test_training_output_names_every_loss_term_and_sums_them_with_the_config_wei
         + output.loss_dict["reid_oim"] * config.loss_weight_reid
     )
     assert torch.allclose(output.loss, expected)
-    assert model.embedding_head.projections[0].weight.grad is not None
+    assert model.search_head.embedding_head.projections[0].weight.grad is not None
     # the box head (layer4) trains through the RoIs; its residual branches start at zero (timm zero_init_last)
     assert model.backbone.body.layer4[0].downsample[1].weight.grad.abs().sum() > 0
     assert model.rpn.head.conv[0][0].weight.grad.abs().sum() > 0
@@ -114,6 +114,12 @@ def test_bad_labels_raise_naming_the_image(model, batch, box, person_id, message
         model(pixel_batch["pixel_values"], pixel_batch["image_sizes"], labels=labels)
 
 
+def test_misspelt_argument_is_rejected_by_name(model, batch):
+    pixel_batch, _ = batch
+    with pytest.raises(TypeError, match="image_size"):
+        model(pixel_batch["pixel_values"], image_size=pixel_batch["image_sizes"])
+
+
 def test_bad_pixel_values_raise(model):
     with pytest.raises(ValueError, match=r"\(batch, 3, height, width\)"):
         model(torch.zeros(3, 64, 64))
@@ -161,7 +167,7 @@ def outputs_of(model, pixel_batch):
 def test_save_and_load_are_bit_exact_including_the_oim_table(model, batch, tmp_path):
     pixel_batch, labels = batch
     train_step(model, pixel_batch, labels)  # fills the LUT and the queue
-    assert model.oim.lut.abs().sum() > 0
+    assert model.search_head.oim.lut.abs().sum() > 0
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
     loaded = PersonSearchModel.from_pretrained(tmp_path)
@@ -226,4 +232,4 @@ def test_bf16_autocast_step_keeps_fp32_tables(model, batch):
         output = model(pixel_batch["pixel_values"], pixel_batch["image_sizes"], labels=labels)
     output.loss.backward()
     assert torch.isfinite(output.loss)
-    assert model.oim.lut.dtype == torch.float32 and model.oim.lut.abs().sum() > 0
+    assert model.search_head.oim.lut.dtype == torch.float32 and model.search_head.oim.lut.abs().sum() > 0

@@ -175,7 +175,9 @@ def test_no_gradient_through_the_target_branch_of_l_con():
     assert grad_h1.abs().sum() > 0
     assert torch.allclose(grad_h1, through_predictor, atol=1e-7)
     # and the model's parameters do receive the predicted branch's gradient
-    grads = torch.autograd.grad(con, list(model.person_search.embedding_head.parameters()), allow_unused=True)
+    grads = torch.autograd.grad(
+        con, list(model.person_search.search_head.embedding_head.parameters()), allow_unused=True
+    )
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
@@ -191,3 +193,37 @@ def test_batch_errors_name_the_wrong_item():
         model(**batch)
     with pytest.raises(RuntimeError, match="train mode only"):
         model.eval()(**make_batch())
+
+
+def _embedding_statistics(person_search):
+    return {
+        name: tensor.clone()
+        for name, tensor in person_search.search_head.state_dict().items()
+        if name.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    }
+
+
+def test_ground_truth_features_leave_the_inference_statistics_to_the_proposal_batches():
+    """The ground-truth pass (L_con, re-ID IAM) must not move the running statistics of the embedding
+    head (incl. the detection-score rescaler) or the box regressor: they stay those of the two views'
+    proposal batches, exactly as if the pre-training extras did not exist."""
+    model, reference = build(**ALL_ON), build(**ALL_ON)
+    _run(model)
+    batch = make_batch()
+    torch.manual_seed(0)  # _run's seed: the same proposal sampling
+    for suffix in ("", "_2"):
+        reference.person_search(
+            batch["pixel_values" + suffix], image_sizes=batch["image_sizes" + suffix], labels=batch["labels" + suffix]
+        )
+    moved, expected = _embedding_statistics(model.person_search), _embedding_statistics(reference.person_search)
+    assert any("rescaler" in name for name in expected) and set(moved) == set(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(moved[name], tensor), name
+
+
+def test_misspelt_arguments_are_rejected_by_name():
+    model = build()
+    with pytest.raises(TypeError, match="domain_id"):
+        model(**make_batch(), domain_id=torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(TypeError, match="image_size"):
+        model.person_search(torch.zeros(1, 3, 64, 64), image_size=torch.tensor([[64, 64]]))
