@@ -29,9 +29,10 @@ LEGACY_KEY_MAPPING = {
     r"^(embedding_head|box_regressor|oim)\.": r"search_head.\1.",
     r"^person_search\.(embedding_head|box_regressor|oim)\.": r"person_search.search_head.\1.",
 }
-"""Checkpoints saved before the search head became one module (up to hf-personsearch 0.1) hold its
-parts at the top level (``embedding_head.*``, ``box_regressor.*``, ``oim.lut``; with the ``person_search.``
-prefix in a pre-training checkpoint): ``from_pretrained`` renames them to ``search_head.*``."""
+"""Checkpoints saved before the search head became one module hold its parts at the top level
+(``embedding_head.*``, ``box_regressor.*``, ``oim.lut``; with the ``person_search.`` prefix in a
+pre-training checkpoint): ``from_pretrained`` renames them to ``search_head.*``. (transformers' renaming
+supports one capture group, ``\1``, per pattern.)"""
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +45,10 @@ class PersonSearchOutput(ModelOutput):
     det_classification, det_box, reid_oim). Inference: per image ``boxes`` (n, 4) xyxy in the input
     pixel coordinates, ``scores`` (n,) and ``embeddings`` (n, d) = L2-normalised embedding x score.
     With ``output_features=True`` also the intermediate features used by pre-training:
-    ``encoder_features`` (B, C, H/16, W/16), ``roi_features`` (N, C, 14, 14) RoI-aligned maps of the
-    sampled proposals, ``instance_features`` (N, C5) pooled box head vectors, ``reid_embeddings`` (N, d)
-    un-normalised embeddings, ``roi_image_index`` (N,) the image each RoI belongs to.
+    ``encoder_features`` (B, C, H/16, W/16) and the search head's features of its N RoIs (sampled
+    proposals in training, all proposals at inference): ``roi_features`` (N, C, 14, 14) RoI-aligned maps,
+    ``instance_features`` (N, C5) pooled box head vectors, ``reid_embeddings`` (N, d) un-normalised
+    embeddings, ``roi_image_index`` (N,) the image each RoI belongs to.
     """
 
     loss: torch.Tensor | None = None
