@@ -153,3 +153,20 @@ def test_layout_choices(tmp_path):
         list(luperson.parse(tmp_path, layout="lmdb"))
     with pytest.raises(ValueError, match="unknown layout 'zip'"):
         list(luperson.parse(tmp_path, layout="zip"))
+
+
+def test_keys_pkl_declaring_a_huge_length_is_refused_without_allocating_it(tmp_path):
+    import struct
+    import tracemalloc
+
+    evil = b"\x80\x04\x8e" + struct.pack("<Q", 300_000_000) + b"x" * 25  # BINBYTES8 of 300 MB, 36 bytes
+    assert len(evil) == 36
+    (tmp_path / "keys.pkl").write_bytes(evil)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataFormatError, match=r"keys.pkl: not a safe pickled list of keys: expected 300000000"):
+            luperson.read_keys(tmp_path / "keys.pkl")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
