@@ -200,6 +200,7 @@ def test_truncated_jpeg_is_found_at_load(tmp_path):
     assert [r["image_id"] for r in records] == ["images/a.jpg"]
     assert skips.counts == {"image file unreadable": 1}
     with pytest.raises(
-        DataFormatError, match=r"images/b.jpg: image file unreadable \(no JPEG end marker, full decode: "
+        DataFormatError,
+        match=r"images/b.jpg: image file unreadable \(no JPEG/PNG end marker, full decode: .*truncated",
     ):
         list(custom.parse(tmp_path, "test", strict=True))

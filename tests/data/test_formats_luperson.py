@@ -47,9 +47,10 @@ def test_upper_case_and_jpeg_suffixes_and_symlinked_folders(tmp_path):
     crops[0].rename(crops[0].with_suffix(".JPG"))
     crops[1].rename(crops[1].with_suffix(".jpeg"))
     (tmp_path / "data").mkdir()
-    for country in (tmp_path / "real").iterdir():
+    countries = sorted(path for path in (tmp_path / "real").iterdir() if path.is_dir())
+    for country in countries:
         (tmp_path / "data" / country.name).symlink_to(country, target_is_directory=True)
-    first_city = next(p for p in (tmp_path / "real").iterdir()).iterdir().__next__()
+    first_city = sorted(countries[0].iterdir())[0]
     (first_city / "loop").symlink_to(first_city, target_is_directory=True)  # a link loop must end
     skips = SkipCounter()
     records = list(luperson.parse(tmp_path / "data", skips=skips))

@@ -26,7 +26,7 @@ def lmdb_installed():
 def test_round_trip_same_crops_as_the_folder_layout(tmp_path, lmdb_installed):
     truth = generate("luperson", tmp_path / "lmdb_layout", seed=0, num_crops=6, layout="lmdb")
     folder_truth = generate("luperson", tmp_path / "folder_layout", seed=0, num_crops=6)
-    assert sorted(p.name for p in (tmp_path / "lmdb_layout").iterdir()) == ["keys.pkl", "lmdb"]
+    assert sorted(p.name for p in (tmp_path / "lmdb_layout").iterdir()) == ["SYNTHETIC_DATA.json", "keys.pkl", "lmdb"]
 
     records = list(luperson.parse(tmp_path / "lmdb_layout", "train", strict=True))
     assert record_differences(truth["records"], records) == []
