@@ -56,6 +56,18 @@ class SkipCounter:
         if self.parent is not None:
             self.parent._count(reason, message)
 
+    def to_dict(self) -> dict:
+        """The counts and example locations as JSON-ready data (stored with a prepared dataset)."""
+        return {"strict": self.strict, "counts": dict(self.counts), "examples": dict(self.examples)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SkipCounter:
+        """The counter :meth:`to_dict` described."""
+        counter = cls(strict=data["strict"])
+        counter.counts.update(data["counts"])
+        counter.examples.update(data["examples"])
+        return counter
+
     @property
     def total(self) -> int:
         return sum(self.counts.values())

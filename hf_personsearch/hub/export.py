@@ -300,6 +300,14 @@ def _record_provenance(model, provenance: str) -> None:
             config.backbone_init = provenance
 
 
+def check_finite(state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Refuse weights with NaN or infinite values (a diverged run's checkpoint), naming the keys: loaded,
+    they would make every output NaN with no error until the loss or the evaluation shows it."""
+    bad = [key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise ValueError(f"{source}: NaN or infinite values in {len(bad)} tensor(s): {bad[:5]}; nothing was loaded")
+
+
 def load_backbone_weights(model, source: str | Path) -> BackboneLoadReport:
     """Initialise the model's backbone from ``source`` and return what was loaded and ignored.
 
@@ -352,6 +360,7 @@ def load_backbone_weights(model, source: str | Path) -> BackboneLoadReport:
         )
     loaded = sorted(state)
     state = {key: state[key].to(value.dtype) if key in state else value for key, value in own.items()}
+    check_finite(state, source)
     backbone.body.load_state_dict(state, strict=True)
     _record_provenance(model, provenance)
     return BackboneLoadReport(source=str(source), loaded_keys=loaded, ignored_keys=sorted(ignored))

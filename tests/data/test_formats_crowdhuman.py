@@ -57,12 +57,13 @@ def test_vbox_option_uses_visible_boxes(dataset):
 
 
 def _one_image_dataset(tmp_path, gtboxes, image_ok=True):
-    generate("crowdhuman", tmp_path, seed=1, num_train=1, num_val=0)
-    entry = json.loads((tmp_path / "annotation_train.odgt").read_text().splitlines()[0])
+    """``(entry, good)``: the first image's line with ``gtboxes``, and a valid line of the second image."""
+    generate("crowdhuman", tmp_path, seed=1, num_train=2, num_val=0)
+    entry, other = (json.loads(line) for line in (tmp_path / "annotation_train.odgt").read_text().splitlines())
     if not image_ok:
         (tmp_path / "Images" / f"{entry['ID']}.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     entry["gtboxes"] = gtboxes
-    good = json.dumps({"ID": entry["ID"], "gtboxes": [{"tag": "person", "fbox": [10, 10, 20, 50], "extra": {}}]})
+    good = json.dumps({"ID": other["ID"], "gtboxes": [{"tag": "person", "fbox": [10, 10, 20, 50], "extra": {}}]})
     return entry, good
 
 
@@ -94,7 +95,7 @@ def test_bad_boxes_are_skipped_and_counted_or_raise(tmp_path, fbox, reason):
 
 def test_truncated_line_is_skipped_or_raises_with_line_number(tmp_path):
     entry, good = _one_image_dataset(tmp_path, [])
-    _write(tmp_path, [good, good[: len(good) // 2], good])
+    _write(tmp_path, [good, good[: len(good) // 2], json.dumps(entry)])
     skips = SkipCounter()
     assert len(list(crowdhuman.parse(tmp_path, "train", skips=skips))) == 2
     assert skips.counts == {"malformed annotation line": 1}
@@ -113,9 +114,11 @@ def test_unknown_tag_is_skipped(tmp_path):
 def test_missing_and_corrupt_images(tmp_path):
     entry, good = _one_image_dataset(tmp_path, [], image_ok=False)
     missing = json.dumps({"ID": "no-such-image", "gtboxes": []})
-    _write(tmp_path, [good, missing])
+    _write(tmp_path, [json.dumps(entry), missing, good])
     skips = SkipCounter()
-    assert list(crowdhuman.parse(tmp_path, "train", skips=skips)) == []
+    assert [r["image_id"] for r in crowdhuman.parse(tmp_path, "train", skips=skips)] == [
+        f"Images/{json.loads(good)['ID']}.jpg"
+    ]
     assert skips.counts == {"corrupt or truncated image": 1, "missing image": 1}
     with pytest.raises(DataFormatError, match="annotation_train.odgt:1 .*corrupt or truncated image"):
         list(crowdhuman.parse(tmp_path, "train", strict=True))
@@ -126,3 +129,34 @@ def test_missing_data_dir_says_where_to_obtain(tmp_path):
         list(crowdhuman.parse(tmp_path / "nowhere", "train"))
     with pytest.raises(ValueError, match="unknown split 'test'"):
         list(crowdhuman.parse(tmp_path, "test"))
+
+
+def _huge_jpeg_header(path, width=20000, height=10000):
+    """Rewrite a jpeg's frame header (SOF0) to declare ``width`` x ``height`` (a decompression bomb)."""
+    data = bytearray(path.read_bytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    path.write_bytes(bytes(data))
+
+
+def test_null_gtboxes_non_utf8_duplicates_and_huge_images_are_counted(tmp_path):
+    entry, good = _one_image_dataset(tmp_path, None)  # "gtboxes": null
+    lines = [json.dumps(entry).encode(), b'{"ID": "caf\xe9", "gtboxes": []}', good.encode(), good.encode()]
+    (tmp_path / "annotation_train.odgt").write_bytes(b"\n".join(lines) + b"\n")
+    skips = SkipCounter()
+    records = list(crowdhuman.parse(tmp_path, "train", skips=skips))
+    assert [r["image_id"] for r in records] == [f"Images/{json.loads(good)['ID']}.jpg"]
+    assert skips.counts == {"malformed annotation line": 1, "line is not UTF-8": 1, "duplicate image id": 1}
+    for line, message in [(1, "key 'gtboxes': expected a list, got None"), (2, "line is not UTF-8")]:
+        (tmp_path / "annotation_train.odgt").write_bytes(b"\n".join(lines[line - 1 :]) + b"\n")
+        with pytest.raises(DataFormatError, match=f"annotation_train.odgt:1: .*{message}"):
+            list(crowdhuman.parse(tmp_path, "train", strict=True))
+    with pytest.raises(DataFormatError, match="annotation_train.odgt:2: duplicate image id"):
+        (tmp_path / "annotation_train.odgt").write_bytes(b"\n".join(lines[2:]) + b"\n")
+        list(crowdhuman.parse(tmp_path, "train", strict=True))
+
+    _huge_jpeg_header(tmp_path / "Images" / f"{json.loads(good)['ID']}.jpg")
+    skips = SkipCounter()
+    assert list(crowdhuman.parse(tmp_path, "train", skips=skips)) == []
+    assert skips.counts == {"corrupt or truncated image": 1, "duplicate image id": 1}
+    assert "exceeds limit" in skips.summary()  # PIL's decompression bomb limit, not a 600 MB decode

@@ -129,3 +129,19 @@ def test_missing_data(tmp_path):
         list(cuhk03.parse(tmp_path / "absent", "train"))
     with pytest.raises(FileNotFoundError, match="neither .* nor cuhk-03.mat"):
         list(cuhk03.parse(tmp_path, "full"))
+
+
+def test_transposed_cell_array_raises_instead_of_losing_crops(tmp_path, dataset):
+    root, _ = dataset
+    shutil.copytree(root / "cuhk03_release", tmp_path / "cuhk03_release")
+    with h5py.File(tmp_path / "cuhk03_release" / "cuhk-03.mat", "r+") as file:
+        top = file["detected"][:]
+        name = file[top[0, 1]].name
+        cells = file[name][:]
+        del file[name]
+        top[0, 1] = file.create_dataset(name, data=cells.T).ref  # (num_ids, 10) on disk: MATLAB's transpose
+        file["detected"][...] = top
+    with pytest.raises(
+        DataFormatError, match=r"cuhk-03.mat: key 'detected' camera pair 2: expected a \(num_ids, 10\)"
+    ):
+        list(cuhk03.parse(tmp_path, "full", layout="mat"))

@@ -114,3 +114,93 @@ def test_wrong_protocol_names_the_file_and_key(tmp_path, value, message):
     query_path.write_text(json.dumps({**document, "protocol": value}))
     with pytest.raises(DataFormatError, match=rf"query.json: key 'protocol': expected one of .*{message}"):
         custom.read_protocol(tmp_path)
+
+
+def _two_images(root, images, annotations):
+    """Two real 64x48 jpegs under images/ and a test.json with the given entries."""
+    (root / "images").mkdir(exist_ok=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)  # noise: most bytes are the scan
+    for name in ("a.jpg", "b.jpg"):
+        Image.fromarray(pixels).save(root / "images" / name)
+    (root / "test.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+
+
+def _parse_counted(root):
+    skips = SkipCounter()
+    return list(custom.parse(root, "test", skips=skips)), skips
+
+
+def test_string_image_ids_unknown_images_and_duplicate_ids_are_counted(tmp_path):
+    images = [{"id": "1", "file_name": "images/a.jpg"}, {"id": 2, "file_name": "images/b.jpg"}]
+    annotations = [
+        {"image_id": 1, "bbox": [1, 1, 10, 10], "person_id": 3},  # int 1, but the image id is the string "1"
+        {"image_id": "1", "bbox": [2, 2, 10, 10], "person_id": 4},
+        {"image_id": 7, "bbox": [1, 1, 10, 10], "person_id": 5},  # no image 7
+    ]
+    _two_images(tmp_path, images, annotations)
+    records, skips = _parse_counted(tmp_path)
+    assert [r["person_ids"].tolist() for r in records] == [[4], []]
+    assert skips.counts == {"annotation refers to an unknown image_id": 2}
+    assert "annotations[0]: annotation refers to an unknown image_id (image_id 1 (int; image ids: ['int', 'str'])" in (
+        skips.summary()
+    )
+    with pytest.raises(DataFormatError, match=r"test.json annotations\[0\]: annotation refers to an unknown"):
+        list(custom.parse(tmp_path, "test", strict=True))
+
+    # two images with the same id: their boxes cannot be told apart, so both are dropped and counted
+    images = [{"id": 1, "file_name": "images/a.jpg"}, {"id": 1, "file_name": "images/b.jpg"}]
+    _two_images(tmp_path, images, [{"image_id": 1, "bbox": [1, 1, 10, 10], "person_id": 3}])
+    records, skips = _parse_counted(tmp_path)
+    assert records == []
+    assert skips.counts == {"duplicate image id": 2, "annotation refers to a duplicated image id": 1}
+    with pytest.raises(DataFormatError, match=r"test.json images\[1\]: duplicate image id"):
+        list(custom.parse(tmp_path, "test", strict=True))
+
+    # the same image listed twice under two ids: the first entry is kept
+    images = [{"id": 1, "file_name": "images/a.jpg"}, {"id": 2, "file_name": "images/a.jpg"}]
+    _two_images(tmp_path, images, [{"image_id": 1, "bbox": [1, 1, 10, 10], "person_id": 3}])
+    records, skips = _parse_counted(tmp_path)
+    assert [r["person_ids"].tolist() for r in records] == [[3]]
+    assert skips.counts == {"duplicate file_name": 1}
+
+
+def test_declared_size_must_match_the_file_and_numbers_fit_the_schema(tmp_path):
+    images = [
+        {"id": 1, "file_name": "images/a.jpg", "width": 640, "height": 480},  # the file is 64x48
+        {"id": 2, "file_name": "images/b.jpg", "width": "wide", "height": 48},
+    ]
+    annotations = [{"image_id": 1, "bbox": [100, 100, 10, 10], "person_id": 3}]
+    _two_images(tmp_path, images, annotations)
+    records, skips = _parse_counted(tmp_path)
+    assert records == []
+    assert skips.counts == {"declared width/height differ from the image file": 1, "invalid width/height": 1}
+    with pytest.raises(DataFormatError, match=r"image 1 \(images/a.jpg\): declared .* \(declared 640x480, file 64x48"):
+        list(custom.parse(tmp_path, "test", strict=True))
+
+    images = [{"id": 1, "file_name": "images/a.jpg", "width": 64, "height": 48, "camera_id": 1e20}]
+    annotations = [
+        {"image_id": 1, "bbox": [1, 1, 10, 10], "person_id": 1e20},
+        {"image_id": 1, "bbox": [1, 1, 10, 10], "person_id": 2},
+    ]
+    _two_images(tmp_path, images, annotations)
+    records, skips = _parse_counted(tmp_path)
+    assert records == [] and skips.counts == {"invalid camera_id": 1}
+    images[0]["camera_id"] = 3
+    _two_images(tmp_path, images, annotations)
+    records, skips = _parse_counted(tmp_path)
+    assert [r["person_ids"].tolist() for r in records] == [[2]] and skips.counts == {"invalid person_id": 1}
+
+
+def test_truncated_jpeg_is_found_at_load(tmp_path):
+    images = [{"id": 1, "file_name": "images/a.jpg"}, {"id": 2, "file_name": "images/b.jpg"}]
+    _two_images(tmp_path, images, [])
+    jpeg = (tmp_path / "images/b.jpg").read_bytes()
+    (tmp_path / "images/b.jpg").write_bytes(jpeg[: len(jpeg) * 2 // 3])  # the header is intact
+    records, skips = _parse_counted(tmp_path)
+    assert [r["image_id"] for r in records] == ["images/a.jpg"]
+    assert skips.counts == {"image file unreadable": 1}
+    with pytest.raises(
+        DataFormatError,
+        match=r"images/b.jpg: image file unreadable \(no JPEG/PNG end marker, full decode: .*truncated",
+    ):
+        list(custom.parse(tmp_path, "test", strict=True))

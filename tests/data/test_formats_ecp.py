@@ -123,3 +123,19 @@ def test_missing_or_corrupt_image(tmp_path, damage, reason):
 def test_missing_data_dir_says_where_to_obtain(tmp_path):
     with pytest.raises(FileNotFoundError, match="eurocity-dataset.tudelft.nl"):
         list(ecp.parse(tmp_path / "absent", "train"))
+
+
+def test_null_children_are_counted_not_a_crash(tmp_path):
+    generate("ecp", tmp_path, seed=3)
+    labels = sorted((tmp_path / "ECP" / "day" / "labels" / "train").rglob("*.json"))
+    tree = json.loads(labels[0].read_text())
+    labels[0].write_text(json.dumps(dict(tree, children=None)))
+    tree = json.loads(labels[1].read_text())
+    tree["children"][0]["children"] = 5
+    labels[1].write_text(json.dumps(tree))
+    skips = SkipCounter()
+    records = list(ecp.parse(tmp_path, "train", times=("day",), skips=skips))
+    assert len(records) == len(labels) - 1
+    assert skips.counts == {"malformed annotation line": 2}
+    with pytest.raises(DataFormatError, match=f"{labels[0].name}: malformed annotation line .*'children'"):
+        list(ecp.parse(tmp_path, "train", times=("day",), strict=True))

@@ -39,3 +39,23 @@ def test_bad_crops(tmp_path, damage, reason):
 def test_missing_data_dir_says_where_to_obtain(tmp_path):
     with pytest.raises(FileNotFoundError, match="DengpanFu/LUPerson"):
         list(luperson.parse(tmp_path / "absent"))
+
+
+def test_upper_case_and_jpeg_suffixes_and_symlinked_folders(tmp_path):
+    truth = generate("luperson", tmp_path / "real", seed=2, num_crops=4)
+    crops = sorted((tmp_path / "real").rglob("*.jpg"))
+    crops[0].rename(crops[0].with_suffix(".JPG"))
+    crops[1].rename(crops[1].with_suffix(".jpeg"))
+    (tmp_path / "data").mkdir()
+    countries = sorted(path for path in (tmp_path / "real").iterdir() if path.is_dir())
+    for country in countries:
+        (tmp_path / "data" / country.name).symlink_to(country, target_is_directory=True)
+    first_city = sorted(countries[0].iterdir())[0]
+    (first_city / "loop").symlink_to(first_city, target_is_directory=True)  # a link loop must end
+    skips = SkipCounter()
+    records = list(luperson.parse(tmp_path / "data", skips=skips))
+    assert len(records) == len(truth["records"]) == 4
+    assert {r["image_id"].rsplit(".", 1)[1] for r in records} == {"jpg", "JPG", "jpeg"}
+    assert skips.counts == {"folder reached twice through symlinks": 1}
+    with pytest.raises(DataFormatError, match="loop: folder reached twice through symlinks"):
+        list(luperson.parse(tmp_path / "data", strict=True))

@@ -26,7 +26,7 @@ def lmdb_installed():
 def test_round_trip_same_crops_as_the_folder_layout(tmp_path, lmdb_installed):
     truth = generate("luperson", tmp_path / "lmdb_layout", seed=0, num_crops=6, layout="lmdb")
     folder_truth = generate("luperson", tmp_path / "folder_layout", seed=0, num_crops=6)
-    assert sorted(p.name for p in (tmp_path / "lmdb_layout").iterdir()) == ["keys.pkl", "lmdb"]
+    assert sorted(p.name for p in (tmp_path / "lmdb_layout").iterdir()) == ["SYNTHETIC_DATA.json", "keys.pkl", "lmdb"]
 
     records = list(luperson.parse(tmp_path / "lmdb_layout", "train", strict=True))
     assert record_differences(truth["records"], records) == []
@@ -153,3 +153,20 @@ def test_layout_choices(tmp_path):
         list(luperson.parse(tmp_path, layout="lmdb"))
     with pytest.raises(ValueError, match="unknown layout 'zip'"):
         list(luperson.parse(tmp_path, layout="zip"))
+
+
+def test_keys_pkl_declaring_a_huge_length_is_refused_without_allocating_it(tmp_path):
+    import struct
+    import tracemalloc
+
+    evil = b"\x80\x04\x8e" + struct.pack("<Q", 300_000_000) + b"x" * 25  # BINBYTES8 of 300 MB, 36 bytes
+    assert len(evil) == 36
+    (tmp_path / "keys.pkl").write_bytes(evil)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataFormatError, match=r"keys.pkl: not a safe pickled list of keys: expected 300000000"):
+            luperson.read_keys(tmp_path / "keys.pkl")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000

@@ -112,3 +112,35 @@ def test_malformed_query_line_names_file_and_line(tmp_path):
     assert [q["person_id"] for q in queries] == [q["person_id"] for k, q in enumerate(truth["queries"]) if k != 1]
     with pytest.raises(DataFormatError, match="query_info.txt:2"):
         prw.load_queries(tmp_path, strict=True)
+
+
+def test_frame_listed_twice_is_kept_once_and_counted(tmp_path):
+    truth = generate("prw", tmp_path, seed=2)
+    frames = loadmat(tmp_path / "frame_train.mat")["img_index_train"]
+    savemat(tmp_path / "frame_train.mat", {"img_index_train": np.vstack([frames, frames[:1]])})
+    skips = SkipCounter()
+    records = list(prw.parse(tmp_path, "train", skips=skips))
+    assert_same(records, [r for r in truth["records"] if r["split"] == "train"])
+    assert skips.counts == {"duplicate image id": 1}
+    with pytest.raises(DataFormatError, match="frame_train.mat: duplicate image id"):
+        list(prw.parse(tmp_path, "train", strict=True))
+
+
+def test_mat_element_of_unknown_type_is_refused_before_scipy_reads_it(tmp_path):
+    """scipy 1.17's loadmat crashes the interpreter (SIGSEGV) on an element type it does not know; one
+    changed byte of a downloaded file does it. The element structure is checked first."""
+    import struct
+
+    from hf_personsearch.data.formats.matlab import read_mat
+
+    savemat(tmp_path / "frame_train.mat", {"img_index_train": np.array([["c1s1_000151"]], dtype=object)})
+    data = bytearray((tmp_path / "frame_train.mat").read_bytes())
+    tag = data.index(struct.pack("<II", 16, 11))  # the miUTF8 element of the 11-character name
+    data[tag : tag + 4] = struct.pack("<I", 0xAB10)
+    (tmp_path / "frame_train.mat").write_bytes(bytes(data))
+    with pytest.raises(DataFormatError, match=f"frame_train.mat: not a readable MATLAB v5 file .*byte {tag}"):
+        read_mat(tmp_path / "frame_train.mat")
+    data[tag : tag + 8] = struct.pack("<II", 16, 10**6)  # a size beyond the file
+    (tmp_path / "frame_train.mat").write_bytes(bytes(data))
+    with pytest.raises(DataFormatError, match=f"element at byte {tag} declares 1000000 bytes"):
+        read_mat(tmp_path / "frame_train.mat")

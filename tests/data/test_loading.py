@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 
 import datasets
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 from hf_personsearch.data.convert import convert, main
+from hf_personsearch.data.errors import DataFormatError
 from hf_personsearch.data.formats import record_differences
 from hf_personsearch.data.loading import load_person_search_dataset
 from hf_personsearch.data.synthetic import generate
@@ -66,3 +69,42 @@ def test_convert_cli(tmp_path, capsys):
     main(["luperson", str(tmp_path / "raw"), str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")])
     assert "luperson/train: 3 records" in capsys.readouterr().out
     assert (tmp_path / "out" / "data" / "train-00000-of-00001.parquet").is_file()
+
+
+def test_cache_follows_edits_of_the_raw_files(tmp_path):
+    """The datasets cache key is the config; the builder adds a fingerprint of data_dir to it."""
+    generate("crowdhuman", tmp_path / "raw", seed=0, num_train=6, num_val=1)
+
+    def load():
+        return load_person_search_dataset("crowdhuman", data_dir=tmp_path / "raw", cache_dir=tmp_path / "c")
+
+    assert len(load()) == 6
+    odgt = tmp_path / "raw" / "annotation_train.odgt"
+    lines = odgt.read_text().splitlines()
+    odgt.write_text("\n".join(lines[:2]) + "\n")  # an edited annotation file
+    assert len(load()) == 2
+    odgt.write_text("\n".join(lines) + "\n")
+    (tmp_path / "raw" / "Images" / f"{json.loads(lines[0])['ID']}.jpg").unlink()  # a deleted image
+    assert len(load()) == 5
+
+
+def test_skip_report_is_shown_again_on_a_cached_load(tmp_path, caplog):
+    generate("msmt17", tmp_path / "raw", seed=0, num_train_ids=2, num_test_ids=1, num_cameras=2)
+    list_path = tmp_path / "raw" / "MSMT17_V1" / "list_train.txt"
+    list_path.write_text(list_path.read_text() + "garbage\n")
+    for attempt in ("prepared", "cached"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            dataset = load_person_search_dataset("msmt17", data_dir=tmp_path / "raw", cache_dir=tmp_path / "c")
+        assert len(dataset) == 4
+        reports = [r.getMessage() for r in caplog.records if "skipped 1 item(s)" in r.getMessage()]
+        assert len(reports) == 1, (attempt, reports)
+        assert "1 x malformed annotation line, e.g. " in reports[0] and "list_train.txt:5" in reports[0]
+
+
+def test_strict_error_names_file_and_line_at_top_level(tmp_path):
+    generate("msmt17", tmp_path / "raw", seed=0, num_train_ids=2, num_test_ids=1, num_cameras=2)
+    list_path = tmp_path / "raw" / "MSMT17_V1" / "list_train.txt"
+    list_path.write_text(list_path.read_text() + "garbage\n")
+    with pytest.raises(DataFormatError, match="list_train.txt:5: malformed annotation line"):
+        load_person_search_dataset("msmt17", data_dir=tmp_path / "raw", cache_dir=tmp_path / "c", strict=True)

@@ -17,6 +17,7 @@ reads go through the package's image loader (:mod:`hf_personsearch.image_loading
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,14 @@ def require_file(path: Path, name: str, how_to_obtain: str) -> Path:
     return path
 
 
+END_MARKERS = {"JPEG": (b"\xff\xd8\xff", b"\xff\xd9"), "PNG": (b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82")}
+"""Per format, how a file starts and the bytes a complete file ends with (the JPEG end-of-image marker, the
+PNG IEND chunk)."""
+END_WINDOW = 1024
+"""How far from the end the marker may sit: cameras and editors append a few bytes after it, and a cut
+inside the JPEG scan cannot contain FF D9 (the scan escapes 0xFF bytes), so a truncated scan never passes."""
+
+
 def read_image_size(path: Path, where: str, skips: SkipCounter, *, verify: bool = True) -> tuple[int, int] | None:
     """``(width, height)`` of an image file, or None when it is missing or unreadable (skipped/raised).
 
@@ -107,11 +116,12 @@ def read_image_size(path: Path, where: str, skips: SkipCounter, *, verify: bool 
 
 
 def read_image_header_size(path: Path, skips: SkipCounter) -> tuple[int, int] | None:
-    """``(width, height)`` from the image header (cheap: no decoding), or None after counting the skip.
+    """``(width, height)`` from the image header, or None after counting the skip.
 
-    The person search parsers read thousands of full-HD frames, so only headers are read. Missing,
-    empty and unreadable files are counted under their own reason at the image path (or raise when
-    strict).
+    The person search parsers read thousands of full-HD frames, so a full decode is too slow; the header
+    gives the size and :func:`ends_complete` checks that the file was not cut short (a truncated frame
+    would otherwise pass here and crash training mid-epoch). Missing, empty and unreadable files are
+    counted under their own reason at the image path (or raise when strict).
     """
     if not path.is_file():
         skips.skip(IMAGE_FILE_MISSING, str(path))
@@ -119,11 +129,51 @@ def read_image_header_size(path: Path, skips: SkipCounter) -> tuple[int, int] | 
     if path.stat().st_size == 0:
         skips.skip(IMAGE_FILE_EMPTY, str(path))
         return None
+    checked = "header"
     try:
-        return image_loading.read_image_size(path, str(path))
-    except OSError as error:
-        skips.skip(IMAGE_FILE_UNREADABLE, str(path), str(error))
+        size = image_loading.read_image_size(path, str(path))
+        if not ends_complete(path):
+            checked = "no JPEG/PNG end marker, full decode"
+            image_loading.load_image(path, str(path))  # only a full decode can tell (raises if truncated)
+        return size
+    except (OSError, ValueError) as error:
+        skips.skip(IMAGE_FILE_UNREADABLE, str(path), f"{checked}: {error}")
         return None
+
+
+def ends_complete(path: Path) -> bool:
+    """True when a JPEG/PNG file ends with its end marker (within :data:`END_WINDOW` bytes of the end).
+
+    Reads the first and last bytes instead of decoding the image. False for a file without the marker
+    (truncated, or trailing data) and for other formats: the caller then decodes the image fully to decide.
+    """
+    with open(path, "rb") as file:
+        head = file.read(8)
+        marker = next((end for start, end in END_MARKERS.values() if head.startswith(start)), None)
+        if marker is None:
+            return False
+        file.seek(0, 2)
+        file.seek(max(file.tell() - END_WINDOW, 0))
+        return marker in file.read()
+
+
+def json_integer(value, low: int, high: int) -> int | None:
+    """``value`` as an int when it is an integer (an integral float too, as JSON and MATLAB write numbers)
+    within ``[low, high]``; None otherwise (strings, booleans, NaN, 1e20 for an int64 field ...)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    value = float(value) if isinstance(value, (float, np.floating)) else int(value)
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    if not low <= value <= high:
+        return None
+    return int(value)
+
+
+INT32_MAX = 2**31 - 1
+"""The largest width, height and camera id the Arrow schema (int32 columns) stores."""
+INT64_MAX = 2**63 - 1
+"""The largest person id the Arrow schema (an int64 column) stores."""
 
 
 def xywh_to_xyxy(box) -> list[float]:
@@ -167,3 +217,18 @@ def xywh_box(value, width: int, height: int, where: str, skips: SkipCounter) -> 
     if box is None:
         skips.skip(reason, where, f"xywh={[float(v) for v in value]} in a {width}x{height} image")
     return box
+
+
+NOT_UTF8 = "line is not UTF-8"
+DUPLICATE_ID = "duplicate image id"
+
+
+def utf8_lines(path: Path, skips: SkipCounter) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of every line of a UTF-8 text file; a line with bytes that are not UTF-8 is
+    counted under :data:`NOT_UTF8` at ``file:line`` (one bad byte must not lose the whole file)."""
+    with open(path, "rb") as file:
+        for line_number, raw in enumerate(file, start=1):
+            try:
+                yield line_number, raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                skips.skip(NOT_UTF8, f"{path}:{line_number}", str(error))

@@ -16,7 +16,17 @@ import numpy as np
 
 from ..errors import SkipCounter, reports_skips
 from ..schema import NO_IDENTITY, make_record
-from ._common import BAD_LINE, UNKNOWN_KEY, check_data_dir, check_split, clean_box, read_image_size, xywh_to_xyxy
+from ._common import (
+    BAD_LINE,
+    DUPLICATE_ID,
+    UNKNOWN_KEY,
+    check_data_dir,
+    check_split,
+    clean_box,
+    read_image_size,
+    utf8_lines,
+    xywh_to_xyxy,
+)
 from .spec import DatasetSpec
 
 NAME = "crowdhuman"
@@ -55,31 +65,47 @@ def parse(
     odgt = root / f"annotation_{split}.odgt"
     if not odgt.is_file():
         raise FileNotFoundError(f"{NAME}: missing {odgt}. {HOW_TO_OBTAIN}")
-    with open(odgt, encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{odgt}:{line_number}"
-            record = _parse_line(root, line, where, skips, box_type, split, verify_images)
-            if record is not None:
-                yield record
+    seen = set()
+    for line_number, line in utf8_lines(odgt, skips):
+        if not line.strip():
+            continue
+        where = f"{odgt}:{line_number}"
+        entry = _read_line(line, where, skips)
+        if entry is None:
+            continue
+        if entry["ID"] in seen:
+            skips.skip(DUPLICATE_ID, where, f"ID {entry['ID']!r} was on an earlier line; the first is kept")
+            continue
+        seen.add(entry["ID"])
+        record = _parse_entry(root, entry, where, skips, box_type, split, verify_images)
+        if record is not None:
+            yield record
 
 
-def _parse_line(root: Path, line: str, where: str, skips, box_type: str, split: str, verify: bool):
+def _read_line(line: str, where: str, skips) -> dict | None:
+    """The JSON object of one line if it has a string ``ID`` and a list ``gtboxes``; else None (counted)."""
     try:
         entry = json.loads(line)
-        image_name = str(entry["ID"])
-        gtboxes = entry["gtboxes"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        skips.skip(BAD_LINE, where, f"expected a JSON object with 'ID' and 'gtboxes': {error}")
+    except json.JSONDecodeError as error:
+        skips.skip(BAD_LINE, where, f"invalid JSON: {error}")
         return None
-    image_id = f"Images/{image_name}.jpg"
+    if not isinstance(entry, dict) or not isinstance(entry.get("ID"), str) or not entry["ID"]:
+        skips.skip(BAD_LINE, where, "expected a JSON object with a non-empty string 'ID'")
+        return None
+    if not isinstance(entry.get("gtboxes"), list):
+        skips.skip(BAD_LINE, where, f"key 'gtboxes': expected a list, got {entry.get('gtboxes')!r:.80}")
+        return None
+    return entry
+
+
+def _parse_entry(root: Path, entry: dict, where: str, skips, box_type: str, split: str, verify: bool):
+    image_id = f"Images/{entry['ID']}.jpg"
     size = read_image_size(root / image_id, f"{where} ({image_id})", skips, verify=verify)
     if size is None:
         return None
     width, height = size
     boxes, ignore = [], []
-    for k, gtbox in enumerate(gtboxes):
+    for k, gtbox in enumerate(entry["gtboxes"]):
         box_where = f"{where} gtboxes[{k}]"
         tag = gtbox.get("tag") if isinstance(gtbox, dict) else None
         if tag not in TAGS:
@@ -98,6 +124,9 @@ def _parse_line(root: Path, line: str, where: str, skips, box_type: str, split: 
         if box is None:
             continue
         extra = gtbox.get("extra") or {}
+        if not isinstance(extra, dict):
+            skips.skip(BAD_LINE, box_where, f"key 'extra': expected an object, got {extra!r:.80}")
+            continue
         if tag == "mask" or extra.get("ignore", 0) == 1:
             ignore.append(box)
         else:

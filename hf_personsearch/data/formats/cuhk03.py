@@ -23,7 +23,17 @@ from PIL import Image
 
 from ..errors import DataFormatError, SkipCounter, reports_skips
 from ..schema import make_record
-from ._common import BAD_LINE, CORRUPT_IMAGE, UNKNOWN_KEY, check_data_dir, check_split, read_image_size
+from ._common import (
+    BAD_LINE,
+    CORRUPT_IMAGE,
+    INT64_MAX,
+    UNKNOWN_KEY,
+    check_data_dir,
+    check_split,
+    json_integer,
+    read_image_size,
+)
+from .matlab import read_mat
 from .spec import DatasetSpec
 
 NAME = "cuhk03"
@@ -56,13 +66,40 @@ class _MatImages:
         import h5py
 
         self.path = path
-        self.file = h5py.File(path, "r")
+        try:
+            self.file = h5py.File(path, "r")
+        except OSError as error:
+            raise DataFormatError(f"{path}: not a readable MATLAB v7.3 (HDF5) file ({error})") from error
+        try:
+            self.pairs = self._camera_pairs(image_type, skips)
+        except BaseException:
+            self.file.close()
+            raise
+
+    def _camera_pairs(self, image_type: str, skips: SkipCounter) -> list[np.ndarray]:
+        """The (num_ids, 10) reference array of each camera pair; any other layout raises (it cannot be read
+        by position: a transposed cell array would silently give the wrong identity to most crops)."""
+        import h5py
+
         for key in self.file.keys():
             if key not in MAT_KEYS:
-                skips.skip(UNKNOWN_KEY, f"{path} key {key!r}", f"expected keys among {sorted(MAT_KEYS)}")
+                skips.skip(UNKNOWN_KEY, f"{self.path} key {key!r}", f"expected keys among {sorted(MAT_KEYS)}")
         if image_type not in self.file:
-            raise DataFormatError(f"{path}: no key {image_type!r}; keys are {sorted(self.file.keys())}")
-        self.pairs = [self.file[ref][:].T for ref in self.file[image_type][0]]  # (num_ids, 10) refs each
+            raise DataFormatError(f"{self.path}: no key {image_type!r}; keys are {sorted(self.file.keys())}")
+        pairs = []
+        try:
+            top = self.file[image_type][:]
+            for campair, ref in enumerate(top.reshape(-1)):
+                cell = self.file[ref][:].T  # stored transposed, as MATLAB writes arrays
+                if cell.ndim != 2 or cell.shape[1] != 10 or cell.dtype != h5py.ref_dtype:
+                    raise DataFormatError(
+                        f"{self.path}: key {image_type!r} camera pair {campair + 1}: expected a (num_ids, 10) cell "
+                        f"array of references (stored as (10, num_ids)), got {cell.dtype} {cell.shape}"
+                    )
+                pairs.append(cell)
+        except (KeyError, ValueError, TypeError, OSError) as error:
+            raise DataFormatError(f"{self.path}: key {image_type!r}: not MATLAB cells of crops ({error})") from error
+        return pairs
 
     def names(self) -> list[str]:
         """The png name of every non-empty cell, camera pair by pair, identity by identity (a cell that
@@ -71,16 +108,24 @@ class _MatImages:
         for campair, cell in enumerate(self.pairs):
             for pid in range(cell.shape[0]):
                 for column in range(10):
-                    data = self.file[cell[pid, column]]
-                    if not (data.attrs.get("MATLAB_empty", 0) or data.ndim == 1):  # MATLAB's empty cell marker
-                        names.append(f"{campair + 1}_{pid + 1:03d}_{1 if column < 5 else 2}_{column + 1:02d}.png")
+                    name = f"{campair + 1}_{pid + 1:03d}_{1 if column < 5 else 2}_{column + 1:02d}.png"
+                    try:
+                        data = self.file[cell[pid, column]]
+                        empty = data.attrs.get("MATLAB_empty", 0) or data.ndim == 1  # MATLAB's empty cell marker
+                    except (KeyError, ValueError, TypeError, OSError, AttributeError):
+                        empty = False  # listed: reading it reports the broken reference
+                    if not empty:
+                        names.append(name)
         return names
 
     def image(self, campair: int, pid: int, column: int) -> np.ndarray | None:
         """The H x W x 3 uint8 crop of a 1-based (campair, pid, column), or None if absent/empty."""
         if not (1 <= campair <= len(self.pairs) and 1 <= pid <= self.pairs[campair - 1].shape[0]):
             return None
-        data = self.file[self.pairs[campair - 1][pid - 1, column - 1]][:]
+        try:
+            data = self.file[self.pairs[campair - 1][pid - 1, column - 1]][:]
+        except (KeyError, ValueError, TypeError, OSError, AttributeError):
+            return None
         return data.T if data.ndim == 3 else None
 
     def offsets(self) -> list[int]:
@@ -162,11 +207,9 @@ def _entries(root: Path, split: str, image_type: str, png_dir: Path, mat, skips)
 
 
 def _protocol_entries(path: Path, split: str, skips) -> Iterator[tuple[str, int, str]]:
-    import scipy.io
-
     if not path.is_file():
         raise FileNotFoundError(f"{NAME}: split {split!r} needs the new-protocol file {path}. {HOW_TO_OBTAIN}")
-    config = scipy.io.loadmat(path)
+    config = read_mat(path)
     keys = {key for key in config if not key.startswith("__")}
     for key in sorted(keys - PROTOCOL_KEYS):
         skips.skip(UNKNOWN_KEY, f"{path} key {key!r}", f"expected keys {sorted(PROTOCOL_KEYS)}")
@@ -175,14 +218,22 @@ def _protocol_entries(path: Path, split: str, skips) -> Iterator[tuple[str, int,
         raise DataFormatError(f"{path}: missing key(s) {sorted(needed - keys)}; keys are {sorted(keys)}")
     filelist = config["filelist"].reshape(-1)
     labels = config["labels"].reshape(-1)
+    if len(labels) != len(filelist):
+        raise DataFormatError(f"{path}: {len(filelist)} entries in 'filelist' but {len(labels)} in 'labels'")
     for position, index in enumerate(config[f"{split}_idx"].reshape(-1)):
         where = f"{path} {split}_idx[{position}]"
-        if not (float(index).is_integer() and 1 <= index <= len(filelist)):
+        checked = json_integer(index, 1, len(filelist))
+        if checked is None:
             skips.skip(BAD_LINE, where, f"index {index} outside 1..{len(filelist)}")
             continue
-        entry = filelist[int(index) - 1]
-        name = str(entry[0] if isinstance(entry, np.ndarray) else entry)
-        yield name, int(labels[int(index) - 1]), f"{where} ({name})"
+        index = checked
+        entry = filelist[index - 1]
+        name = str(entry.reshape(-1)[0] if isinstance(entry, np.ndarray) and entry.size else entry)
+        label = json_integer(labels[index - 1], 0, INT64_MAX)
+        if label is None:
+            skips.skip(BAD_LINE, f"{path} labels[{index - 1}]", f"expected an integer label, got {labels[index - 1]}")
+            continue
+        yield name, label, f"{where} ({name})"
 
 
 def _record(root: Path, name: str, label: int, split: str, where: str, png_dir: Path, mat, skips, verify: bool):

@@ -74,10 +74,13 @@ def parse(
 def _parse_file(root: Path, label_path: Path, split: str, skips, riders_as_persons: bool, verify: bool):
     where = str(label_path)
     try:
-        tree = json.loads(label_path.read_text(encoding="utf-8"))
-        children = tree["children"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as error:
-        skips.skip(BAD_LINE, where, f"expected an ECP JSON tree with 'children': {error}")
+        tree = json.loads(label_path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        skips.skip(BAD_LINE, where, f"expected an ECP JSON tree (UTF-8 JSON): {error}")
+        return None
+    children = tree.get("children") if isinstance(tree, dict) else None
+    if not isinstance(children, list):
+        skips.skip(BAD_LINE, where, f"key 'children': expected a list, got {children!r:.80}")
         return None
     relative = label_path.relative_to(root)
     time, _, split_dir, *rest = relative.parts
@@ -97,6 +100,9 @@ def _parse_file(root: Path, label_path: Path, split: str, skips, riders_as_perso
         identity = child.get("identity")
         tags = child.get("tags") or []
         grandchildren = child.get("children") or []
+        if not isinstance(tags, list) or not isinstance(grandchildren, list):
+            skips.skip(BAD_LINE, child_where, "keys 'tags' and 'children': expected lists (or null)")
+            continue
         stack.extend((c, f"{child_where}.children[{k}]") for k, c in reversed(list(enumerate(grandchildren))))
         is_person = identity == "pedestrian" or (identity == "rider" and riders_as_persons)
         is_ignored = identity in GROUP_IDENTITIES or "depiction" in tags or identity == "rider"

@@ -8,12 +8,23 @@ val) or ``test/`` (query, gallery); labels are 0-based; the camera is
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ..errors import SkipCounter, reports_skips
 from ..schema import make_record
-from ._common import BAD_LINE, check_data_dir, check_split, read_image_size
+from ._common import (
+    BAD_LINE,
+    DUPLICATE_ID,
+    INT32_MAX,
+    INT64_MAX,
+    check_data_dir,
+    check_split,
+    json_integer,
+    read_image_size,
+    utf8_lines,
+)
 from .spec import DatasetSpec
 
 NAME = "msmt17"
@@ -25,6 +36,7 @@ HOW_TO_OBTAIN = (
     "and list_{train,val,query,gallery}.txt."
 )
 DATA_URL = "https://www.pkuvmc.com/dataset.html"
+DIGITS = re.compile(r"[0-9]+")
 
 
 def msmt17_root(data_dir: str | Path) -> Path:
@@ -52,38 +64,60 @@ def parse(
     if not list_path.is_file():
         raise FileNotFoundError(f"{NAME}: missing {list_path}. {HOW_TO_OBTAIN}")
     folder = IMAGE_FOLDER[split]
-    with open(list_path, encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{list_path}:{line_number}"
-            fields = line.split()
-            try:
-                relative, label = fields
-                label = int(label)
-                camera = int(Path(relative).name.split("_")[2]) - 1
-            except (ValueError, IndexError):
-                skips.skip(
-                    BAD_LINE, where, f"expected '<pid>/<pid>_<seq>_<cam>_..._<k>.jpg <label>', got {line.strip()!r}"
-                )
-                continue
-            image_id = f"{folder}/{relative}"
-            size = read_image_size(root / image_id, f"{where} ({image_id})", skips, verify=verify_images)
-            if size is None:
-                continue
-            width, height = size
-            yield make_record(
-                image=str(root / image_id),
-                image_id=image_id,
-                width=width,
-                height=height,
-                boxes=[[0, 0, width, height]],
-                person_ids=[label],
-                camera_id=camera,
-                source=NAME,
-                task="reid",
-                split=split,
+    seen = set()
+    for line_number, line in utf8_lines(list_path, skips):
+        if not line.strip():
+            continue
+        where = f"{list_path}:{line_number}"
+        parsed = _parse_line(line)
+        if parsed is None:
+            skips.skip(
+                BAD_LINE, where, f"expected '<pid>/<pid>_<seq>_<cam>_..._<k>.jpg <label>', got {line.strip()!r}"
             )
+            continue
+        relative, label, camera = parsed
+        image_id = f"{folder}/{relative}"
+        if image_id in seen:
+            skips.skip(DUPLICATE_ID, where, f"{image_id} is on an earlier line; the first is kept")
+            continue
+        seen.add(image_id)
+        size = read_image_size(root / image_id, f"{where} ({image_id})", skips, verify=verify_images)
+        if size is None:
+            continue
+        width, height = size
+        yield make_record(
+            image=str(root / image_id),
+            image_id=image_id,
+            width=width,
+            height=height,
+            boxes=[[0, 0, width, height]],
+            person_ids=[label],
+            camera_id=camera,
+            source=NAME,
+            task="reid",
+            split=split,
+        )
+
+
+def _parse_line(line: str) -> tuple[str, int, int] | None:
+    """``(relative path, label, camera)`` of a list line, None when it is malformed (or the path leaves the
+    image folder, or a number does not fit the schema's integer columns)."""
+    fields = line.split()
+    if len(fields) != 2 or PurePosixPath(fields[0]).is_absolute() or ".." in PurePosixPath(fields[0]).parts:
+        return None
+    relative, label = fields
+    name_fields = PurePosixPath(relative).name.split("_")
+    label = _number(label, 0, INT64_MAX)
+    camera = _number(name_fields[2], 1, INT32_MAX) if len(name_fields) > 2 else None
+    if label is None or camera is None:
+        return None
+    camera -= 1  # the name counts cameras from 1
+    return relative, label, camera
+
+
+def _number(text: str, low: int, high: int) -> int | None:
+    """The decimal number ``text`` (ASCII digits only) within ``[low, high]``, else None."""
+    return json_integer(int(text), low, high) if DIGITS.fullmatch(text) else None
 
 
 SPEC = DatasetSpec(

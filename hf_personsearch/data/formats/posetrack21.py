@@ -23,7 +23,14 @@ import numpy as np
 from ..errors import SkipCounter, reports_skips
 from ..schema import clip_box_xyxy, make_record
 from ._common import check_data_dir, check_split, read_image_header_size, require_file, xywh_box
-from .custom import annotations_by_image, image_entries, person_id_of, queries_from_coco, read_coco_json
+from .custom import (
+    annotations_by_image,
+    camera_id_of,
+    image_entries,
+    person_id_of,
+    queries_from_coco,
+    read_coco_json,
+)
 from .spec import DatasetSpec
 
 SOURCE = "posetrack21"
@@ -38,14 +45,16 @@ ANNOTATION_DIR = "posetrack_person_search"
 QUERY_FILE = "query.json"
 
 
-def camera_of(image: dict) -> int:
-    """The camera of a PoseTrack21 image: its video id ("000342" or 342 -> 342)."""
-    return int(image["vid_id"])
+CAMERA_KEY = "vid_id"
+"""The camera of a PoseTrack21 image is its video ("000342" or 342 -> 342)."""
 
 
 def ignore_boxes(image: dict, width: int, height: int, where: str, skips: SkipCounter) -> list[np.ndarray]:
     """The bounding boxes (xyxy, clipped) of an image's ignore polygons."""
     xs_list, ys_list = image.get("ignore_regions_x") or [], image.get("ignore_regions_y") or []
+    if not isinstance(xs_list, list) or not isinstance(ys_list, list):
+        skips.skip("malformed ignore polygon", where, "ignore_regions_x/y: expected lists of coordinate lists")
+        return []
     if len(xs_list) != len(ys_list):
         skips.skip("ignore regions x/y mismatch", where, f"{len(xs_list)} x lists but {len(ys_list)} y lists")
         return []
@@ -83,15 +92,17 @@ def parse(
     root = check_data_dir(data_dir, SOURCE, HOW_TO_OBTAIN)
     path = require_file(root / ANNOTATION_DIR / f"{split}.json", SOURCE, HOW_TO_OBTAIN)
     document = read_coco_json(path)
-    grouped = annotations_by_image(document, path, skips)
-    for image in image_entries(document, path, skips):
-        file_name = str(image["file_name"])
-        size = read_image_header_size(root / file_name, skips)
+    entries = image_entries(document, path, skips)
+    grouped = annotations_by_image(document, path, entries, skips)
+    for image_id, image in entries["images"].items():
+        file_name = image["file_name"]
+        camera = camera_id_of(image, CAMERA_KEY, f"{path} image {image_id!r} ({file_name})", skips)
+        size = read_image_header_size(root / file_name, skips) if camera is not None else None
         if size is None:
             continue
         width, height = size
         boxes, person_ids = [], []
-        for index, annotation in grouped.get(image["id"], []):
+        for index, annotation in grouped.get(image_id, []):
             where = f"{path} annotations[{index}] (image {file_name})"
             box = xywh_box(annotation.get("bbox"), width, height, where, skips)
             person_id = person_id_of(annotation, where, skips) if box is not None else None
@@ -106,7 +117,7 @@ def parse(
             boxes=boxes,
             person_ids=person_ids,
             ignore_regions=ignore_boxes(image, width, height, f"{path} image {file_name}", skips),
-            camera_id=camera_of(image),
+            camera_id=camera,
             source=SOURCE,
             task="search",
             split=split,
@@ -126,8 +137,7 @@ def load_queries(
         raise ValueError(f"{SOURCE}: queries are searched in the 'val' split only, got {split!r}")
     root = check_data_dir(data_dir, SOURCE, HOW_TO_OBTAIN)
     path = require_file(root / ANNOTATION_DIR / QUERY_FILE, SOURCE, HOW_TO_OBTAIN)
-    queries = queries_from_coco(path, root, skips, camera_of)
-    return queries
+    return queries_from_coco(path, root, skips, CAMERA_KEY)
 
 
 SPEC = DatasetSpec(

@@ -20,12 +20,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from scipy.io import loadmat
 
 from ..errors import DataFormatError, SkipCounter, reports_skips
 from ..schema import NO_IDENTITY, make_record
-from ._common import check_data_dir, check_split, read_image_header_size, require_file, xywh_box
-from .matlab import load_mat, mat_string
+from ._common import (
+    DUPLICATE_ID,
+    INT64_MAX,
+    check_data_dir,
+    check_split,
+    json_integer,
+    read_image_header_size,
+    require_file,
+    utf8_lines,
+    xywh_box,
+)
+from .matlab import load_mat, mat_string, read_mat
 from .spec import DatasetSpec
 
 SOURCE = "prw"
@@ -72,8 +81,8 @@ def _frame_boxes(annotation_path: Path, skips: SkipCounter) -> tuple[str, np.nda
         skips.skip("annotation file missing", where)
         return None
     try:
-        content = loadmat(where)
-    except Exception as error:  # scipy raises ValueError/TypeError/OSError... for broken files
+        content = read_mat(annotation_path)
+    except DataFormatError as error:
         skips.skip("annotation file unreadable", where, str(error))
         return None
     key = next((k for k in BOX_KEYS if k in content), None)
@@ -95,10 +104,10 @@ def _frame_boxes(annotation_path: Path, skips: SkipCounter) -> tuple[str, np.nda
 def _person_id(value: float, where: str, skips: SkipCounter) -> int | None:
     if value == UNKNOWN_PERSON_ID:
         return NO_IDENTITY
-    if not np.isfinite(value) or value < 0 or value != int(value):
+    person_id = json_integer(value, 0, INT64_MAX)
+    if person_id is None:
         skips.skip("invalid person id", where, f"expected an integer >= 0 or {UNKNOWN_PERSON_ID}, got {value}")
-        return None
-    return int(value)
+    return person_id
 
 
 @reports_skips(SOURCE)
@@ -115,8 +124,15 @@ def parse(
             this call's skips are reported when parsing ends (:func:`~hf_personsearch.data.errors.reports_skips`).
     """
     root = check_data_dir(data_dir, SOURCE, HOW_TO_OBTAIN)
+    seen = set()
     for name in frame_names(root, split):
         image_path = root / "frames" / f"{name}.jpg"
+        if name in seen:
+            skips.skip(
+                DUPLICATE_ID, str(root / FRAME_LISTS[split][0]), f"frame {name} listed twice; the first is kept"
+            )
+            continue
+        seen.add(name)
         camera = camera_of(name)
         if camera is None:
             skips.skip("frame name without camera", str(image_path), "expected c<digit> in the name")
@@ -130,7 +146,7 @@ def parse(
             continue
         boxes, person_ids = [], []
         for index, row in enumerate(rows):
-            where = f"annotations/{name}.jpg.mat key {key!r} row {index}"
+            where = f"{root / 'annotations' / name}.jpg.mat key {key!r} row {index}"
             person_id = _person_id(row[0], where, skips)
             box = xywh_box(row[1:], size[0], size[1], where, skips) if person_id is not None else None
             if box is not None:
@@ -166,7 +182,7 @@ def load_queries(
     path = require_file(root / QUERY_FILE, SOURCE, HOW_TO_OBTAIN)
     queries = []
     sizes: dict[str, tuple[int, int] | None] = {}
-    for line_number, raw in enumerate(path.read_bytes().decode("utf-8").splitlines(), start=1):
+    for line_number, raw in utf8_lines(path, skips):
         where = f"{path}:{line_number}"
         fields = raw.split()
         if not fields:
@@ -182,7 +198,7 @@ def load_queries(
             continue
         name = fields[5][: -len(".jpg")] if fields[5].endswith(".jpg") else fields[5]
         camera = camera_of(name)
-        if camera is None or person_id < 0:
+        if camera is None or not 0 <= person_id <= INT64_MAX:
             skips.skip("malformed query line", where, f"expected pid >= 0 and a c<digit> frame name, got {raw!r}")
             continue
         if name not in sizes:
