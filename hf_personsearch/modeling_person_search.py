@@ -241,7 +241,7 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
                     f"{width}x{height} image (expected x1 < x2, y1 < y2)"
                 )
             self.search_head.check_person_ids(person_ids, where=f"labels[{index}]")
-            regions = checked_ignore_regions(target, f"labels[{index}]", device)
+            regions = checked_ignore_regions(target, f"labels[{index}]", (height, width), device)
             checked.append({**target, "boxes": boxes, "person_ids": person_ids, "ignore_regions": regions})
         return checked
 

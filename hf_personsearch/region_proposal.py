@@ -49,9 +49,17 @@ def in_ignore_regions(
     return ignore_coverage(boxes, regions) >= min_coverage
 
 
-def checked_ignore_regions(target: dict, where: str, device: torch.device | str) -> torch.Tensor:
-    """A labels dict's optional ``"ignore_regions"`` as a float32 (k, 4) xyxy tensor on ``device``; an
-    absent key is no region. Raises ValueError naming ``where`` for another shape or a non-finite value."""
+def checked_ignore_regions(
+    target: dict, where: str, image_size: tuple[int, int], device: torch.device | str
+) -> torch.Tensor:
+    """A labels dict's optional ``"ignore_regions"`` as a float32 (k, 4) xyxy tensor on ``device``, clipped
+    to the ``(height, width)`` image; an absent key is no region. Raises ValueError naming ``where`` for
+    another shape or a non-finite value.
+
+    Clipped because the anchors also cover the padding around the image: a region reaching past the
+    image could cover every anchor of a person-free batch and leave the RPN loss nothing to sample (0/0),
+    while an anchor centred on an image corner has at most a quarter of its area inside a clipped region
+    and always stays a negative."""
     regions = target.get("ignore_regions")
     if regions is None:
         return torch.zeros((0, 4), dtype=torch.float32, device=device)
@@ -63,7 +71,12 @@ def checked_ignore_regions(target: dict, where: str, device: torch.device | str)
     if not torch.isfinite(regions).all():
         bad = regions[~torch.isfinite(regions).all(1)][0].tolist()
         raise ValueError(f"{where}: ignore region {bad} is not finite")
-    return regions
+    height, width = image_size
+    return torch.stack(
+        [regions[:, 0].clamp(0, width), regions[:, 1].clamp(0, height)]
+        + [regions[:, 2].clamp(0, width), regions[:, 3].clamp(0, height)],
+        dim=1,
+    )
 
 
 class IgnoreRegionRPN(RegionProposalNetwork):

@@ -92,14 +92,16 @@ def test_rpn_training_forward_uses_the_relabelled_anchors(monkeypatch):
     assert drawn[1] == [int((~in_ignore_regions(anchors, region)).sum())] and drawn[1][0] < len(anchors)
 
 
-def test_checked_ignore_regions_names_the_image():
-    assert checked_ignore_regions({}, "labels[0]", "cpu").shape == (0, 4)
-    assert checked_ignore_regions({"ignore_regions": []}, "labels[0]", "cpu").shape == (0, 4)
-    regions = checked_ignore_regions({"ignore_regions": [[1, 2, 3, 4]]}, "labels[0]", "cpu")
-    assert regions.dtype == torch.float32 and regions.tolist() == [[1.0, 2.0, 3.0, 4.0]]
+def test_checked_ignore_regions_clips_to_the_image_and_names_it():
+    assert checked_ignore_regions({}, "labels[0]", (50, 80), "cpu").shape == (0, 4)
+    assert checked_ignore_regions({"ignore_regions": []}, "labels[0]", (50, 80), "cpu").shape == (0, 4)
+    regions = checked_ignore_regions(
+        {"ignore_regions": [[1, 2, 3, 4], [-10, 20, 90, 60]]}, "labels[0]", (50, 80), "cpu"
+    )
+    assert regions.dtype == torch.float32 and regions.tolist() == [[1.0, 2.0, 3.0, 4.0], [0.0, 20.0, 80.0, 50.0]]
     with pytest.raises(
         ValueError, match=r"labels\[2\]: ignore_regions must be a \(k, 4\) xyxy array, got shape \(3,\)"
     ):
-        checked_ignore_regions({"ignore_regions": [1, 2, 3]}, "labels[2]", "cpu")
+        checked_ignore_regions({"ignore_regions": [1, 2, 3]}, "labels[2]", (50, 80), "cpu")
     with pytest.raises(ValueError, match=r"labels\[1\]: ignore region \[0.0, 0.0, nan, 4.0\] is not finite"):
-        checked_ignore_regions({"ignore_regions": [[0, 0, float("nan"), 4]]}, "labels[1]", "cpu")
+        checked_ignore_regions({"ignore_regions": [[0, 0, float("nan"), 4]]}, "labels[1]", (50, 80), "cpu")
