@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torchvision.models.detection._utils import BoxCoder, Matcher
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
+from .region_proposal import in_ignore_regions
+
 
 @dataclass
 class SampledProposals:
@@ -37,7 +39,10 @@ def sample_proposals(
     positive_fraction: float,
 ) -> SampledProposals:
     """Label proposals by IoU with the ground truth (boxes added as proposals, as Faster R-CNN) and draw
-    up to ``batch_size_per_image`` of them per image with at most ``positive_fraction`` persons."""
+    up to ``batch_size_per_image`` of them per image with at most ``positive_fraction`` persons.
+
+    A target's optional ``"ignore_regions"`` (k, 4) removes the would-be negatives lying mostly inside
+    them (:func:`~.region_proposal.in_ignore_regions`); positives match a person, ignore region or not."""
     boxes, is_person, person_ids, regression_targets = [], [], [], []
     for image_proposals, target in zip(proposals, targets):
         gt_boxes, gt_ids = target["boxes"], target["person_ids"]
@@ -48,6 +53,7 @@ def sample_proposals(
             matched = matcher(box_iou(gt_boxes, candidates))
         positive = torch.where(matched >= 0)[0]
         negative = torch.where(matched == Matcher.BELOW_LOW_THRESHOLD)[0]
+        negative = negative[~in_ignore_regions(candidates[negative], target.get("ignore_regions"))]
         num_positive = min(int(batch_size_per_image * positive_fraction), positive.numel())
         num_negative = min(batch_size_per_image - num_positive, negative.numel())
         positive = positive[torch.randperm(positive.numel(), device=positive.device)[:num_positive]]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.rpn import RPNHead
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
@@ -24,6 +24,7 @@ from .configuration_person_search import PersonSearchConfig
 from .norm_aware_embedding import BoxRegressor, NormAwareEmbedding
 from .norm_aware_roi_head import FEATURE_NAME, NormAwareRoIHead, new_oim
 from .oim import OIMLoss
+from .region_proposal import IgnoreRegionRPN, checked_ignore_regions
 
 LEGACY_KEY_MAPPING = {
     r"^(embedding_head|box_regressor|oim)\.": r"search_head.\1.",
@@ -96,7 +97,10 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
         image_sizes: int (B, 2) (height, width) of each image before padding; or pixel_mask (B, H, W)
             with 1 on valid pixels; neither = every image fills the tensor.
         labels (training): list of B dicts {"boxes": float (n, 4) xyxy pixels, "person_ids": int (n,)},
-            person ids in [0, config.num_person_ids) or ``oim.NO_IDENTITY`` (-1); n may be 0.
+            person ids in [0, config.num_person_ids) or ``oim.NO_IDENTITY`` (-1); n may be 0. Optional key
+            "ignore_regions": float (k, 4) xyxy pixels (absent = none): RPN anchors and RoI proposals with
+            at least half their own area inside one are neither positives nor negatives unless they match a
+            person (crowds and depictions the dataset does not annotate person by person).
     """
 
     # A pre-training checkpoint (PersonSearchPretrainModel) also holds the SimSiam predictor and the
@@ -121,7 +125,7 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
         anchor_generator = AnchorGenerator(
             sizes=(tuple(config.anchor_sizes),), aspect_ratios=(tuple(config.anchor_aspect_ratios),)
         )
-        self.rpn = RegionProposalNetwork(
+        self.rpn = IgnoreRegionRPN(
             anchor_generator,
             RPNHead(self.backbone.encoder_channels, anchor_generator.num_anchors_per_location()[0]),
             fg_iou_thresh=config.rpn_fg_iou_thresh,
@@ -237,7 +241,8 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
                     f"{width}x{height} image (expected x1 < x2, y1 < y2)"
                 )
             self.search_head.check_person_ids(person_ids, where=f"labels[{index}]")
-            checked.append({**target, "boxes": boxes, "person_ids": person_ids})
+            regions = checked_ignore_regions(target, f"labels[{index}]", (height, width), device)
+            checked.append({**target, "boxes": boxes, "person_ids": person_ids, "ignore_regions": regions})
         return checked
 
     # ------------------------------------------------------------------ parts
@@ -260,7 +265,11 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
             labels = self._check_labels(labels, sizes, pixel_values.device)
         encoder_features = self.encode(pixel_values)
         images = ImageList(pixel_values, sizes)
-        rpn_targets = [{"boxes": target["boxes"]} for target in labels] if self.training else None
+        rpn_targets = (
+            [{"boxes": target["boxes"], "ignore_regions": target["ignore_regions"]} for target in labels]
+            if self.training
+            else None
+        )
         proposals, rpn_losses = self.rpn(images, {FEATURE_NAME: encoder_features}, rpn_targets)
         head = self.search_head(encoder_features, proposals, sizes, labels if self.training else None)
         output = PersonSearchOutput()

@@ -8,6 +8,11 @@ unified record) are sanitized together with the boxes, so the three stay in corr
 whose box is lost in a view (cropped out, or shrunk below ``min_box_size``) is dropped from that
 view only; the model matches the two views by ``person_index``.
 
+Ignore regions (crowds, depictions: areas whose persons are not annotated) ride along as boxes of their
+own (:class:`IgnoreRegions`): flip, resize and crop move them exactly as person boxes, they are clipped to
+the view, and a region cut away entirely disappears. Unlike persons they are never dropped for their
+centre leaving the IoU crop or for being small, and they play no part in choosing the crop.
+
 Probabilities follow SimSiam's augmentation (Chen and He 2021: colour jitter 0.4/0.4/0.4/0.1 with
 p=0.8, grayscale p=0.2, Gaussian blur sigma 0.1-2 with p=0.5, horizontal flip p=0.5), the recipe the
 paper builds its contrastive branch on. Scale/crop is detection-style instead of SimSiam's
@@ -56,6 +61,28 @@ class ShortestSideResize(v2.Transform):
         return resize(inpt, params["size"])  # torchvision's dispatcher: images resized, boxes scaled
 
 
+class IgnoreRegions(tv_tensors.BoundingBoxes):
+    """The ignore regions of an image: bounding boxes for every geometric kernel (torchvision dispatches
+    on the type's ancestors and keeps the subclass), told apart from the persons by their type."""
+
+
+class PersonIoUCrop(v2.RandomIoUCrop):
+    """SSD's IoU crop chosen on the persons only; ignore regions are cropped but not dropped.
+
+    ``RandomIoUCrop`` reads the first ``BoundingBoxes`` of the sample and zeroes the boxes whose centre is
+    outside the crop: the ignore regions are hidden from its choice (a crop must keep a person, not an
+    empty crowd area), and a region partly inside keeps its inside part (ClampBoundingBoxes clips it).
+    """
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return super().make_params([inpt for inpt in flat_inputs if not isinstance(inpt, IgnoreRegions)])
+
+    def transform(self, inpt, params: dict):
+        if isinstance(inpt, IgnoreRegions) and params:
+            params = {**params, "is_within_crop_area": torch.ones(len(inpt), dtype=torch.bool, device=inpt.device)}
+        return super().transform(inpt, params)
+
+
 def to_image_tensor(image) -> tv_tensors.Image:
     """(H, W, 3) uint8 array or PIL image -> ``tv_tensors.Image`` uint8 (3, H, W)."""
     array = np.asarray(image)
@@ -72,8 +99,27 @@ def _labels_of(inputs):
     return target["person_ids"], target["person_index"]
 
 
-def _run(pipeline: v2.Transform, image, boxes, person_ids, person_index) -> dict:
+def _sanitize(min_size: float) -> v2.SanitizeBoundingBoxes:
+    """Drop persons smaller than ``min_size`` (either side) with their ids. It runs after the ignore regions
+    are taken out: it reads the first ``BoundingBoxes`` of a sample and would cut every box tensor with
+    the persons' mask."""
+    return v2.SanitizeBoundingBoxes(min_size=min_size, min_area=min_size**2, labels_getter=_labels_of)
+
+
+def _as_regions(ignore_regions) -> torch.Tensor:
+    if ignore_regions is None:
+        return torch.zeros((0, 4), dtype=torch.float32)
+    regions = np.asarray(ignore_regions, np.float32)
+    if regions.size and (regions.ndim != 2 or regions.shape[1] != 4):
+        raise ValueError(f"ignore_regions must be a (k, 4) xyxy array, got shape {regions.shape}")
+    return torch.as_tensor(regions.reshape(-1, 4))
+
+
+def _run(
+    pipeline: v2.Transform, sanitize: v2.Transform, image, boxes, person_ids, person_index, ignore_regions
+) -> dict:
     tensor = image if isinstance(image, tv_tensors.Image) else to_image_tensor(image)
+    canvas_size = tuple(tensor.shape[-2:])
     boxes = torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4))
     person_ids = torch.as_tensor(np.asarray(person_ids, np.int64).reshape(-1))
     if person_index is None:
@@ -86,16 +132,22 @@ def _run(pipeline: v2.Transform, image, boxes, person_ids, person_index) -> dict
             "they must have the same length"
         )
     target = {
-        "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=tuple(tensor.shape[-2:])),
+        "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=canvas_size),
         "person_ids": person_ids,
         "person_index": person_index,
+        "ignore_regions": IgnoreRegions(_as_regions(ignore_regions), format="XYXY", canvas_size=canvas_size),
     }
     out_image, out = pipeline(tensor, target)
+    regions = out.pop("ignore_regions").as_subclass(torch.Tensor).to(torch.float32)
+    out_image, out = sanitize(out_image, out)
+    # Clipped to the view by ClampBoundingBoxes; a region wholly outside it is left with no area.
+    regions = regions[(regions[:, 2] > regions[:, 0]) & (regions[:, 3] > regions[:, 1])]
     return {
         "pixel_values": out_image.as_subclass(torch.Tensor),
         "boxes": out["boxes"].as_subclass(torch.Tensor).to(torch.float32),
         "person_ids": out["person_ids"],
         "person_index": out["person_index"],
+        "ignore_regions": regions,
     }
 
 
@@ -118,9 +170,10 @@ class TwoViewAugmentation:
         min_box_size: persons smaller than this (pixels, either side) after augmentation are dropped
             from the view (2: a 1-px box carries no appearance to contrast).
 
-    Call with ``(image, boxes, person_ids, person_index=None)``; returns two dicts with
-    ``pixel_values`` float32 (3, H, W) normalised, ``boxes`` float32 (n, 4) xyxy on that view,
-    ``person_ids`` int64 (n,) and ``person_index`` int64 (n,).
+    Call with ``(image, boxes, person_ids, person_index=None, ignore_regions=None)``; returns two dicts
+    with ``pixel_values`` float32 (3, H, W) normalised, ``boxes`` float32 (n, 4) xyxy on that view,
+    ``person_ids`` int64 (n,), ``person_index`` int64 (n,) and ``ignore_regions`` float32 (k, 4) xyxy on
+    that view (see the module docstring).
     """
 
     def __init__(
@@ -141,7 +194,7 @@ class TwoViewAugmentation:
         resize_view = ShortestSideResize(min_sizes, max_size)
 
         def tail(with_crop: bool) -> v2.Compose:
-            crop = [v2.RandomApply([v2.RandomIoUCrop()], p=crop_p)] if with_crop else []
+            crop = [v2.RandomApply([PersonIoUCrop()], p=crop_p)] if with_crop else []
             return v2.Compose(
                 crop
                 + [
@@ -153,9 +206,6 @@ class TwoViewAugmentation:
                     v2.RandomGrayscale(p=grayscale_p),
                     v2.RandomApply([v2.GaussianBlur(blur_kernel, sigma=(0.1, 2.0))], p=blur_p),
                     v2.ClampBoundingBoxes(),
-                    v2.SanitizeBoundingBoxes(
-                        min_size=min_box_size, min_area=min_box_size**2, labels_getter=_labels_of
-                    ),
                     v2.Normalize(mean=processor.image_mean, std=processor.image_std),
                 ]
             )
@@ -163,11 +213,14 @@ class TwoViewAugmentation:
         # RandomIoUCrop needs at least one box; negative images (no person) skip the crop.
         self.view = tail(with_crop=True)
         self.view_without_boxes = tail(with_crop=False)
+        self.sanitize = _sanitize(min_box_size)
 
-    def __call__(self, image, boxes, person_ids, person_index=None) -> tuple[dict, dict]:
+    def __call__(self, image, boxes, person_ids, person_index=None, ignore_regions=None) -> tuple[dict, dict]:
         tensor = to_image_tensor(image)
         pipeline = self.view if len(np.asarray(person_ids).reshape(-1)) else self.view_without_boxes
-        return tuple(_run(pipeline, tensor, boxes, person_ids, person_index) for _ in range(2))
+        return tuple(
+            _run(pipeline, self.sanitize, tensor, boxes, person_ids, person_index, ignore_regions) for _ in range(2)
+        )
 
 
 class SingleViewAugmentation:
@@ -190,11 +243,12 @@ class SingleViewAugmentation:
                 ShortestSideResize([processor.min_size], processor.max_size),
                 v2.RandomHorizontalFlip(p=flip_p),
                 v2.ClampBoundingBoxes(),
-                v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_labels_of),
                 v2.ToDtype(torch.float32, scale=True),
                 v2.Normalize(mean=processor.image_mean, std=processor.image_std),
             ]
         )
+        # 1 px: a fine-tuning person is dropped only when nothing of it is left.
+        self.sanitize = _sanitize(1.0)
 
-    def __call__(self, image, boxes, person_ids, person_index=None) -> dict:
-        return _run(self.pipeline, image, boxes, person_ids, person_index)
+    def __call__(self, image, boxes, person_ids, person_index=None, ignore_regions=None) -> dict:
+        return _run(self.pipeline, self.sanitize, image, boxes, person_ids, person_index, ignore_regions)

@@ -4,7 +4,8 @@ Batch contract (what ``PersonSearchModel`` / ``PersonSearchPretrainModel`` take)
 
 ``collate_search`` -> ``{"pixel_values": float32 (B, 3, H, W) normalised, zero-padded at the bottom/right
 to the largest image, "image_sizes": int64 (B, 2) (height, width) before padding, "labels": [B dicts
-{"boxes": float32 (n, 4) xyxy, "person_ids": int64 (n,)}]}``.
+{"boxes": float32 (n, 4) xyxy, "person_ids": int64 (n,), "ignore_regions": float32 (k, 4) xyxy, k may be
+0 (an item without the key has none)}]}``.
 
 ``collate_pretrain`` -> the same three keys for view 1, ``pixel_values_2``, ``image_sizes_2``,
 ``labels_2`` for view 2 (every labels dict also has ``person_index`` int64 (n,): the same person has
@@ -52,6 +53,7 @@ def _labels(view: dict, with_index: bool) -> dict:
     labels = {
         "boxes": torch.as_tensor(view["boxes"], dtype=torch.float32).reshape(-1, 4),
         "person_ids": torch.as_tensor(view["person_ids"], dtype=torch.int64).reshape(-1),
+        "ignore_regions": torch.as_tensor(view.get("ignore_regions", ()), dtype=torch.float32).reshape(-1, 4),
     }
     if with_index:
         labels["person_index"] = torch.as_tensor(view["person_index"], dtype=torch.int64).reshape(-1)
@@ -189,7 +191,11 @@ class HybridPretrainDataset(Dataset):
             extra_crops=extra,
         )
         view1, view2 = self.augmentation(
-            unified["image"], unified["boxes"], unified["person_ids"], unified["person_index"]
+            unified["image"],
+            unified["boxes"],
+            unified["person_ids"],
+            unified["person_index"],
+            ignore_regions=unified["ignore_regions"],
         )
         return {
             "view1": view1,

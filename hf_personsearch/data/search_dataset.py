@@ -139,7 +139,8 @@ class SearchTrainingDataset(Dataset):
         strict: raise on the first unreadable image instead of skipping it.
 
     Item: ``{"pixel_values": (3, H, W) float, "boxes": (n, 4) xyxy on that image, "person_ids": (n,) OIM
-    rows or NO_IDENTITY, "person_index": (n,)}``. An unreadable image is counted in ``skips`` (with a
+    rows or NO_IDENTITY, "person_index": (n,), "ignore_regions": (k, 4) xyxy on that image}`` (the record's
+    ignore regions, e.g. PoseTrack21's, moved with the boxes; a record without the field has none). An unreadable image is counted in ``skips`` (with a
     warning naming it) and the next image is returned instead, so batches keep their size.
     """
 
@@ -168,7 +169,7 @@ class SearchTrainingDataset(Dataset):
         where = f"{record.get('source', 'record')} {record.get('image_id', index)}"
         image = load_image(record["image"], where)
         person_ids = self.identity_map(record["person_ids"], where)
-        return self.augmentation(image, record["boxes"], person_ids)
+        return self.augmentation(image, record["boxes"], person_ids, ignore_regions=record.get("ignore_regions"))
 
     def __getitem__(self, index: int) -> dict:
         for attempt in range(self.max_attempts):

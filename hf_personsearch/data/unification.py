@@ -3,7 +3,8 @@
 Pre-training mixes scene images with boxes (detection sets) and single-person crops (re-ID sets).
 Unification gives both the same interface, a scene image with boxes and global identities:
 
-- a detection image keeps its pixels and boxes; each box gets a new identity (:mod:`.identity`);
+- a detection image keeps its pixels, boxes and ignore regions; each box gets a new identity
+  (:mod:`.identity`);
 - a re-ID crop is placed on a larger canvas by :func:`expand_resize` (the paper's choice): the canvas
   is a random multiple of the crop size, then resized to a fixed size, so the person appears at
   many scales (the paper credits this with scale-invariant features: Table 4, 47.08 vs 46.49 mAP);
@@ -168,6 +169,16 @@ def expand_resize_many(
     return canvas, np.stack(boxes)
 
 
+def _ignore_regions(record: dict, where: str) -> np.ndarray:
+    """A scene record's ignore regions as (k, 4) float32; a record without the field has none."""
+    regions = np.asarray(record.get("ignore_regions", ()), np.float32)
+    if regions.size == 0:
+        return np.zeros((0, 4), np.float32)
+    if regions.ndim != 2 or regions.shape[1] != 4:
+        raise ValueError(f"{where}: ignore_regions must be a (k, 4) xyxy array, got shape {regions.shape}")
+    return regions
+
+
 def unify_record(
     record: dict,
     identity_space: IdentitySpace,
@@ -195,7 +206,8 @@ def unify_record(
 
     Returns:
         ``{"image": (H, W, 3) uint8, "boxes": (n, 4) float32, "person_ids": (n,) int64 global ids,
-        "person_index": (n,) int64 index of the person in the source record(s), "domain_id": int,
+        "person_index": (n,) int64 index of the person in the source record(s), "ignore_regions": (k, 4)
+        float32 xyxy (the record's; a re-ID canvas has none), "domain_id": int,
         "task": the IAM task ("detection" | "reid"), "has_identity": bool (a labeled person is present),
         "source": str}``.
     """
@@ -225,13 +237,16 @@ def unify_record(
             raise ValueError(f"reid_operation must be 'expand_resize' or 'random_paste', got {reid_operation!r}")
         if len(boxes) != len(global_ids):
             raise ValueError(f"{where}: a re-ID record must hold exactly one person, got {len(person_ids)}")
+        ignore_regions = np.zeros((0, 4), np.float32)
     else:
         boxes = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
+        ignore_regions = _ignore_regions(record, where)
     return {
         "image": image,
         "boxes": boxes,
         "person_ids": global_ids,
         "person_index": np.arange(len(global_ids), dtype=np.int64),
+        "ignore_regions": ignore_regions,
         "domain_id": block.domain_id,
         "task": alignment_task(block.task),
         "has_identity": has_identity,

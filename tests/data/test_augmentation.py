@@ -3,9 +3,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from hf_personsearch import PersonSearchImageProcessor
-from hf_personsearch.data.augmentation import SingleViewAugmentation, TwoViewAugmentation
+from hf_personsearch.data.augmentation import IgnoreRegions, PersonIoUCrop, SingleViewAugmentation, TwoViewAugmentation
 from hf_personsearch.image_processing_person_search import IMAGENET_MEAN, IMAGENET_STD, resized_size
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -160,3 +162,79 @@ def test_two_views_differ_and_mismatched_lengths_rejected():
     assert not torch.equal(v1["pixel_values"], v2["pixel_values"])
     with pytest.raises(ValueError, match="2 boxes, 1 person ids"):
         SingleViewAugmentation()(image, [[0, 0, 5, 5], [1, 1, 6, 6]], [1])
+
+
+NO_PHOTOMETRY = {"color_jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0}
+
+
+def test_ignore_regions_resized_and_flipped_like_boxes_hand_checked():
+    image = np.zeros((100, 200, 3), np.uint8)
+    boxes = [[20, 10, 60, 90]]
+    regions = [[20, 10, 60, 90], [150, 0, 200, 50]]
+    views = TwoViewAugmentation(min_sizes=[50], max_size=1000, crop_p=0.0, flip_p=1.0, **NO_PHOTOMETRY)(
+        image, boxes, [3], ignore_regions=regions
+    )
+    single = SingleViewAugmentation(PersonSearchImageProcessor(min_size=50, max_size=1000), flip_p=1.0)(
+        image, boxes, [3], ignore_regions=regions
+    )
+    for view in (*views, single):
+        # Scale 0.5, then mirrored in a 100-px wide view: x -> 100 - x, as the person box.
+        torch.testing.assert_close(view["boxes"], torch.tensor([[70.0, 5.0, 90.0, 45.0]]))
+        torch.testing.assert_close(
+            view["ignore_regions"], torch.tensor([[70.0, 5.0, 90.0, 45.0], [0.0, 0.0, 25.0, 25.0]])
+        )
+        assert view["ignore_regions"].dtype == torch.float32
+    # No region given: an empty (0, 4) field, as from a record without regions.
+    assert SingleViewAugmentation(flip_p=0.0)(image, boxes, [3])["ignore_regions"].shape == (0, 4)
+    with pytest.raises(ValueError, match=r"ignore_regions must be a \(k, 4\)"):
+        SingleViewAugmentation(flip_p=0.0)(image, boxes, [3], ignore_regions=[[1, 2, 3]])
+
+
+def test_iou_crop_chosen_on_persons_moves_and_clips_ignore_regions():
+    """PersonIoUCrop draws exactly RandomIoUCrop's crop from the persons alone (a region covering the whole
+    image would otherwise satisfy any IoU option), then translates every region by it: none is dropped
+    for its centre, ClampBoundingBoxes clips them to the crop."""
+    image = tv_tensors.Image(torch.zeros((3, 100, 200), dtype=torch.uint8))
+    persons = tv_tensors.BoundingBoxes([[90, 30, 110, 70]], format="XYXY", canvas_size=(100, 200))
+    regions = torch.tensor([[0, 0, 200, 100], [0, 0, 30, 100], [170, 0, 200, 100], [60, 20, 140, 80.0]])
+    crop_and_clip = v2.Compose([PersonIoUCrop(), v2.ClampBoundingBoxes()])
+    cropped_seeds = 0
+    for seed in range(30):
+        torch.manual_seed(seed)
+        params = v2.RandomIoUCrop().make_params([image, persons])
+        torch.manual_seed(seed)
+        target = {"boxes": persons, "ignore_regions": IgnoreRegions(regions, format="XYXY", canvas_size=(100, 200))}
+        out_image, out = crop_and_clip(image, target)
+        if not params:  # RandomIoUCrop's "keep the whole image" option
+            torch.testing.assert_close(out["ignore_regions"].as_subclass(torch.Tensor), regions)
+            continue
+        left, top, width, height = params["left"], params["top"], params["width"], params["height"]
+        assert out_image.shape[-2:] == (height, width)
+        expected = regions - torch.tensor([left, top, left, top], dtype=torch.float32)
+        expected[:, 0::2] = expected[:, 0::2].clamp(0, width)
+        expected[:, 1::2] = expected[:, 1::2].clamp(0, height)
+        torch.testing.assert_close(out["ignore_regions"].as_subclass(torch.Tensor), expected)
+        cropped_seeds += 1
+    assert cropped_seeds >= 10
+
+
+def test_two_views_keep_regions_inside_the_view_and_drop_regions_cut_away():
+    image = np.zeros((100, 200, 3), np.uint8)
+    person = [90, 30, 110, 70]
+    # The first region is the person's own box: it must land exactly where the person does.
+    regions = [person, [0, 0, 12, 12], [0, 0, 200, 100]]
+    augmentation = TwoViewAugmentation(min_sizes=[100], max_size=1000, crop_p=1.0, **NO_PHOTOMETRY)
+    corner_lost = 0
+    for seed in range(25):
+        torch.manual_seed(seed)
+        for view in augmentation(image, [person], [0], ignore_regions=regions):
+            height, width = view["pixel_values"].shape[-2:]
+            out = view["ignore_regions"]
+            assert ((out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])).all()
+            assert (out >= 0).all() and (out[:, 0::2] <= width).all() and (out[:, 1::2] <= height).all()
+            if len(view["boxes"]):
+                torch.testing.assert_close(out[0], view["boxes"][0])
+            # The whole-image region always covers the whole view; the corner one may be cut away.
+            torch.testing.assert_close(out[-1], torch.tensor([0.0, 0.0, width, height]), atol=1e-3, rtol=0)
+            corner_lost += len(out) < len(regions)
+    assert corner_lost > 0

@@ -159,3 +159,39 @@ def test_works_on_a_datasets_dataset():
     dataset = HybridPretrainDataset([("msmt17", "reid", data)], augmentation=TwoViewAugmentation(**SMALL))
     assert dataset.identity_space.num_identities == 2
     assert dataset[1]["view2"]["person_ids"].tolist() == [1]
+
+
+def test_ignore_regions_reach_every_labels_dict():
+    aug = SingleViewAugmentation(PersonSearchImageProcessor(min_size=36, max_size=1000), flip_p=0.0)
+    a = aug(np.zeros((72, 96, 3), np.uint8), [[10, 8, 30, 60]], [7], ignore_regions=[[40, 0, 96, 40]])
+    b = aug(np.zeros((36, 24, 3), np.uint8), np.zeros((0, 4)), [])
+    legacy = {key: value for key, value in a.items() if key != "ignore_regions"}  # a dataset of another kind
+    labels = collate_search([a, b, legacy])["labels"]
+    torch.testing.assert_close(labels[0]["ignore_regions"], torch.tensor([[20.0, 0.0, 48.0, 20.0]]))  # scale 0.5
+    for image_labels in labels[1:]:
+        assert image_labels["ignore_regions"].shape == (0, 4)
+        assert image_labels["ignore_regions"].dtype == torch.float32
+
+    crowd = make_record(
+        image=np.full((72, 96, 3), 60, np.uint8),
+        image_id="crowd.jpg",
+        width=96,
+        height=72,
+        boxes=[[4, 4, 24, 60]],
+        person_ids=[NO_IDENTITY],
+        source="crowdhuman",
+        task="detection",
+        split="train",
+        ignore_regions=[[0, 0, 96, 72]],  # the whole image: present in every view, whatever the crop
+    )
+    sources = [("crowdhuman", "detection", [crowd]), ("msmt17", "reid", [_crop(0, 4)])]
+    torch.manual_seed(0)
+    dataset = HybridPretrainDataset(sources, augmentation=TwoViewAugmentation(**SMALL), canvas_size=(64, 48))
+    batch = collate_pretrain([dataset[(0, 0)], dataset[(1, 0)]])
+    for suffix in ("", "_2"):
+        scene, reid = batch["labels" + suffix]
+        height, width = batch["image_sizes" + suffix][0].tolist()
+        torch.testing.assert_close(
+            scene["ignore_regions"], torch.tensor([[0.0, 0.0, width, height]]), atol=1e-3, rtol=0
+        )
+        assert reid["ignore_regions"].shape == (0, 4)

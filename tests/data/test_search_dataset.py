@@ -98,3 +98,23 @@ def test_corrupt_image_is_skipped_counted_and_replaced_by_the_next(prw_dir, tmp_
     all_broken = [dict(records[0]) for _ in range(3)]
     with pytest.raises(ValueError, match="3 consecutive unreadable images"):
         SearchTrainingDataset(all_broken, max_attempts=3)[0]
+
+
+def test_posetrack21_items_carry_the_ignore_regions_scaled_like_the_boxes(tmp_path):
+    generate("posetrack21", tmp_path, seed=0)
+    records = load_target_records("posetrack21", tmp_path, "train")
+    with_regions = [index for index, record in enumerate(records) if len(record["ignore_regions"])]
+    assert with_regions, "the synthetic PoseTrack21 has an ignore polygon on each video's first frame"
+    dataset = SearchTrainingDataset(
+        records, augmentation=SingleViewAugmentation(PersonSearchImageProcessor(min_size=128, max_size=256), flip_p=0)
+    )
+    for index in with_regions[:2] + [next(i for i in range(len(records)) if i not in with_regions)]:
+        record, item = records[index], dataset[index]
+        sx = item["pixel_values"].shape[2] / record["width"]
+        sy = item["pixel_values"].shape[1] / record["height"]
+        expected = np.asarray(record["ignore_regions"]).reshape(-1, 4) * np.array([sx, sy, sx, sy])
+        np.testing.assert_allclose(item["ignore_regions"].numpy(), expected, atol=1e-3)
+    batch = collate_search([dataset[with_regions[0]]])
+    np.testing.assert_allclose(
+        batch["labels"][0]["ignore_regions"].numpy(), dataset[with_regions[0]]["ignore_regions"]
+    )

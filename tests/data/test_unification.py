@@ -209,3 +209,36 @@ def test_unify_record_reid_and_detection():
     assert pair["has_identity"]
     with pytest.raises(ValueError, match="reid_operation"):
         unify_record(crops[0], space, 1, 0, rng, reid_operation="tile")
+
+
+def test_detection_records_keep_ignore_regions_and_reid_canvases_have_none():
+    regions = [[30, 0, 80, 40], [0, 50, 10, 60]]
+    scene = make_record(
+        image=np.full((60, 80, 3), 90, np.uint8),
+        image_id="crowd.jpg",
+        width=80,
+        height=60,
+        boxes=[[1, 2, 11, 32]],
+        person_ids=[NO_IDENTITY],
+        source="crowdhuman",
+        task="detection",
+        split="train",
+        ignore_regions=regions,
+    )
+    crop = _crop_record(7, (255, 0, 0), 0)
+    space = IdentitySpace.from_records([("crowdhuman", "detection", [scene]), ("msmt17", "reid", [crop])])
+    rng = np.random.default_rng(0)
+
+    det = unify_record(scene, space, 0, 0, rng)
+    assert det["ignore_regions"].dtype == np.float32
+    np.testing.assert_array_equal(det["ignore_regions"], np.array(regions, np.float32))
+    reid = unify_record(crop, space, 1, 0, rng, canvas_size=(64, 48))
+    assert reid["ignore_regions"].shape == (0, 4)
+
+    # A datasets row stores "no region" as an empty list; a record without the field has none either.
+    empty = unify_record({**scene, "ignore_regions": []}, space, 0, 0, rng)
+    assert empty["ignore_regions"].shape == (0, 4)
+    missing = unify_record({k: v for k, v in scene.items() if k != "ignore_regions"}, space, 0, 0, rng)
+    assert missing["ignore_regions"].shape == (0, 4)
+    with pytest.raises(ValueError, match=r"crowdhuman\[0\] crowd.jpg: ignore_regions must be a \(k, 4\)"):
+        unify_record({**scene, "ignore_regions": [[1, 2, 3]]}, space, 0, 0, rng)

@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModel
 
 from hf_personsearch import PersonSearchConfig, PersonSearchModel
 from hf_personsearch.hub import load_backbone_weights
+from hf_personsearch.region_proposal import in_ignore_regions
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,42 @@ def test_box_outside_the_image_is_clipped(model, batch):
         "person_ids": torch.tensor([0, 1]),
     }
     assert torch.isfinite(train_step(model, pixel_batch, labels).loss)
+
+
+def test_ignore_regions_keep_anchors_and_proposals_inside_them_out_of_the_negatives(model, batch, monkeypatch):
+    """A region over the whole of image 0: none of its anchors mostly inside is a negative of the RPN, and
+    every RoI sampled there matches a person (no negative left to draw). Images 1-2 have no region key."""
+    pixel_batch, labels = batch
+    height, width = pixel_batch["image_sizes"][0].tolist()
+    region = torch.tensor([[0.0, 0.0, width, height]])
+    labels = [{**labels[0], "ignore_regions": region}, labels[1], labels[2]]
+    assigned = []
+    assign = model.rpn.assign_targets_to_anchors
+
+    def spy(anchors, targets):
+        result = assign(anchors, targets)
+        assigned.append((anchors, result[0]))
+        return result
+
+    monkeypatch.setattr(model.rpn, "assign_targets_to_anchors", spy)
+    model.train()
+    output = model(pixel_batch["pixel_values"], pixel_batch["image_sizes"], labels=labels, output_features=True)
+    assert torch.isfinite(output.loss)
+    ((anchors, anchor_labels),) = assigned
+    covered = in_ignore_regions(anchors[0], region)
+    assert covered.sum() > 0 and not (anchor_labels[0][covered] == 0).any()
+    assert (anchor_labels[1] == 0).any()  # image 1 keeps its negatives
+    # Image 1 fills its RoI budget with negatives; image 0 has only its positives, at most their share.
+    config = model.config
+    per_image = torch.bincount(output.roi_image_index, minlength=3).tolist()
+    assert per_image[1] == config.box_batch_size_per_image
+    assert 0 < per_image[0] <= int(config.box_batch_size_per_image * config.box_positive_fraction)
+    with pytest.raises(ValueError, match=r"labels\[0\]: ignore_regions must be a \(k, 4\)"):
+        model(
+            pixel_batch["pixel_values"],
+            pixel_batch["image_sizes"],
+            labels=[{**labels[0], "ignore_regions": [1.0]}] + labels[1:],
+        )
 
 
 @pytest.mark.parametrize(

@@ -227,3 +227,26 @@ def test_misspelt_arguments_are_rejected_by_name():
         model(**make_batch(), domain_id=torch.tensor([0, 1, 0, 1]))
     with pytest.raises(TypeError, match="image_size"):
         model.person_search(torch.zeros(1, 3, 64, 64), image_size=torch.tensor([[64, 64]]))
+
+
+def test_both_views_ignore_regions_reach_the_detector(monkeypatch):
+    """Each view's labels carry their own ignore regions (collate_pretrain's labels[i]["ignore_regions"]) to
+    the RPN of the shared person search model; a labels dict without the key has none."""
+    batch = make_batch()
+    region_1, region_2 = torch.tensor([[30.0, 0.0, 64.0, 64.0]]), torch.tensor([[33.0, 3.0, 64.0, 64.0]])
+    batch["labels"][0] = {**batch["labels"][0], "ignore_regions": region_1}
+    batch["labels_2"][0] = {**batch["labels_2"][0], "ignore_regions": region_2}
+    model = build()
+    seen = []
+    assign = model.person_search.rpn.assign_targets_to_anchors
+
+    def spy(anchors, targets):
+        seen.append([target["ignore_regions"] for target in targets])
+        return assign(anchors, targets)
+
+    monkeypatch.setattr(model.person_search.rpn, "assign_targets_to_anchors", spy)
+    assert torch.isfinite(model(**batch).loss)
+    assert len(seen) == 2
+    for view_regions, region in zip(seen, (region_1, region_2)):
+        torch.testing.assert_close(view_regions[0], region)
+        assert [regions.shape for regions in view_regions[1:]] == [(0, 4)] * 3
