@@ -43,7 +43,7 @@ class PersonSearchConfig(PreTrainedConfig):
             affine terms fixed, ``torchvision.ops.FrozenBatchNorm2d``), as NAE/SeqNet do: person search
             batches (5 images) are too small for batch statistics. Switch it off when training from random
             initialisation.
-    Region proposal network (torchvision RegionProposalNetwork)
+    Region proposal network (torchvision RegionProposalNetwork, with ignore regions: region_proposal.py)
         anchor_sizes (`tuple[int]`, (32, 64, 128, 256, 512)) and anchor_aspect_ratios (`tuple[float]`,
             (0.5, 1.0, 2.0)): one feature level (C4), the anchors of NAE/SeqNet.
         rpn_fg_iou_thresh (0.7) / rpn_bg_iou_thresh (0.3): Faster R-CNN's anchor labelling.

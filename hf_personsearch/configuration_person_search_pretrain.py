@@ -40,7 +40,9 @@ class PersonSearchPretrainConfig(PreTrainedConfig):
             datasets (the paper: CrowdHuman, ECP).
         num_reid_domains (`int`, 3): classes of the re-ID IAM = number of re-ID source datasets (the paper:
             MSMT17, CUHK03, LUPerson). ``domain_ids`` of a batch index the sources WITHIN their task.
-        gradient_reversal_weight (`float`, 1.0): factor of the reversed gradient (Ganin and Lempitsky);
+        gradient_reversal_weight (`float`, 1.0): factor of the reversed gradient (Ganin and Lempitsky) of the
+            domain terms; the consistency term's gradient is scaled by the same factor without reversal, as in
+            DA-Faster R-CNN's reference;
             lambda already scales the whole adversarial signal. 0 turns the reversal off (the domain
             heads still learn but the model's features receive nothing from them).
         iam_num_convs (`int`, 2): cascaded convolutions of each branch ("several" in the paper). The

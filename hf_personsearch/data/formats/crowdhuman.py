@@ -1,6 +1,6 @@
 """CrowdHuman: ``annotation_{train,val}.odgt`` (one JSON object per line) + ``Images/<ID>.jpg``.
 
-Line format (REFERENCE.md 4): ``{"ID": str, "gtboxes": [{"tag": "person" | "mask", "fbox" / "vbox" /
+Line format (CrowdHuman's .odgt release files): ``{"ID": str, "gtboxes": [{"tag": "person" | "mask", "fbox" / "vbox" /
 "hbox": [x, y, w, h], "extra": {"box_id", "occ", "ignore"?}, "head_attr": {...}}]}``. A ``"mask"``
 entry or a person with ``extra.ignore == 1`` becomes an ignore region; every other person is a
 detection box without identity (the paper's unification gives each one a new identity later).

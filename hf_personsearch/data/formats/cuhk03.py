@@ -1,6 +1,6 @@
 """CUHK03: the MATLAB v7.3 ``cuhk-03.mat``, the extracted-png layout, and the 767/700 new protocol.
 
-Layouts (REFERENCE.md 4; the synthetic writer documents the HDF5 structure in detail):
+Layouts (the public release and the common extracted copy; the synthetic writer documents the HDF5 structure in detail):
 - ``images_{detected,labeled}/{campair}_{pid:03d}_{view}_{img:02d}.png`` (preferred when present:
   plain files, fast to read),
 - ``cuhk-03.mat`` (in ``data_dir`` or ``data_dir/cuhk03_release``): read with h5py through the

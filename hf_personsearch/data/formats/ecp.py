@@ -1,6 +1,6 @@
 """EuroCity Persons: ``ECP/{day,night}/labels/{train,val}/<city>/<name>.json`` + ``img/.../<name>.png``.
 
-A label file is a tree (REFERENCE.md 4): ``{"identity": "frame", "children": [{"identity", "x0",
+A label file is a tree (EuroCity Persons release format): ``{"identity": "frame", "children": [{"identity", "x0",
 "y0", "x1", "y1", "tags", "children": [...]}]}``; the parser walks it recursively (riders carry their
 vehicles as children). Pedestrians are the detection boxes. Ignore regions: person groups
 ("person-group-far-away", "rider+vehicle-group-far-away"), anything tagged "depiction" (posters,

@@ -1,6 +1,6 @@
 """LUPerson: unlabeled person crops, as a crop folder or as the released LMDB + keys.pkl.
 
-Two layouts of the same crops (REFERENCE.md 4):
+Two layouts of the same crops (both distributed by the LUPerson authors):
 
 - ``"folder"``: ``<country>/<city>/[<video>/]<frame:08d>_<obj:04d>.jpg`` files under ``data_dir``;
 - ``"lmdb"``: the public release, an LMDB environment (``data.mdb``/``lock.mdb``, in ``data_dir/lmdb/``

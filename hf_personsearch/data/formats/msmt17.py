@@ -1,6 +1,6 @@
 """MSMT17: ``list_{train,val,query,gallery}.txt`` + crops under ``train/`` and ``test/``.
 
-Each line is ``"<pid>/<name>.jpg <label>"`` (REFERENCE.md 4), the path relative to ``train/`` (train,
+Each line is ``"<pid>/<name>.jpg <label>"`` (MSMT17_V1 list files), the path relative to ``train/`` (train,
 val) or ``test/`` (query, gallery); labels are 0-based; the camera is
 ``int(name.split('_')[2]) - 1``. One record per crop: a re-ID record with the single box
 ``[0, 0, width, height]``.
