@@ -143,7 +143,8 @@ def search_picture(per_query: list[dict], inputs, num_queries: int, top_k: int) 
         for rank, match in enumerate(entry["ranked"][:top_k], start=1):
             found = inputs.detections[position[match["image_id"]]]
             distance = np.abs(found["boxes"] - np.asarray(match["box"], np.float32)).sum(axis=1)
-            matches.append({**match, "rank": rank, "score": float(found["scores"][int(np.argmin(distance))])})
+            score = float(found["scores"][int(np.argmin(distance))])
+            matches.append({**match, "image": match["image_id"], "rank": rank, "score": score})
         rows.append(render_search_result(open_image(entry["image_id"]), entry["box"], matches, load))
     if not rows:
         raise ValueError("no query to show (the protocol evaluated none)")
