@@ -12,7 +12,8 @@ import pytest
 import timm
 from PIL import Image
 
-from hf_personsearch import PersonSearchPretrainConfig, PersonSearchPretrainModel, cli
+import hf_personsearch_cli as cli
+from hf_personsearch import PersonSearchPretrainConfig, PersonSearchPretrainModel
 from hf_personsearch.pipelines import GalleryIndex
 from hf_personsearch.pipelines.visualization import CAPTION_HEIGHT, GAP
 
@@ -253,3 +254,15 @@ def test_console_script_is_installed():
     assert result.returncode == 0
     for name in ("card", "export-backbone", "index", "search"):
         assert name in result.stdout
+
+
+def test_help_imports_neither_torch_nor_transformers():
+    code = (
+        "import sys, hf_personsearch_cli\n"
+        "try:\n    hf_personsearch_cli.main(['search', '--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'hf_personsearch') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--gallery" in result.stdout and "HEAVY []" in result.stdout, result.stdout

@@ -2,7 +2,7 @@
 
 Subcommands live in a registry so that other modules add theirs without touching the parser code::
 
-    from hf_personsearch.cli import register_subcommand
+    from hf_personsearch_cli import register_subcommand
 
     def _convert_arguments(parser):
         parser.add_argument("raw_dir")
@@ -14,6 +14,10 @@ Subcommands live in a registry so that other modules add theirs without touching
 
 A subcommand's function receives the parsed ``argparse.Namespace`` and returns the exit status. Heavy imports
 (torch models, transformers pipelines) happen inside the functions, so ``hf-personsearch --help`` is quick.
+
+Why a package of its own beside ``hf_personsearch``: importing ``hf_personsearch`` registers the models with
+transformers' Auto classes, which imports torch and transformers (seconds); Python runs a package's
+``__init__`` before any of its modules, so a CLI inside it could never answer ``--help`` without that cost.
 """
 
 from __future__ import annotations
@@ -116,7 +120,7 @@ def _load_model(name_or_path: str):
     import torch
     from transformers import AutoConfig
 
-    from . import PersonSearchConfig, PersonSearchModel, PersonSearchPretrainConfig
+    from hf_personsearch import PersonSearchConfig, PersonSearchModel, PersonSearchPretrainConfig
 
     path = Path(name_or_path)
     if path.is_dir() and not (path / "config.json").is_file():
@@ -152,9 +156,9 @@ def _pipeline(args):
     import torch
     from transformers import AutoImageProcessor, pipeline
 
-    from . import PersonSearchImageProcessor
-    from . import pipelines as _  # noqa: F401  (registers the "person-search" task)
-    from .hub.model_card import read_training_record, trained_on_synthetic_data
+    from hf_personsearch import PersonSearchImageProcessor
+    from hf_personsearch import pipelines as _  # noqa: F401  (registers the "person-search" task)
+    from hf_personsearch.hub.model_card import read_training_record, trained_on_synthetic_data
 
     model, notes = _load_model(args.model)
     overrides = {key: value for key, value in (("min_size", args.min_size), ("max_size", args.max_size)) if value}
@@ -203,7 +207,7 @@ def _card_arguments(parser: argparse.ArgumentParser) -> None:
 
 @register_subcommand("card", "Render or refresh the model card (README.md) of a saved model folder", _card_arguments)
 def card_command(args: argparse.Namespace) -> int:
-    from .hub.model_card import refresh_model_card
+    from hf_personsearch.hub.model_card import refresh_model_card
 
     path = refresh_model_card(
         args.path, kind=args.kind, repo_id=args.repo_id, license=args.license, overwrite=args.force
@@ -230,8 +234,7 @@ def export_backbone_command(args: argparse.Namespace) -> int:
     from transformers import AutoModel
 
     import hf_personsearch  # noqa: F401
-
-    from .hub.export import TORCHVISION_LOAD_LINE, export_backbone
+    from hf_personsearch.hub.export import TORCHVISION_LOAD_LINE, export_backbone
 
     model = AutoModel.from_pretrained(args.model, dtype=torch.float32)
     path = export_backbone(model, args.out, format=args.format, architecture=args.architecture)
@@ -300,7 +303,7 @@ def _why_no_match(index, threshold: float) -> str:
     "search", "Find the query person in a gallery; print a ranked table, draw a picture", _search_arguments
 )
 def search_command(args: argparse.Namespace) -> int:
-    from .pipelines import GalleryIndex, format_matches_table, image_from_source, render_search_result
+    from hf_personsearch.pipelines import GalleryIndex, format_matches_table, image_from_source, render_search_result
 
     if (args.gallery is None) == (args.index is None):
         raise ValueError("give one of --gallery (a folder of images) and --index (a folder written by `index`)")
