@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -45,12 +45,18 @@ logger = logging.getLogger(__name__)
 @dataclass
 class SearchInputs:
     """The three inputs of ``evaluate_search`` (``gallery``, ``detections``, ``queries``), and ``images``:
-    each gallery record's ``image`` (path or image) by ``image_id``, to draw the results."""
+    each gallery record's ``image`` (path or image) by ``image_id``, to draw the results.
+
+    ``unreadable_gallery`` / ``unreadable_queries``: image ids whose file could not be read. An unreadable
+    gallery image counts as an image where nothing was detected (its persons stay in the ground truth, so the
+    score is not flattered); a query whose image cannot be read is left out (``queries`` lacks it)."""
 
     gallery: list[dict]
     detections: list[dict]
     queries: list[dict]
     images: dict
+    unreadable_gallery: list[str] = field(default_factory=list)
+    unreadable_queries: list[str] = field(default_factory=list)
 
 
 def gallery_annotations(records: Sequence[dict]) -> list[dict]:
@@ -116,6 +122,24 @@ def gather_to_first_process(indices: list[int], items: list, count: int) -> list
     return ordered
 
 
+UNREADABLE = "unreadable"
+"""Key set (True) on the result of an item whose image could not be read (see :func:`_readable_images`)."""
+
+
+def _readable_images(items: Sequence, image_of, what: str) -> tuple[list, list]:
+    """``(positions, images)`` of the ``items`` whose image loads; the others are logged and left out."""
+    positions, images = [], []
+    for position, item in enumerate(items):
+        where = f"{what} {item['image_id']}"
+        try:
+            images.append(load_image(image_of(item), where))
+        except (OSError, ValueError) as error:  # unreadable, truncated, too large, not an image
+            logger.warning("skipped and counted: %s", error)  # the loader's message names the image and file
+            continue
+        positions.append(position)
+    return positions, images
+
+
 def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
     parameter = next(model.parameters())
     return parameter.device, parameter.dtype
@@ -126,7 +150,8 @@ def detect_gallery(
     model, processor, records: Sequence[dict], batch_size: int = 2, progress: bool = True
 ) -> list[dict]:
     """Detections of every gallery record: ``{"boxes" (m, 4) original pixels, "scores" (m,), "embeddings"
-    (m, d)}`` float32 numpy arrays, one dict per record in order.
+    (m, d)}`` float32 numpy arrays, one dict per record in order. A record whose image cannot be read gets no
+    detection and ``UNREADABLE: True`` (logged, never an error: one bad file must not end an evaluation).
 
     Args:
         model: a :class:`~hf_personsearch.PersonSearchModel` (put in eval mode for the call, then restored).
@@ -137,10 +162,25 @@ def detect_gallery(
     device, dtype = _model_device_dtype(model)
     was_training = model.training
     model.eval()
+    embedding_dim = getattr(getattr(model, "config", None), "embedding_dim", 0)  # of the empty results
     detections = []
     try:
         for batch in tqdm(_batches(len(records), batch_size), desc="gallery", disable=not progress):
-            images = [load_image(records[i]["image"], f"gallery image {records[i]['image_id']}") for i in batch]
+            batch_records = [records[i] for i in batch]
+            readable, images = _readable_images(batch_records, lambda record: record["image"], "gallery image")
+            found = {
+                position: {
+                    "boxes": np.zeros((0, 4), np.float32),
+                    "scores": np.zeros((0,), np.float32),
+                    "embeddings": np.zeros((0, embedding_dim), np.float32),
+                    UNREADABLE: True,
+                }
+                for position in range(len(batch))
+                if position not in readable
+            }
+            if not images:
+                detections.extend(found[position] for position in range(len(batch)))
+                continue
             inputs = processor(images)
             outputs = model(
                 pixel_values=inputs["pixel_values"].to(device=device, dtype=dtype),
@@ -152,8 +192,9 @@ def detect_gallery(
                 image_sizes=inputs["image_sizes"],
                 threshold=0.0,
             )
-            for result in results:
-                detections.append({key: value.float().cpu().numpy() for key, value in result.items()})
+            for position, result in zip(readable, results):
+                found[position] = {key: value.float().cpu().numpy() for key, value in result.items()}
+            detections.extend(found[position] for position in range(len(batch)))
     finally:
         model.train(was_training)
     return detections
@@ -169,7 +210,8 @@ def embed_queries(
     progress: bool = True,
 ) -> list[dict]:
     """Copies of ``queries`` with ``embedding`` (d,) float32: the model's embedding of each query's
-    ground-truth box in its image (found among ``records`` by ``image_id``)."""
+    ground-truth box in its image (found among ``records`` by ``image_id``). A query whose image cannot be
+    read gets ``UNREADABLE: True`` and no embedding (logged)."""
     image_of = {str(record["image_id"]): record["image"] for record in records}
     for index, query in enumerate(queries):
         if str(query["image_id"]) not in image_of:
@@ -179,18 +221,22 @@ def embed_queries(
     device, dtype = _model_device_dtype(model)
     out = []
     for batch in tqdm(_batches(len(queries), batch_size), desc="queries", disable=not progress):
-        images = [
-            load_image(image_of[str(queries[i]["image_id"])], f"query image {queries[i]['image_id']}") for i in batch
-        ]
-        boxes = [np.asarray(queries[i]["box"], np.float32).reshape(1, 4) for i in batch]
-        inputs = processor(images, boxes=boxes)
-        embeddings = model.embed_boxes(
-            inputs["pixel_values"].to(device=device, dtype=dtype),
-            [b.to(device=device, dtype=dtype) for b in inputs["boxes"]],
-            image_sizes=inputs["image_sizes"].to(device),
+        batch_queries = [queries[i] for i in batch]
+        readable, images = _readable_images(
+            batch_queries, lambda query: image_of[str(query["image_id"])], "query image"
         )
-        for i, embedding in zip(batch, embeddings):
-            out.append({**queries[i], "embedding": embedding[0].float().cpu().numpy()})
+        embedded = {position: {**query, UNREADABLE: True} for position, query in enumerate(batch_queries)}
+        if images:
+            boxes = [np.asarray(batch_queries[p]["box"], np.float32).reshape(1, 4) for p in readable]
+            inputs = processor(images, boxes=boxes)
+            embeddings = model.embed_boxes(
+                inputs["pixel_values"].to(device=device, dtype=dtype),
+                [b.to(device=device, dtype=dtype) for b in inputs["boxes"]],
+                image_sizes=inputs["image_sizes"].to(device),
+            )
+            for position, embedding in zip(readable, embeddings):
+                embedded[position] = {**batch_queries[position], "embedding": embedding[0].float().cpu().numpy()}
+        out.extend(embedded[position] for position in range(len(batch)))
     return out
 
 
@@ -230,11 +276,23 @@ def run_search_inference(
         embedded = gather_to_first_process(query_part, part_queries, len(queries))
         if process_index != 0:
             return None
+    unreadable_gallery = [str(r["image_id"]) for r, d in zip(gallery_records, detections) if d.pop(UNREADABLE, False)]
+    unreadable_queries = [str(q["image_id"]) for q in embedded if q.get(UNREADABLE)]
+    if unreadable_gallery or unreadable_queries:
+        logger.warning(
+            "evaluation: %d gallery image(s) could not be read (no detections there: their persons count as "
+            "missed) and %d query image(s) (those queries are left out); first: %s",
+            len(unreadable_gallery),
+            len(unreadable_queries),
+            (unreadable_gallery + unreadable_queries)[:5],
+        )
     return SearchInputs(
         gallery=gallery_annotations(gallery_records),
         detections=detections,
-        queries=embedded,
+        queries=[query for query in embedded if not query.get(UNREADABLE)],
         images={str(record["image_id"]): record["image"] for record in gallery_records},
+        unreadable_gallery=unreadable_gallery,
+        unreadable_queries=unreadable_queries,
     )
 
 
@@ -342,6 +400,7 @@ def evaluate_on_target(
         "detection_ap": float(detection["ap"]),
         "detection_recall": float(detection["recall"]),
         "num_queries": int(search["num_queries"]),
+        "unreadable_images": {"gallery": inputs.unreadable_gallery, "queries": inputs.unreadable_queries},
         "settings": settings,
         "search": search,
         "detection": detection,

@@ -124,3 +124,33 @@ def test_custom_data_is_evaluated_under_the_protocol_its_query_file_states(tmp_p
     summary, _ = evaluate_on_target(model, processor, "custom", str(tmp_path), det_thresh=2.0, progress=False)
     assert summary["protocol"] == summary["search"]["protocol"] == "prw"
     assert summary["dataset"] == "custom" and summary["split"] == "test"
+
+
+def test_unreadable_images_are_skipped_and_counted_not_fatal(tmp_path, caplog):
+    """One truncated gallery frame and one unreadable query frame: the evaluation finishes, the gallery image
+    has no detection (its persons stay in the ground truth), the query is left out, both are reported."""
+    folder = tmp_path / "prw"
+    generate("prw", folder, seed=1)
+    records = load_target_records("prw", folder, "test")
+    queries = load_target_queries("prw", folder)
+    query_frame = str(queries[0]["image_id"])
+    gallery_frame = next(str(r["image_id"]) for r in records if str(r["image_id"]) != query_frame)
+    paths = {str(r["image_id"]): Path(r["image"]) for r in records}
+    torch.manual_seed(0)
+    model = PersonSearchModel(tiny_search_model.tiny_config()).eval()
+    processor = PersonSearchImageProcessor(min_size=128, max_size=256)
+    clean = run_search_inference(model, processor, records, queries, progress=False)
+    for frame in (query_frame, gallery_frame):  # broken after loading: as if the disk went bad mid-run
+        paths[frame].write_bytes(b"\xff\xd8 not a jpeg")
+    inputs = run_search_inference(model, processor, records, queries, progress=False)
+    assert inputs.unreadable_gallery == sorted({query_frame, gallery_frame}, key=list(paths).index)
+    broken = {query_frame, gallery_frame}
+    assert inputs.unreadable_queries == [str(q["image_id"]) for q in queries if str(q["image_id"]) in broken]
+    assert len(inputs.queries) == len(queries) - len(inputs.unreadable_queries)
+    assert f"skipped and counted: gallery image {gallery_frame}" in caplog.text
+    for record, before, after in zip(records, clean.detections, inputs.detections):
+        if str(record["image_id"]) in (query_frame, gallery_frame):
+            assert after["boxes"].shape == (0, 4) and after["embeddings"].shape[0] == 0
+        else:  # the other images are untouched by their batch neighbour's failure
+            np.testing.assert_allclose(after["boxes"], before["boxes"], atol=1e-4)
+    assert len(inputs.gallery) == len(records)  # the unreadable image's persons still count as missed
