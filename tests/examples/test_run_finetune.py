@@ -260,11 +260,15 @@ def test_kill_9_then_resume_gives_the_uninterrupted_weights_bit_for_bit(tmp_path
     weights_a = load_file(straight / "model.safetensors")
     weights_b = load_file(interrupted / "model.safetensors")
     assert weights_a.keys() == weights_b.keys() and len(weights_a) > 100
-    assert "oim.lut" in weights_a and weights_a["oim.lut"].abs().sum() > 0  # the OIM table was trained
+    assert (
+        "search_head.oim.lut" in weights_a and weights_a["search_head.oim.lut"].abs().sum() > 0
+    )  # the OIM table was trained
     unequal = [key for key in weights_a if not torch.equal(weights_a[key], weights_b[key])]
     assert unequal == []
     earlier = load_file(interrupted / "checkpoint-00000004" / "model.safetensors")
-    assert not torch.equal(earlier["oim.lut"], weights_a["oim.lut"])  # steps 5-8 did change the model
+    assert not torch.equal(
+        earlier["search_head.oim.lut"], weights_a["search_head.oim.lut"]
+    )  # steps 5-8 did change the model
     results = [json.loads((folder / "results.json").read_text())["final"] for folder in (straight, interrupted)]
     assert results[0] == results[1]
     print(f"kill -9 after {killed_at} logged steps of 8; {len(weights_a)} tensors compared, all equal")
