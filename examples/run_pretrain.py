@@ -141,7 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     # ---- model, optimiser, schedule
     from hf_personsearch.training.pretraining import build_pretrain_model_config
 
-    model = PersonSearchPretrainModel(build_pretrain_model_config(config["model"], identity_space))
+    model_config = build_pretrain_model_config(config["model"], identity_space)
+    if config["model_init"]["pretrained_model"]:
+        # Continuation of an earlier pre-training under this config's switches (PRETRAIN_DEFAULTS model_init).
+        model = PersonSearchPretrainModel.from_pretrained(
+            config["model_init"]["pretrained_model"], config=model_config, dtype=torch.float32
+        )
+        logger.info("model starts from %s", config["model_init"]["pretrained_model"])
+    else:
+        model = PersonSearchPretrainModel(model_config)
     if config["model_init"]["backbone_weights"]:
         report = load_backbone_weights(model, config["model_init"]["backbone_weights"])
         logger.info(
@@ -218,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "identities in the pre-training OIM table": identity_space.num_identities,
             "steps": max_steps,
+            "continued from": config["model_init"]["pretrained_model"] or "no (a fresh model)",
             "batch size (images per process x processes x accumulation)": (
                 f"{training['batch_size']} x {accelerator.num_processes} x {training['gradient_accumulation_steps']}"
             ),

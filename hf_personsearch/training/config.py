@@ -60,7 +60,11 @@ PRETRAIN_DEFAULTS: dict = {
     # Starting weights of the backbone, loaded after the model is built (never saved in its config):
     # a timm pretrained tag such as "resnet50.tv_in1k" (torchvision's ImageNet ResNet50, the start of NAE,
     # SeqNet and the paper; fetched by timm) or a local weights file; None = random initialisation.
-    "model_init": {"backbone_weights": None},
+    # pretrained_model: the pretrain_model/ folder of an earlier pre-training to continue from, with THIS
+    # config's model switches (e.g. use_reid_iam: false): weights of the same name are loaded, those the new
+    # model lacks are dropped, those it adds start from their initialisation; the optimiser starts afresh.
+    # The pre-training benchmark runs one shared first stage and continues it once per ablation this way.
+    "model_init": {"backbone_weights": None, "pretrained_model": None},
     "optimizer": {
         # SGD with momentum 0.9 and weight decay 5e-4 is what NAE/SeqNet (the paper's codebases) use;
         # lr 0.003 is their value for batch size 5 (scale it linearly with the total batch size).

@@ -14,6 +14,7 @@ import platform
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..data.formats import dataset_names, get_spec
@@ -23,7 +24,11 @@ from .config import ConfigError, check_training_section
 
 logger = logging.getLogger(__name__)
 
-SOURCE_KEYS = ("name", "data_dir", "split", "weight", "options")
+SOURCE_KEYS = ("name", "data_dir", "split", "weight", "options", "max_images", "subset_seed")
+"""Keys of a ``data.sources`` entry. ``max_images`` (None = all) keeps a seeded random subset of that many
+images of the parsed split, e.g. the paper's LUPerson30k (30,000 of LUPerson's images); ``subset_seed``
+(default 0) draws it. The subset depends on that seed only, never on ``training.seed`` or the rank, so every
+process and every run of a recipe pre-trains on the same images."""
 SYNTHETIC_FOLDER = "synthetic_data"
 PRETRAIN_MODEL_FOLDER = "pretrain_model"
 PERSON_SEARCH_MODEL_FOLDER = "person_search_model"
@@ -60,6 +65,16 @@ def validate_pretrain_config(config: Mapping) -> None:
             raise ConfigError(f"{where}: unknown keys {unknown}; expected among {list(SOURCE_KEYS)}")
         if source["name"] not in dataset_names():
             raise ConfigError(f"{where}: unknown dataset {source['name']!r}; expected one of {dataset_names()}")
+        max_images = source.get("max_images")
+        if max_images is not None and (
+            not isinstance(max_images, int) or isinstance(max_images, bool) or max_images < 1
+        ):
+            raise ConfigError(
+                f"{where} ({source['name']}): max_images must be an integer >= 1 or null, got {max_images!r}"
+            )
+        subset_seed = source.get("subset_seed", 0)
+        if not isinstance(subset_seed, int) or isinstance(subset_seed, bool) or subset_seed < 0:
+            raise ConfigError(f"{where} ({source['name']}): subset_seed must be an integer >= 0, got {subset_seed!r}")
         weight = source.get("weight")
         if weight is not None and (not isinstance(weight, (int, float)) or weight < 0):
             raise ConfigError(f"{where} ({source['name']}): weight must be a number >= 0 or null, got {weight!r}")
@@ -112,6 +127,18 @@ def validate_pretrain_config(config: Mapping) -> None:
             f"model_init.backbone_weights {backbone_weights!r} is neither a file nor a timm tag such as "
             "resnet50.tv_in1k (ImageNet backbone weights)"
         )
+    pretrained_model = config["model_init"]["pretrained_model"]
+    if pretrained_model is not None:
+        if not (Path(str(pretrained_model)) / "config.json").is_file():
+            raise ConfigError(
+                f"model_init.pretrained_model {pretrained_model!r} is not a saved pre-training model folder (no "
+                "config.json there; expected the pretrain_model/ folder of an earlier run_pretrain.py run)"
+            )
+        if backbone_weights is not None:
+            raise ConfigError(
+                "model_init: give backbone_weights or pretrained_model, not both (the pre-trained model already "
+                "holds its backbone)"
+            )
     if config["hub"]["push_to_hub"] and not config["hub"]["hub_model_id"]:
         raise ConfigError("hub.push_to_hub is on but hub.hub_model_id is not set (expected 'org/name')")
     from .optim import lr_factor
@@ -169,6 +196,7 @@ def load_sources(sources: list[dict], cache_dir: str | Path | None) -> list[tupl
             raise ConfigError(
                 f"source {source['name']} ({source['data_dir']}, split {source.get('split')}): no records"
             )
+        data = select_subset(data, source.get("max_images"), source.get("subset_seed", 0))
         tasks = set(data["task"])
         expected = get_spec(source["name"]).task
         if tasks != {expected}:
@@ -177,6 +205,20 @@ def load_sources(sources: list[dict], cache_dir: str | Path | None) -> list[tupl
             )
         loaded.append((source["name"], expected, data))
     return loaded
+
+
+def select_subset(data, max_images: int | None, subset_seed: int = 0):
+    """``max_images`` records of ``data`` (a ``datasets.Dataset``) drawn without replacement with
+    ``subset_seed``, in their original order; all of them when ``max_images`` is None or not smaller.
+
+    The draw is a permutation of ``numpy.random.default_rng(subset_seed)`` over the parsed records, so it
+    is the same on every rank and in every run of the same data and seed (the paper's LUPerson30k).
+    """
+    if max_images is None or len(data) <= max_images:
+        return data
+    chosen = np.random.default_rng(subset_seed).permutation(len(data))[:max_images]
+    logger.info("kept a seeded subset of %d of %d records (subset_seed %d)", max_images, len(data), subset_seed)
+    return data.select(np.sort(chosen).tolist())
 
 
 def build_pretrain_model_config(model: Mapping, identity_space: IdentitySpace):

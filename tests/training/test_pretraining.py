@@ -1,0 +1,91 @@
+"""Seeded source subsets (the paper's LUPerson30k) and the checks of the pre-training config's model_init."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from hf_personsearch.data.synthetic import generate
+from hf_personsearch.training.config import PRETRAIN_DEFAULTS, ConfigError
+from hf_personsearch.training.pretraining import load_sources, select_subset, validate_pretrain_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def luperson_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("luperson")
+    generate("luperson", folder, seed=0, num_crops=12)
+    return folder
+
+
+def image_ids(loaded) -> list[str]:
+    return list(loaded[0][2]["image_id"])
+
+
+def test_subset_is_seeded_ordered_and_the_same_on_every_call(luperson_dir):
+    source = {"name": "luperson", "data_dir": str(luperson_dir), "split": "train"}
+    everything = image_ids(load_sources([source], None))
+    first = image_ids(load_sources([{**source, "max_images": 5, "subset_seed": 3}], None))
+    again = image_ids(load_sources([{**source, "max_images": 5, "subset_seed": 3}], None))
+    other_seed = image_ids(load_sources([{**source, "max_images": 5, "subset_seed": 4}], None))
+    assert len(everything) == 12 and len(first) == 5
+    assert first == again
+    # The draw is numpy's permutation of the parsed order with subset_seed, kept in the parsed order.
+    expected = [everything[i] for i in sorted(np.random.default_rng(3).permutation(12)[:5])]
+    assert first == expected
+    assert other_seed != first
+    assert image_ids(load_sources([{**source, "max_images": 12}], None)) == everything
+
+
+def test_subset_larger_than_the_source_keeps_everything():
+    import datasets
+
+    data = datasets.Dataset.from_dict({"image_id": ["a", "b", "c"]})
+    assert select_subset(data, 10, 0)["image_id"] == ["a", "b", "c"]
+    assert select_subset(data, None, 0)["image_id"] == ["a", "b", "c"]
+    assert select_subset(data, 2, 0)["image_id"] == [
+        ["a", "b", "c"][i] for i in sorted(np.random.default_rng(0).permutation(3)[:2])
+    ]
+
+
+def config_with(**source_keys) -> dict:
+    config = copy.deepcopy(PRETRAIN_DEFAULTS)
+    config["data"]["sources"][-1].update(source_keys)
+    return config
+
+
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        ({"max_images": 0}, "max_images must be an integer >= 1"),
+        ({"max_images": "30k"}, "max_images must be an integer >= 1"),
+        ({"max_images": 10, "subset_seed": -1}, "subset_seed must be an integer >= 0"),
+        ({"subset_seed": 1.5}, "subset_seed must be an integer >= 0"),
+    ],
+)
+def test_bad_subset_keys_name_the_source(keys, message):
+    with pytest.raises(ConfigError, match=r"data\.sources\[4\] \(luperson\): " + message):
+        validate_pretrain_config(config_with(**keys))
+
+
+def test_paper_recipes_pretrain_on_luperson30k():
+    for recipe in ("pretrain_r50", "pretrain_r18", "pretrain_shufflenet"):
+        sources = yaml.safe_load((ROOT / "examples" / "configs" / f"{recipe}.yaml").read_text())["data"]["sources"]
+        luperson = next(source for source in sources if source["name"] == "luperson")
+        assert luperson["max_images"] == 30000 and luperson["subset_seed"] == 0, recipe
+
+
+def test_pretrained_model_must_be_a_saved_folder_and_excludes_backbone_weights(tmp_path):
+    config = copy.deepcopy(PRETRAIN_DEFAULTS)
+    config["model_init"]["pretrained_model"] = str(tmp_path)
+    with pytest.raises(ConfigError, match=r"model_init.pretrained_model .* \(no config.json"):
+        validate_pretrain_config(config)
+    (tmp_path / "config.json").write_text("{}")
+    config["model_init"]["backbone_weights"] = "resnet18.tv_in1k"
+    with pytest.raises(ConfigError, match="backbone_weights or pretrained_model, not both"):
+        validate_pretrain_config(config)
