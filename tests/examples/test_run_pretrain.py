@@ -254,3 +254,40 @@ def test_oim_tables_that_differ_at_the_end_fail_the_run(tmp_path):
     assert log.count("ProcessDisagreementError: the 2 processes disagree on the OIM tables after step 1") == 2
     assert "'OIM lookup table sha256': process 0 has " in log
     assert not (tmp_path / "out" / "pretrain_model").exists()  # nothing exported
+
+
+@pytest.mark.slow
+def test_continuation_loads_the_first_stage_under_new_switches(tmp_path):
+    """model_init.pretrained_model: the continuation starts from the first stage's weights (with lr 1e-12 every
+    parameter stays where the first stage left it), without the IAM it switched off."""
+    script = load_script()
+    base = ["--config", str(DEMO), *sum((["-o", o] for o in TINY), [])]
+    first = tmp_path / "stage1"
+    assert script.main([*base, "--max_steps", "2", "--output_dir", str(first)]) == 0
+    continued = tmp_path / "no_reid_iam"
+    overrides = [
+        "model.use_reid_iam=false",
+        "optimizer.lr=1e-12",
+        f"model_init.pretrained_model={first / 'pretrain_model'}",
+    ]
+    assert script.main([*base, "--max_steps", "1", "--output_dir", str(continued), *overrides]) == 0
+    before = load_file(first / "pretrain_model" / "model.safetensors")
+    after = load_file(continued / "pretrain_model" / "model.safetensors")
+    assert any(key.startswith("reid_alignment") for key in before)
+    assert not any(key.startswith("reid_alignment") for key in after)
+    parameters = {
+        name
+        for name, _ in script.PersonSearchPretrainModel(
+            script.PersonSearchPretrainModel.config_class.from_pretrained(continued / "pretrain_model")
+        ).named_parameters()
+    }
+    assert parameters and parameters <= set(after)
+    for name in parameters:  # an AdamW step moves a weight by about lr: 1e-12 here
+        assert torch.allclose(before[name], after[name], rtol=0, atol=1e-9), name
+    # ... while a fresh model of the same seed differs from the first stage (which trained 2 steps at 3e-3)
+    fresh = script.PersonSearchPretrainModel(
+        script.PersonSearchPretrainModel.config_class.from_pretrained(continued / "pretrain_model")
+    ).state_dict()
+    assert any(not torch.allclose(fresh[name], before[name], rtol=0, atol=1e-9) for name in parameters)
+    info = json.loads((continued / "person_search_model" / "training_info.json").read_text())
+    assert info["continued from"] == str(first / "pretrain_model")
