@@ -1,0 +1,192 @@
+"""benchmarks/bench_pretraining.py: the summary's numbers against hand computation (paired differences, gates,
+targets), the comparison withheld when a gate fails, the domain probe on separable and identical features, the
+half-budget evaluation, and the --quick smoke run through every stage (slow)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "bench_pretraining.py"
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_pretraining", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through the module's entry
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_bench()
+
+
+def fake_results(seeds, map_of, det_ap=0.6, zero_shot_det_ap=0.5, half_map=None) -> dict:
+    """Job results as the workers return them; ``map_of(condition, seed)`` gives each final mAP."""
+    results = {}
+    for seed in seeds:
+        for name in bench.CONDITIONS:
+            value = map_of(name, seed)
+            history = [{"step": 160, "mAP": value, "detection_ap": det_ap}]
+            if name == "scratch_100":
+                history.insert(0, {"step": 80, "mAP": value if half_map is None else half_map, "detection_ap": det_ap})
+            results[f"seed{seed}/finetune_{name}"] = {
+                "mAP": value,
+                "top1": value,
+                "det_ap": det_ap,
+                "reid_map": value,
+                "history": history,
+            }
+        probe = {
+            "detection": {"accuracy": 0.5, "chance": 0.5, "num_test": 4},
+            "reid": {"accuracy": 0.4, "chance": 1 / 3, "num_test": 6},
+        }
+        results[f"seed{seed}/probe"] = {
+            variant: {"zero_shot": {"mAP": 0.1, "det_ap": zero_shot_det_ap}, "probe": probe, "tsne": {}}
+            for variant in bench.VARIANTS
+        }
+    return results
+
+
+def args_for(seeds) -> argparse.Namespace:
+    return argparse.Namespace(seeds=seeds, quick=False)
+
+
+BASE = {"scratch_100": 0.30, "scratch_25": 0.20, "full_100": 0.37, "full_25": 0.31, "backbone_25": 0.25}
+
+
+def test_paired_differences_gates_and_targets_match_hand_computation():
+    # seed 1 is 0.1 better everywhere: paired differences do not see it
+    summary = bench.summarise(
+        args_for([0, 1]), fake_results([0, 1], lambda name, seed: BASE.get(name, 0.22) + 0.1 * seed)
+    )
+    assert summary["conditions"]["full_25"]["1"]["mAP"] == pytest.approx(0.41)
+    for seed in ("0", "1"):
+        assert summary["differences"]["full_100 - scratch_100"][seed] == pytest.approx(0.07)
+        assert summary["differences"]["full_25 - scratch_25"][seed] == pytest.approx(0.11)
+        assert summary["differences"]["backbone_25 - scratch_25"][seed] == pytest.approx(0.05)
+        assert summary["differences"]["no_iam_25 - scratch_25"][seed] == pytest.approx(0.02)
+    assert summary["gates_passed"] and all(gate["passed"] for gate in summary["gates"].values())
+    assert summary["gates"]["scratch_100_map_half_vs_full"]["value"] == 0.0
+    assert all(summary["targets"].values())
+    table = bench.format_table(summary)
+    assert "full_100 - scratch_100" in table and "+7.0 +- 0.0" in table
+    assert "30.0 +- 0.0" not in table.split("Synthetic PRW")[1].splitlines()[3]  # scratch_100: 30 and 40 -> 35 +- 7.1
+    assert "35.0 +- 7.1" in table
+
+
+def test_targets_fail_when_one_seed_gains_less_than_five_points():
+    def map_of(name, seed):
+        return BASE.get(name, 0.22) - (0.03 if name == "full_100" and seed == 1 else 0.0)
+
+    summary = bench.summarise(args_for([0, 1]), fake_results([0, 1], map_of))
+    assert summary["differences"]["full_100 - scratch_100"]["1"] == pytest.approx(0.04)
+    assert not summary["targets"]["full_100 - scratch_100 >= 0.05 mAP on every seed"]
+
+
+@pytest.mark.parametrize(
+    "overrides, failed",
+    [
+        ({"zero_shot_det_ap": 0.39}, "zero_shot_det_ap"),
+        ({"det_ap": 0.49}, "scratch_100_det_ap"),
+        ({"half_map": 0.30 * 0.79}, "scratch_100_map_half_vs_full"),  # 21% below the final 0.30
+    ],
+)
+def test_a_failed_gate_is_stored_and_withholds_the_comparison(overrides, failed):
+    summary = bench.summarise(args_for([0]), fake_results([0], lambda name, seed: BASE.get(name, 0.22), **overrides))
+    assert not summary["gates_passed"]
+    assert [name for name, gate in summary["gates"].items() if not gate["passed"]] == [failed]
+    table = bench.format_table(summary)
+    assert "FAILED" in table and "comparison below is not reported" in table
+    assert "Paired mAP differences" not in table
+
+
+def test_stability_gate_fails_without_a_final_map():
+    summary = bench.summarise(args_for([0]), fake_results([0], lambda name, seed: 0.0))
+    gate = summary["gates"]["scratch_100_map_half_vs_full"]
+    assert gate["value"] is None and not gate["passed"]
+    json.dumps(summary, allow_nan=False)  # strict JSON: no inf/nan anywhere
+    assert "n/a" in bench.format_table(summary)
+
+
+def test_domain_probe_separates_distinct_domains_and_not_identical_ones():
+    rng = np.random.default_rng(0)
+    names = (*bench.DETECTION_SOURCES, *bench.REID_SOURCES)
+    separated = {name: rng.normal(3.0 * index, 0.1, (40, 8)) for index, name in enumerate(names)}
+    probe = bench.domain_probe(separated, seed=0)
+    assert probe["detection"]["accuracy"] == 1.0 and probe["reid"]["accuracy"] == 1.0
+    assert probe["reid"]["chance"] == pytest.approx(1 / 3) and probe["reid"]["num_test"] == 60
+    same = {name: rng.normal(0.0, 1.0, (200, 8)) for name in names}
+    probe = bench.domain_probe(same, seed=0)
+    assert probe["detection"]["accuracy"] < 0.65 and probe["reid"]["accuracy"] < 0.5
+
+
+def test_half_budget_is_a_whole_number_of_epochs():
+    config = ROOT / "examples" / "configs" / "bench_finetune_cpu.yaml"
+    batch = yaml.safe_load(config.read_text())["training"]["batch_size"]
+    assert batch == 3
+    assert bench.half_budget_epochs(60, 160, config) == 4  # 20 steps per epoch, half of 160 = 80 = 4 epochs
+    with pytest.raises(SystemExit, match="whole number of epochs"):
+        bench.half_budget_epochs(60, 150, config)
+
+
+@pytest.mark.slow
+def test_quick_run_goes_through_every_stage(tmp_path):
+    output_dir = tmp_path / "bench"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--seeds", "3", "--output_dir", str(output_dir)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    summary = json.loads((output_dir / "summary.json").read_text())
+    assert set(summary["conditions"]) == set(bench.CONDITIONS)
+    seed_dir = output_dir / "seed3"
+    for name, condition in bench.CONDITIONS.items():
+        metrics = summary["conditions"][name]["3"]
+        assert set(metrics) == {"mAP", "top1", "det_ap", "reid_map"}
+        assert all(0.0 <= value <= 1.0 for value in metrics.values())
+        final = json.loads((seed_dir / f"finetune_{name}" / "results.json").read_text())["final"]
+        assert (metrics["mAP"], metrics["det_ap"]) == (final["mAP"], final["detection_ap"])
+        resolved = yaml.safe_load((seed_dir / f"finetune_{name}" / "resolved_config.yaml").read_text())
+        # paired: the same data, seed, recipe and budget; only the init and the fraction differ
+        assert resolved["training"]["seed"] == 3 and resolved["data"]["fraction_seed"] == 3
+        assert resolved["data"]["data_dir"] == str(seed_dir / "data" / "prw")
+        assert resolved["training"]["max_steps"] == bench.QUICK_STEPS["finetune"] and final["step"] == 4
+        assert resolved["data"]["train_fraction"] == condition.fraction
+        assert resolved["init"]["from"] == condition.init
+        if condition.variant:
+            assert resolved["init"]["path"] == str(seed_dir / f"pretrain_{condition.variant}" / "person_search_model")
+    assert set(summary["gates"]) == set(bench.GATES)
+    assert all(isinstance(gate["passed"], bool) for gate in summary["gates"].values())
+    assert not summary["gates_passed"]  # 4 steps learn nothing: the gates say so
+    for variant in bench.VARIANTS:
+        resolved = yaml.safe_load((seed_dir / f"pretrain_{variant}" / "resolved_config.yaml").read_text())
+        assert resolved["model_init"]["pretrained_model"] == str(seed_dir / "pretrain_stage1" / "pretrain_model")
+        assert resolved["training"]["seed"] == 3 and resolved["schedule"]["name"] == "cosine"
+        assert [s["data_dir"] for s in resolved["data"]["sources"]] == [
+            str(seed_dir / "data" / n) for n in bench.SOURCES
+        ]
+        assert 0.0 <= summary["probe"][variant]["3"]["detection"]["accuracy"] <= 1.0
+    no_iam = yaml.safe_load((seed_dir / "pretrain_no_iam" / "resolved_config.yaml").read_text())
+    assert no_iam["model"]["use_detection_iam"] is False and no_iam["model"]["use_reid_iam"] is False
+    paste = yaml.safe_load((seed_dir / "pretrain_random_paste" / "resolved_config.yaml").read_text())
+    assert paste["data"]["reid_operation"] == "random_paste"
+    for picture in ("pretraining_gain.png", "domain_tsne.png"):
+        assert (output_dir / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Validity gates:" in completed.stdout and "not reported" in completed.stdout
+    assert (output_dir / "table.txt").read_text().strip() in completed.stdout
