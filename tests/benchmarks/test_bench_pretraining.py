@@ -58,8 +58,8 @@ def fake_results(seeds, map_of, det_ap=0.6, zero_shot_det_ap=0.5, half_map=None)
     return results
 
 
-def args_for(seeds) -> argparse.Namespace:
-    return argparse.Namespace(seeds=seeds, quick=False)
+def args_for(seeds, conditions=None) -> argparse.Namespace:
+    return argparse.Namespace(seeds=seeds, quick=False, conditions=conditions or list(bench.CONDITIONS))
 
 
 BASE = {"scratch_100": 0.30, "scratch_25": 0.20, "full_100": 0.37, "full_25": 0.31, "backbone_25": 0.25}
@@ -129,6 +129,32 @@ def test_domain_probe_separates_distinct_domains_and_not_identical_ones():
     same = {name: rng.normal(0.0, 1.0, (200, 8)) for name in names}
     probe = bench.domain_probe(same, seed=0)
     assert probe["detection"]["accuracy"] < 0.65 and probe["reid"]["accuracy"] < 0.5
+
+
+def test_a_subset_of_conditions_pretrains_only_what_it_needs(tmp_path):
+    args = bench.parse_args(
+        ["--output_dir", str(tmp_path), "--seeds", "0", "1", "--conditions", "scratch_25", "no_iam_25"]
+    )
+    assert args.conditions == ["scratch_100", "scratch_25", "no_iam_25"]  # the gates need scratch_100
+    jobs = bench.build_plan(args, tmp_path)
+    names = {job.name for job in jobs if job.name.startswith("seed1/")}
+    assert names == {
+        "seed1/data",
+        "seed1/pretrain_stage1",
+        "seed1/pretrain_full",  # the zero-shot gate's model
+        "seed1/pretrain_no_iam",
+        "seed1/probe",
+        "seed1/finetune_scratch_100",
+        "seed1/finetune_scratch_25",
+        "seed1/finetune_no_iam_25",
+    }
+    finetune = next(job for job in jobs if job.name == "seed1/finetune_no_iam_25")
+    assert finetune.needs == ["seed1/data", "seed1/pretrain_no_iam"]
+    assert f"init.path={tmp_path / 'seed1' / 'pretrain_no_iam' / 'person_search_model'}" in finetune.arguments[0]
+    summary = bench.summarise(args, fake_results([0, 1], lambda name, seed: BASE.get(name, 0.22)))
+    assert set(summary["conditions"]) == set(args.conditions)
+    assert list(summary["differences"]) == ["no_iam_25 - scratch_25"] and summary["targets"] == {}
+    assert set(summary["probe"]) == {"full", "no_iam"}
 
 
 def test_half_budget_is_a_whole_number_of_epochs():
