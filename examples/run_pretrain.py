@@ -26,6 +26,8 @@ import json
 import logging
 import sys
 
+import torch
+
 from hf_personsearch.data.augmentation import TwoViewAugmentation
 from hf_personsearch.data.collate import HybridPretrainDataset, collate_pretrain
 from hf_personsearch.data.identity import IdentitySpace
