@@ -1,7 +1,8 @@
 """The README demo: does hybrid pre-training help person search? A short, paired run of the pre-training
 benchmark (``benchmarks/bench_pretraining.py``) on synthetic data and a CPU.
 
-    python examples/demo.py                  # one seed, 4 fine-tunings (see DEMO_CONDITIONS), two worker processes
+    python examples/demo.py                  # one seed, 4 fine-tunings (see DEMO_CONDITIONS), two worker processes;
+                                             # ~20 min on 2 shared cores at load 6-10 (from the benchmark's job times)
     python examples/demo.py --quick          # a smoke run: tiny data, a few steps per stage
     python examples/demo.py --seeds 0 1 2    # three paired seeds: mean +- std and the difference per seed
 
