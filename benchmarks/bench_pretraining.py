@@ -353,6 +353,10 @@ def tsne_points(features: dict[str, np.ndarray], seed: int) -> dict[str, list]:
 # ---------------------------------------------------------------------------------------------- the plan
 
 
+STAGE_ORDER = ("/data", "/pretrain_stage1", "/pretrain_", "/probe", "/finetune_")
+"""Start priority of the jobs by stage (see :func:`build_plan`)."""
+
+
 @dataclass
 class Job:
     name: str
@@ -368,8 +372,7 @@ def pretrain_variants(conditions: list[str]) -> list[str]:
 
 
 def build_plan(args: argparse.Namespace, output_dir: Path) -> list[Job]:
-    """Every job of every seed, in the order they are started when ready: the pre-training chain first (the
-    longest path), the fine-tunings after."""
+    """Every job of every seed, in the order they are started when ready (:data:`STAGE_ORDER`)."""
     from hf_personsearch.data.synthetic.benchmark import BENCHMARK_SIZES
 
     sizes = QUICK_SIZES if args.quick else BENCHMARK_SIZES
@@ -443,7 +446,9 @@ def build_plan(args: argparse.Namespace, output_dir: Path) -> list[Job]:
                     needs,
                 )
             )
-    return jobs
+    # When more jobs are ready than workers, the longest chains go first: every seed's pre-training before any
+    # fine-tuning (stable sort: within a stage, seed order and pre-trained fine-tunings before scratch ones).
+    return sorted(jobs, key=lambda job: next(i for i, stage in enumerate(STAGE_ORDER) if stage in job.name))
 
 
 def source_weights(pretrain_config: Path) -> list:

@@ -148,6 +148,9 @@ def test_a_subset_of_conditions_pretrains_only_what_it_needs(tmp_path):
         "seed1/finetune_scratch_25",
         "seed1/finetune_no_iam_25",
     }
+    order = [job.name for job in jobs]  # every seed's pre-training starts before any fine-tuning
+    assert order[:4] == ["seed0/data", "seed1/data", "seed0/pretrain_stage1", "seed1/pretrain_stage1"]
+    assert max(order.index(name) for name in order if "pretrain" in name) < order.index("seed0/finetune_no_iam_25")
     finetune = next(job for job in jobs if job.name == "seed1/finetune_no_iam_25")
     assert finetune.needs == ["seed1/data", "seed1/pretrain_no_iam"]
     assert f"init.path={tmp_path / 'seed1' / 'pretrain_no_iam' / 'person_search_model'}" in finetune.arguments[0]
