@@ -25,6 +25,20 @@ from pathlib import Path
 
 import yaml
 
+NAE_OPTIMIZER: dict = {
+    # SGD with momentum 0.9 and weight decay 5e-4 is what NAE/SeqNet (the paper's codebases) use, for
+    # pre-training and fine-tuning alike; lr 0.003 is their value for batch size 5 (scale it linearly with the
+    # total batch size).
+    "name": "sgd",
+    "lr": 0.003,
+    "momentum": 0.9,
+    "weight_decay": 0.0005,
+    # AdamW only: the usual transformer values.
+    "betas": [0.9, 0.999],
+    "eps": 1.0e-8,
+}
+"""The optimiser section of both defaults below."""
+
 PRETRAIN_DEFAULTS: dict = {
     "data": {
         # Each source: {name, data_dir (None -> synthetic when no source has one), split, weight, options}.
@@ -65,17 +79,7 @@ PRETRAIN_DEFAULTS: dict = {
     # model lacks are dropped, those it adds start from their initialisation; the optimiser starts afresh.
     # The pre-training benchmark runs one shared first stage and continues it once per ablation this way.
     "model_init": {"backbone_weights": None, "pretrained_model": None},
-    "optimizer": {
-        # SGD with momentum 0.9 and weight decay 5e-4 is what NAE/SeqNet (the paper's codebases) use;
-        # lr 0.003 is their value for batch size 5 (scale it linearly with the total batch size).
-        "name": "sgd",
-        "lr": 0.003,
-        "momentum": 0.9,
-        "weight_decay": 0.0005,
-        # AdamW only: the usual transformer values.
-        "betas": [0.9, 0.999],
-        "eps": 1.0e-8,
-    },
+    "optimizer": copy.deepcopy(NAE_OPTIMIZER),
     "schedule": {
         # Linear warm-up from warmup_factor * lr over warmup_steps (SeqNet warms up over the first epoch
         # from 1/1000), then "step" (x gamma at each milestone, fractions of max_steps when < 1) or "cosine".
@@ -142,16 +146,7 @@ FINETUNE_DEFAULTS: dict = {
     "init": {"from": "scratch", "path": None},
     # PersonSearchConfig arguments (num_person_ids is always the training split's identity count).
     "model": {},
-    "optimizer": {
-        # NAE/SeqNet: SGD lr 0.003 (batch 5), momentum 0.9, weight decay 5e-4.
-        "name": "sgd",
-        "lr": 0.003,
-        "momentum": 0.9,
-        "weight_decay": 0.0005,
-        # AdamW only: the usual transformer values.
-        "betas": [0.9, 0.999],
-        "eps": 1.0e-8,
-    },
+    "optimizer": copy.deepcopy(NAE_OPTIMIZER),
     "schedule": {
         # SeqNet: linear warm-up over the first epoch (warmup_steps None = one epoch) from 1/1000, then x0.1
         # at epoch 16 of 20 (milestone 0.8 of the run).
