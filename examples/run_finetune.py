@@ -65,7 +65,7 @@ from hf_personsearch.data.search_dataset import (
 from hf_personsearch.data.synthetic import is_synthetic
 from hf_personsearch.evaluation.model_inference import evaluate_on_target, resolve_gallery_size
 from hf_personsearch.hub import is_timm_tag, load_backbone_weights
-from hf_personsearch.training.checkpoints import CheckpointError, resolve_resume_path
+from hf_personsearch.training.checkpoints import prepare_run
 from hf_personsearch.training.config import (
     FINETUNE_DEFAULTS,
     INIT_CHOICES,
@@ -227,16 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run fine-tuning, save the model, evaluate it; the exit status (2: configuration error)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = parse_args(argv)
-    try:
-        config = config_from_args(args, FINETUNE_DEFAULTS)
-        check_config(config)
-        output_dir = Path(config["training"]["output_dir"])
-        resume_path = None
-        if args.resume_from_checkpoint:
-            resume_path = resolve_resume_path(args.resume_from_checkpoint, output_dir)
-    except (ConfigError, CheckpointError) as error:
-        print(f"run_finetune: configuration error: {error}", file=sys.stderr)
+    prepared = prepare_run(
+        "run_finetune", lambda: config_from_args(args, FINETUNE_DEFAULTS), check_config, args.resume_from_checkpoint
+    )
+    if prepared is None:
         return 2
+    config, output_dir, resume_path = prepared
     data, training = config["data"], config["training"]
 
     accelerator = build_accelerator(training, output_dir)

@@ -35,12 +35,10 @@ from hf_personsearch.data.sampler import HybridSampler
 from hf_personsearch.data.synthetic import is_synthetic
 from hf_personsearch.hub import load_backbone_weights
 from hf_personsearch.modeling_person_search_pretrain import PersonSearchPretrainModel
-from hf_personsearch.training.checkpoints import CheckpointError, resolve_resume_path
+from hf_personsearch.training.checkpoints import prepare_run
 from hf_personsearch.training.config import (
     PRETRAIN_DEFAULTS,
-    ConfigError,
     build_argument_parser,
-    check_output_dir,
     config_from_args,
     save_resolved_config,
 )
@@ -86,16 +84,12 @@ def resolve_config(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = parse_args(argv)
-    try:
-        config = resolve_config(args)
-        validate_pretrain_config(config)
-        output_dir = check_output_dir(config["training"]["output_dir"])
-        resume_path = None
-        if args.resume_from_checkpoint:
-            resume_path = resolve_resume_path(args.resume_from_checkpoint, output_dir)
-    except (ConfigError, CheckpointError) as error:
-        print(f"run_pretrain: configuration error: {error}", file=sys.stderr)
+    prepared = prepare_run(
+        "run_pretrain", lambda: resolve_config(args), validate_pretrain_config, args.resume_from_checkpoint
+    )
+    if prepared is None:
         return 2
+    config, output_dir, resume_path = prepared
     training = config["training"]
 
     from accelerate.utils import set_seed

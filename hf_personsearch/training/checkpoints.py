@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from .config import ConfigError, check_output_dir
 from .loop import gather_objects
 
 logger = logging.getLogger(__name__)
@@ -300,3 +301,20 @@ def load_checkpoint(accelerator, folder: str | Path) -> dict:
     accelerator.load_state(str(folder))
     check_rng_restored(folder, accelerator.process_index)
     return state
+
+
+def prepare_run(script: str, build_config, validate, resume_from: str | None) -> tuple[dict, Path, Path | None] | None:
+    """The checks a training script runs before any compute: ``config = build_config()``, ``validate(config)``,
+    a writable ``training.output_dir`` and the checkpoint to resume from. Returns ``(config, output_dir,
+    resume_path)``, or None after printing the one-line configuration error (the script then exits 2)."""
+    import sys
+
+    try:
+        config = build_config()
+        validate(config)
+        output_dir = check_output_dir(config["training"]["output_dir"])
+        resume_path = resolve_resume_path(resume_from, output_dir) if resume_from else None
+    except (ConfigError, CheckpointError) as error:
+        print(f"{script}: configuration error: {error}", file=sys.stderr)
+        return None
+    return config, output_dir, resume_path
