@@ -56,6 +56,7 @@ class SplitBackbone(nn.Module):
             (classifier removed).
         encoder_channels / head_channels: channels of the two outputs.
         encoder_stride: the encoder's total stride (RoIAlign's spatial scale is its inverse).
+        box_head_stride: the box head's own stride (2 for ResNet's layer4: 14x14 RoIs -> 7x7 maps).
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class SplitBackbone(nn.Module):
         self.encoder_channels = stages[-1 - box_head_stages][1]
         self.encoder_stride = stages[-1 - box_head_stages][2]
         self.head_channels = stages[-1][1]
+        self.box_head_stride = stages[-1][2] // self.encoder_stride
         if freeze_stem:
             for stem_name in self._stem_names:
                 self._modules_by_name[stem_name].requires_grad_(False)

@@ -21,7 +21,7 @@ from transformers.utils import ModelOutput
 
 from .backbone import SplitBackbone
 from .configuration_person_search import PersonSearchConfig
-from .norm_aware_embedding import BoxRegressor, NormAwareEmbedding
+from .norm_aware_embedding import BoxRegressor, LinearPersonClassifier, NormAwareEmbedding
 from .norm_aware_roi_head import FEATURE_NAME, NormAwareRoIHead, new_oim
 from .oim import OIMLoss
 from .region_proposal import IgnoreRegionRPN, checked_ignore_regions
@@ -73,7 +73,7 @@ class PersonSearchPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         # Only the heads are (re-)initialised: the timm/torchvision backbone keeps its own init or its
         # loaded weights, and generic Linear/Conv modules are left to their owners below.
-        if isinstance(module, (NormAwareEmbedding, BoxRegressor)):
+        if isinstance(module, (NormAwareEmbedding, BoxRegressor, LinearPersonClassifier)):
             module.reset_parameters()
         elif isinstance(module, RPNHead):
             for layer in module.modules():
@@ -137,7 +137,11 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
             nms_thresh=config.rpn_nms_thresh,
         )
         self.search_head = NormAwareRoIHead(
-            self.config, self.backbone.box_head, self.backbone.encoder_channels, self.backbone.head_channels
+            self.config,
+            self.backbone.box_head,
+            self.backbone.encoder_channels,
+            self.backbone.head_channels,
+            self.backbone.box_head_stride,
         )
         self.post_init()
 

@@ -1,8 +1,9 @@
 """NormAwareRoIHead: NAE's second stage as one module, the "search head" of PersonSearchModel.
 
 RoIAlign (on the encoder map) -> box head (the backbone's last stage) -> norm-aware embedding (detection
-logit from its norm, re-ID feature from its direction) + box regressor -> training losses (detection
-BCE and smooth-L1, OIM on the proposals matched to persons) or inference detections.
+logit from its norm, re-ID feature from its direction; or, with ``detection_score="linear"``, the logit of
+a linear classifier on the box head map) + box regressor -> training losses (detection BCE and smooth-L1,
+OIM on the proposals matched to persons) or inference detections.
 
 It is the seam between a person search model's first stage and whatever consumes its person features.
 The contract another head family (e.g. an anchor-free AlignPS head) implements to plug into
@@ -35,7 +36,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from .configuration_person_search import PersonSearchConfig
 from .detection_head import detection_losses, postprocess_detections, sample_proposals
-from .norm_aware_embedding import BoxRegressor, NormAwareEmbedding
+from .norm_aware_embedding import BoxRegressor, LinearPersonClassifier, NormAwareEmbedding
 from .oim import OIMLoss
 
 FEATURE_NAME = "encoder"
@@ -84,6 +85,8 @@ class NormAwareRoIHead(nn.Module):
             backbone's last stage and stays owned (registered) by the backbone, so its weights keep their
             timm names; the head only calls it.
         encoder_channels / head_channels: C and C5.
+        box_head_stride: the box head's stride, which sets the size of its maps (ceil(s / stride)), the input of
+            the linear detection score (``config.detection_score="linear"``).
     """
 
     def __init__(
@@ -92,12 +95,18 @@ class NormAwareRoIHead(nn.Module):
         box_head: Callable[[torch.Tensor], torch.Tensor],
         encoder_channels: int,
         head_channels: int,
+        box_head_stride: int,
     ):
         super().__init__()
         self.config = config
         self.box_head = box_head
         self.roi_align = MultiScaleRoIAlign([FEATURE_NAME], config.roi_output_size, config.roi_sampling_ratio)
-        self.embedding_head = NormAwareEmbedding((encoder_channels, head_channels), config.embedding_dim)
+        norm_score = config.detection_score == "norm"
+        self.embedding_head = NormAwareEmbedding(
+            (encoder_channels, head_channels), config.embedding_dim, norm_score=norm_score
+        )
+        head_size = -(-config.roi_output_size // box_head_stride)
+        self.person_classifier = None if norm_score else LinearPersonClassifier(head_channels * head_size**2)
         self.box_regressor = BoxRegressor(head_channels)
         self.oim = new_oim(config)
         self.box_coder = BoxCoder(tuple(config.bbox_reg_weights))
@@ -136,6 +145,8 @@ class NormAwareRoIHead(nn.Module):
             proposals = sampled.boxes
         roi_features, head_features = self._head_maps(encoder_features, proposals, image_sizes)
         embeddings, logits, raw = self.embedding_head(roi_features, head_features)
+        if self.person_classifier is not None:
+            logits = self.person_classifier(head_features)
         box_deltas = self.box_regressor(head_features)
         output = SearchHeadOutput(
             roi_features=roi_features,
