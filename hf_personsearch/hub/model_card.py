@@ -154,6 +154,11 @@ def _architecture(config) -> dict[str, str]:
     config = getattr(config, "person_search", config)  # a pre-training config holds the model's config
     return {
         "architecture": "NAE (Faster R-CNN + norm-aware embedding), OIM re-ID loss",
+        "detection score": (
+            "the embedding's norm (NAE)"
+            if config.detection_score == "norm"
+            else "a linear classifier on the box head map (Faster R-CNN's; a departure from NAE)"
+        ),
         "backbone": f"{config.backbone} ({config.backbone_library})",
         "embedding dimension": str(config.embedding_dim),
         "identities in the OIM table": str(config.num_person_ids),

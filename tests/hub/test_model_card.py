@@ -194,3 +194,12 @@ def test_pretrained_card_advertises_only_exports_that_work_for_its_backbone():
     assert "--format torchvision" in resnet and "torchvision.models.resnet18(); backbone.fc" in resnet
     v1 = PersonSearchConfig(backbone="shufflenet_v1_g3_x1_0", backbone_library="builtin", num_person_ids=4)
     assert "export-backbone" not in render_model_card(v1, kind="pretrained", repo_id="org/v1").text
+
+
+@pytest.mark.parametrize(
+    ("detection_score", "said"),
+    [("norm", "the embedding's norm (NAE)"), ("linear", "a linear classifier on the box head map")],
+)
+def test_card_says_which_detection_score_the_model_uses(detection_score, said):
+    card = render_model_card(tiny_config(detection_score=detection_score), kind="finetuned", repo_id="org/tiny")
+    assert f"- **detection score**: {said}" in str(card)

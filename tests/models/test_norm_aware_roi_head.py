@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tiny_models import scene_batch, tiny_config
 
 from hf_personsearch import PersonSearchModel
+from hf_personsearch.norm_aware_embedding import LinearPersonClassifier
 from hf_personsearch.norm_aware_roi_head import NormAwareRoIHead
 
 # Produced by the pre-refactor PersonSearchModel (embedding_head / box_regressor / oim / roi_align as model
@@ -144,3 +146,56 @@ def test_box_features_do_not_depend_on_the_other_boxes_and_leave_the_statistics_
     # the query path (eval mode) computes the same features
     query = model.embed_boxes(pixel_batch["pixel_values"], [t["boxes"] for t in labels], pixel_batch["image_sizes"])
     torch.testing.assert_close(torch.cat(query), crowded.embeddings.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_linear_detection_score_is_the_person_classifier_and_nothing_else(batch):
+    """detection_score="linear": the RoI logit is the linear classifier's (weights 0, bias b: every RoI gets
+    sigmoid(b) at inference and a BCE of softplus(-b) on all-person samples), NAE's rescaler is gone."""
+    pixel_batch, labels = batch
+    torch.manual_seed(0)
+    model = PersonSearchModel(tiny_config(detection_score="linear"))
+    head = model.search_head
+    assert head.embedding_head.rescaler is None
+    assert not any("rescaler" in key for key in model.state_dict())
+    # test_resnet's layer4 (96 channels) halves the 8x8 RoIs: 96 x 4 x 4 flattened features
+    assert head.person_classifier.linear.in_features == model.backbone.head_channels * 4 * 4
+    encoder_features, sizes = _head_inputs(model, pixel_batch)
+    proposals = [target["boxes"] for target in labels]  # all sampled RoIs are persons (see the contract test)
+    torch.nn.init.zeros_(head.person_classifier.linear.weight)
+    for bias in (3.0, -2.0):
+        torch.nn.init.constant_(head.person_classifier.linear.bias, bias)
+        head.train()
+        losses = head(encoder_features, proposals, sizes, labels).losses
+        assert losses["det_classification"].item() == pytest.approx(F.softplus(torch.tensor(-bias)).item(), rel=1e-6)
+        head.eval()
+        with torch.no_grad():
+            detections = head(encoder_features, proposals, sizes).detections
+        scores = torch.cat([image["scores"] for image in detections])
+        assert len(scores) > 0
+        torch.testing.assert_close(scores, torch.full_like(scores, torch.sigmoid(torch.tensor(bias)).item()))
+
+
+def test_linear_detection_score_trains_every_parameter_and_saves_exactly(batch, tmp_path):
+    pixel_batch, labels = batch
+    torch.manual_seed(0)
+    model = PersonSearchModel(tiny_config(detection_score="linear")).train()
+    model(pixel_batch["pixel_values"], pixel_batch["image_sizes"], labels=labels).loss.backward()
+    # no parameter without gradient: DistributedDataParallel would reject the step
+    assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    model.save_pretrained(tmp_path)
+    loaded = PersonSearchModel.from_pretrained(tmp_path)
+    assert loaded.config.detection_score == "linear"
+    assert model.state_dict().keys() == loaded.state_dict().keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+
+
+def test_linear_classifier_rejects_box_head_maps_of_another_size():
+    classifier = LinearPersonClassifier(96 * 4 * 4)
+    with pytest.raises(ValueError, match=r"\(96, 7, 7\).*expected 1536"):
+        classifier(torch.zeros(2, 96, 7, 7))
+
+
+def test_unknown_detection_score_is_rejected_by_name():
+    with pytest.raises(ValueError, match="detection_score must be 'norm' \\(NAE\\) or 'linear', got 'cosine'"):
+        tiny_config(detection_score="cosine")

@@ -250,3 +250,14 @@ def test_both_views_ignore_regions_reach_the_detector(monkeypatch):
     for view_regions, region in zip(seen, (region_1, region_2)):
         torch.testing.assert_close(view_regions[0], region)
         assert [regions.shape for regions in view_regions[1:]] == [(0, 4)] * 3
+
+
+def test_linear_detection_score_pretrains_every_parameter():
+    """The CPU benchmark pre-trains with detection_score="linear": every parameter of the full loss gets a
+    gradient (no leftover NAE rescaler that DistributedDataParallel would reject), and the score reaches the
+    exported person search model."""
+    model = build(person_search=tiny_person_search_config(detection_score="linear"), **ALL_ON)
+    _run(model).loss.backward()
+    assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert model.person_search.search_head.person_classifier is not None
+    assert model.config.person_search.detection_score == "linear"
