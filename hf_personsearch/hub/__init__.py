@@ -6,7 +6,9 @@ from .export import (
     export_backbone,
     is_timm_tag,
     load_backbone_weights,
+    load_checkpoint_backbone,
     read_state_dict,
+    summarise_keys,
 )
 from .model_card import eval_results_to_model_index, model_index_metrics, refresh_model_card, render_model_card
 
@@ -17,8 +19,10 @@ __all__ = [
     "export_backbone",
     "is_timm_tag",
     "load_backbone_weights",
+    "load_checkpoint_backbone",
     "model_index_metrics",
     "read_state_dict",
     "refresh_model_card",
     "render_model_card",
+    "summarise_keys",
 ]

@@ -52,8 +52,8 @@ class BackboneLoadReport:
 
 
 def _split_backbone(model) -> nn.Module:
-    """The :class:`SplitBackbone` of a PersonSearchModel, of an object holding one as ``.person_search``
-    (the pre-training model), or the backbone itself."""
+    """The backbone (``.body`` = the library network) of a PersonSearchModel or AlignPSModel, of an object
+    holding one as ``.person_search`` (the pre-training model), or the backbone itself."""
     if hasattr(model, "person_search"):
         model = model.person_search
     backbone = getattr(model, "backbone", model)
@@ -336,6 +336,11 @@ def load_backbone_weights(model, source: str | Path) -> BackboneLoadReport:
         )
     else:
         state, provenance = read_state_dict(source), Path(source).name
+    return _load_into_backbone(model, backbone, state, source, provenance)
+
+
+def _load_into_backbone(model, backbone: nn.Module, state: dict, source, provenance: str) -> BackboneLoadReport:
+    """Load ``state`` (the body's key names) strictly into ``backbone.body``; see :func:`load_backbone_weights`."""
     first_keys = list(state)[:3]
     own = backbone.body.state_dict()
     body_modules = {name for name, _ in backbone.body.named_children()}
@@ -364,3 +369,63 @@ def load_backbone_weights(model, source: str | Path) -> BackboneLoadReport:
     backbone.body.load_state_dict(state, strict=True)
     _record_provenance(model, provenance)
     return BackboneLoadReport(source=str(source), loaded_keys=loaded, ignored_keys=sorted(ignored))
+
+
+CHECKPOINT_BACKBONE_PREFIXES = ("backbone.body.", "person_search.backbone.body.")
+"""Where the backbone's weights sit in a saved person search model (PersonSearchModel, AlignPSModel) and in a
+pre-training checkpoint (PersonSearchPretrainModel holds the person search model as ``person_search``)."""
+
+
+def _checkpoint_backbone_name(config: dict) -> str | None:
+    return config.get("person_search", config).get("backbone")
+
+
+def load_checkpoint_backbone(model, checkpoint: str | Path) -> BackboneLoadReport:
+    """Initialise the model's backbone from the backbone of a saved person search model or pre-training checkpoint
+    (a folder or Hub id holding ``config.json`` + ``model.safetensors``): the part every downstream family shares
+    with the pre-trained model, e.g. an AlignPS model started from our pre-trained NAE checkpoint.
+
+    The report's ``loaded_keys`` are the backbone tensors taken (body key names); its ``ignored_keys`` are every
+    other tensor of the checkpoint, left behind (RPN, detection and re-ID heads, OIM tables, SimSiam predictor,
+    alignment modules). The checkpoint's backbone architecture must be the model's.
+    """
+    import json
+
+    from safetensors.torch import load_file
+    from transformers.utils import cached_file
+
+    backbone = _split_backbone(model)
+    try:
+        config_file = cached_file(str(checkpoint), "config.json")
+        weights_file = cached_file(str(checkpoint), "model.safetensors")
+    except OSError as error:
+        raise OSError(
+            f"{checkpoint}: not a saved person search model (a folder or Hub id with config.json and "
+            f"model.safetensors): {error}"
+        ) from error
+    saved_config = json.loads(Path(config_file).read_text())
+    saved_name, own_name = _checkpoint_backbone_name(saved_config), getattr(_backbone_config(model), "backbone", None)
+    if saved_name is None:
+        raise ValueError(f"{checkpoint}: config.json names no backbone (model_type {saved_config.get('model_type')!r})")
+    if own_name is not None and saved_name != own_name:
+        raise ValueError(f"{checkpoint}: its backbone is {saved_name!r}, the model's is {own_name!r}")
+    everything = load_file(weights_file)
+    prefix = next((p for p in CHECKPOINT_BACKBONE_PREFIXES if any(key.startswith(p) for key in everything)), None)
+    if prefix is None:
+        raise ValueError(
+            f"{checkpoint}: no backbone weights (no key starts with {' or '.join(CHECKPOINT_BACKBONE_PREFIXES)}); "
+            f"first keys {list(everything)[:3]}"
+        )
+    state = {key[len(prefix) :]: value for key, value in everything.items() if key.startswith(prefix)}
+    report = _load_into_backbone(model, backbone, state, checkpoint, f"{Path(str(checkpoint)).name} (backbone)")
+    left = sorted(key for key in everything if not key.startswith(prefix))
+    return BackboneLoadReport(source=str(checkpoint), loaded_keys=report.loaded_keys, ignored_keys=left)
+
+
+def summarise_keys(keys: list[str], depth: int = 1) -> dict[str, int]:
+    """Tensor count per leading module path (``depth`` dotted parts): a readable "what was left" of a load."""
+    counts: dict[str, int] = {}
+    for key in keys:
+        head = ".".join(key.split(".")[:depth])
+        counts[head] = counts.get(head, 0) + 1
+    return counts
