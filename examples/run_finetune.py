@@ -5,13 +5,18 @@ Usage (one process, GPU or CPU; multi-GPU with ``accelerate launch``)::
     accelerate launch examples/run_finetune.py --config examples/configs/finetune_prw.yaml \\
         data.data_dir=/data/PRW-v16.04.20 init.from=pretrained init.path=org/prtps-r50
 
-The initialisations of the paper's Fig. 5 (``init.from``):
+``model.type`` picks the downstream model family: ``person_search`` (NAE, :class:`PersonSearchModel`, the
+default) or ``align_ps`` (AlignPS, :class:`AlignPSModel`; ROI-AlignPS with ``model.use_roi_head: true``); the other
+``model`` keys are that family's config arguments. The initialisations of the paper's Fig. 5 (``init.from``):
 
 * ``scratch``: random weights everywhere;
 * ``imagenet``: ImageNet backbone weights (``init.path``: a timm tag such as ``resnet50.tv_in1k``, fetched by
   timm, or a timm/torchvision weights file), heads random;
 * ``pretrained_backbone``: the backbone of a pre-trained checkpoint (folder or hub id), heads re-initialised;
-* ``pretrained``: the whole pre-trained model (backbone + RPN + detection and re-ID heads).
+  for AlignPS the backbone of any saved person search model or pre-training checkpoint (the only part the two
+  families share; the log lists what was taken and what was left);
+* ``pretrained``: the whole pre-trained model (backbone + RPN + detection and re-ID heads); for AlignPS a saved
+  AlignPS model.
 
 ``data.train_fraction`` trains on a random fraction of the training images (Fig. 5's 10%..100%). With no
 ``data.data_dir`` the synthetic generator writes the dataset's raw format under ``<output_dir>/data`` first,
@@ -50,8 +55,15 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
+from transformers import AutoConfig
 
-from hf_personsearch import PersonSearchConfig, PersonSearchImageProcessor, PersonSearchModel
+from hf_personsearch import (
+    AlignPSConfig,
+    AlignPSModel,
+    PersonSearchConfig,
+    PersonSearchImageProcessor,
+    PersonSearchModel,
+)
 from hf_personsearch.data.augmentation import SingleViewAugmentation
 from hf_personsearch.data.collate import collate_search
 from hf_personsearch.data.sampler import HybridSampler
@@ -64,11 +76,12 @@ from hf_personsearch.data.search_dataset import (
 )
 from hf_personsearch.data.synthetic import is_synthetic
 from hf_personsearch.evaluation.model_inference import evaluate_on_target, resolve_gallery_size
-from hf_personsearch.hub import is_timm_tag, load_backbone_weights
+from hf_personsearch.hub import is_timm_tag, load_backbone_weights, load_checkpoint_backbone, summarise_keys
 from hf_personsearch.training.checkpoints import prepare_run
 from hf_personsearch.training.config import (
     FINETUNE_DEFAULTS,
     INIT_CHOICES,
+    MODEL_TYPES,
     ConfigError,
     build_argument_parser,
     check_output_dir,
@@ -105,6 +118,9 @@ def check_config(config: dict) -> None:
         raise ConfigError(f"data/evaluation: {error}") from error
     if data["data_dir"] is not None and not Path(data["data_dir"]).is_dir():
         raise ConfigError(f"data.data_dir {data['data_dir']!r} is not a folder (the raw {data['dataset']} dataset)")
+    model_type = config["model"].get("type", MODEL_TYPES[0])
+    if model_type not in MODEL_TYPES:
+        raise ConfigError(f"model.type must be one of {MODEL_TYPES}, got {model_type!r}")
     if init["from"] not in INIT_CHOICES:
         raise ConfigError(f"init.from must be one of {INIT_CHOICES}, got {init['from']!r}")
     if init["from"] != "scratch":
@@ -121,6 +137,13 @@ def check_config(config: dict) -> None:
         looks_local = path.is_absolute() or init["path"].startswith(".") or path.exists()
         if init["from"] != "imagenet" and looks_local and not (path / "config.json").is_file():
             raise ConfigError(f"init.path {init['path']!r} is not a saved model folder (no config.json there)")
+        if init["from"] == "pretrained" and looks_local:
+            saved_type = json.loads((path / "config.json").read_text()).get("model_type")
+            if model_type == AlignPSConfig.model_type and saved_type != AlignPSConfig.model_type:
+                raise ConfigError(
+                    f"init.from=pretrained with model.type=align_ps needs a saved AlignPS model; {init['path']!r} is a "
+                    f"{saved_type!r} model, which shares only its backbone with AlignPS: use init.from=pretrained_backbone"
+                )
     if not isinstance(training["num_epochs"], int) or training["num_epochs"] < 1:
         raise ConfigError(f"training.num_epochs must be a positive integer, got {training['num_epochs']!r}")
     check_training_section(config)
@@ -144,9 +167,12 @@ def prepare_data_dir(config: dict) -> str:
     return str(folder)
 
 
-def build_model(config: dict, num_identities: int) -> PersonSearchModel:
-    """The model of ``init.from`` with an OIM table of ``num_identities`` rows (paper Fig. 5 initialisations)."""
+def build_model(config: dict, num_identities: int) -> PersonSearchModel | AlignPSModel:
+    """The model of ``model.type`` and ``init.from`` with an OIM table of ``num_identities`` rows (paper Fig. 5
+    initialisations)."""
     init, overrides = config["init"], dict(config["model"])
+    if overrides.pop("type", MODEL_TYPES[0]) == AlignPSConfig.model_type:
+        return build_align_ps(init, overrides, num_identities)
     if init["from"] in ("scratch", "imagenet"):
         model = PersonSearchModel(PersonSearchConfig(num_person_ids=num_identities, **overrides))
         if init["from"] == "imagenet":
@@ -167,6 +193,36 @@ def build_model(config: dict, num_identities: int) -> PersonSearchModel:
         dtype=torch.float32,
         **overrides,
     )
+
+
+def build_align_ps(init: dict, overrides: dict, num_identities: int) -> AlignPSModel:
+    """AlignPS / ROI-AlignPS from ``init.from``: random, an ImageNet backbone, the backbone of a saved person search
+    model or pre-training checkpoint (the part the families share), or a whole saved AlignPS model."""
+    if init["from"] == "pretrained":
+        saved_type = AutoConfig.from_pretrained(init["path"]).model_type
+        if saved_type != AlignPSConfig.model_type:
+            raise ValueError(
+                f"init.path {init['path']!r} is a {saved_type!r} model, not AlignPS: the families share only the "
+                "backbone, use init.from=pretrained_backbone"
+            )
+        queue_size = overrides.pop("oim_queue_size", None)
+        model = AlignPSModel.from_pretrained(init["path"], dtype=torch.float32, **overrides)
+        model.resize_oim(num_identities, queue_size)
+        return model
+    model = AlignPSModel(AlignPSConfig(num_person_ids=num_identities, **overrides))
+    if init["from"] == "imagenet":
+        report = load_backbone_weights(model, str(init["path"]))
+    elif init["from"] == "pretrained_backbone":
+        report = load_checkpoint_backbone(model, str(init["path"]))
+    else:
+        return model
+    logger.info(
+        "AlignPS backbone starts from %s: took %d tensors; left %s",
+        report.source,
+        len(report.loaded_keys),
+        summarise_keys(report.ignored_keys) or "nothing",
+    )
+    return model
 
 
 def build_processor(config: dict) -> PersonSearchImageProcessor:

@@ -315,17 +315,20 @@ class AlignPSHead(nn.Module):
         return losses
 
     @torch.no_grad()
-    def detections(self, maps: HeadMaps, image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+    def detections(
+        self, maps: HeadMaps, image_sizes: list[tuple[int, int]], score_thresh: float | None = None
+    ) -> list[dict[str, torch.Tensor]]:
         """Per image: score = sigmoid(class) x sigmoid(centerness) (AlignPS's NMS score factor), locations
-        inside the image only, the ``pre_nms_top_n`` best above ``score_thresh``, boxes clipped to the image,
-        NMS, the ``detections_per_img`` best."""
+        inside the image only, the ``pre_nms_top_n`` best above ``score_thresh`` (default: the config's), boxes
+        clipped to the image, NMS, the ``detections_per_img`` best."""
         config = self.config
+        score_thresh = config.score_thresh if score_thresh is None else score_thresh
         results = []
         scores_all = torch.sigmoid(maps.class_logits) * torch.sigmoid(maps.centerness_logits)
         for index, (height, width) in enumerate(image_sizes):
             scores = scores_all[index]
             inside = (maps.points[:, 0] < width) & (maps.points[:, 1] < height)
-            keep = torch.where(inside & (scores > config.score_thresh))[0]
+            keep = torch.where(inside & (scores >= score_thresh))[0]
             keep = keep[scores[keep].topk(min(config.pre_nms_top_n, len(keep))).indices]
             boxes = distances_to_boxes(maps.points[keep], maps.distances[index, keep])
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)

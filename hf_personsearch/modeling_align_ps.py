@@ -179,10 +179,12 @@ class AlignPSModel(AlignPSPreTrainedModel):
         output = AlignPSOutput()
         if self.training:
             output.loss_dict = self.search_head.losses(maps, labels)
-        detections = self.search_head.detections(maps, sizes) if self.roi_head is not None or not self.training else None
+        detections = None if self.training else self.search_head.detections(maps, sizes)
         if self.roi_head is not None:
-            # ROI-AlignPS: AlignPS's detections (no gradient flows through proposals) are the RoI head's proposals.
-            head = self.roi_head(pyramid[-2], [d["boxes"] for d in detections], sizes, labels if self.training else None)
+            # ROI-AlignPS: AlignPS's best detections (after NMS, no gradient through them) are the RoI head's
+            # proposals, with no score threshold, as RPN proposals: the RoI head scores them itself.
+            proposals = [d["boxes"] for d in self.search_head.detections(maps, sizes, score_thresh=0.0)]
+            head = self.roi_head(pyramid[-2], proposals, sizes, labels if self.training else None)
             if self.training:
                 output.loss_dict.update({f"roi_{name}": value for name, value in head.losses.items()})
             detections = head.detections

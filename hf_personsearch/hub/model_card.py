@@ -152,6 +152,14 @@ def model_index_metrics(card: ModelCard) -> dict[tuple[str, str], float]:
 
 def _architecture(config) -> dict[str, str]:
     config = getattr(config, "person_search", config)  # a pre-training config holds the model's config
+    if config.model_type == "align_ps":
+        return {
+            "architecture": ("ROI-AlignPS" if config.use_roi_head else "AlignPS")
+            + " (anchor-free, aligned feature aggregation), focal OIM + triplet re-ID losses",
+            "backbone": f"{config.backbone} ({config.backbone_library})",
+            "embedding dimension": str(config.embedding_dim),
+            "identities in the OIM table": str(config.num_person_ids),
+        }
     return {
         "architecture": "NAE (Faster R-CNN + norm-aware embedding), OIM re-ID loss",
         "detection score": (

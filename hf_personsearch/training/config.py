@@ -119,6 +119,10 @@ INIT_CHOICES = ("scratch", "imagenet", "pretrained_backbone", "pretrained")
 """Fine-tuning initialisations (the paper's Fig. 5): random weights, an ImageNet backbone, the backbone of a
 pre-trained model (heads re-initialised), the whole pre-trained model."""
 
+MODEL_TYPES = ("person_search", "align_ps")
+"""Fine-tuning's ``model.type``: the downstream families (their config model_type): NAE (PersonSearchModel) and
+AlignPS (AlignPSModel; ROI-AlignPS with ``model.use_roi_head: true``)."""
+
 FINETUNE_DEFAULTS: dict = {
     "data": {
         # One of hf_personsearch.data.search_dataset.TARGET_DATASETS.
@@ -144,7 +148,8 @@ FINETUNE_DEFAULTS: dict = {
     # Initialisation (INIT_CHOICES) and its weights (file, saved folder or hub id); scratch needs no file,
     # so it is the default that always runs.
     "init": {"from": "scratch", "path": None},
-    # PersonSearchConfig arguments (num_person_ids is always the training split's identity count).
+    # The config arguments of the model family (num_person_ids is always the training split's identity count),
+    # and its "type" (MODEL_TYPES; absent = "person_search", NAE).
     "model": {},
     "optimizer": copy.deepcopy(NAE_OPTIMIZER),
     "schedule": {
