@@ -120,7 +120,13 @@ def _load_model(name_or_path: str):
     import torch
     from transformers import AutoConfig
 
-    from hf_personsearch import PersonSearchConfig, PersonSearchModel, PersonSearchPretrainConfig
+    from hf_personsearch import (
+        AlignPSConfig,
+        AlignPSModel,
+        PersonSearchConfig,
+        PersonSearchModel,
+        PersonSearchPretrainConfig,
+    )
 
     path = Path(name_or_path)
     if path.is_dir() and not (path / "config.json").is_file():
@@ -133,10 +139,11 @@ def _load_model(name_or_path: str):
         raise ValueError(
             f"--model {name_or_path}: neither a saved model folder nor a loadable Hub model id ({_first_line(error)})"
         ) from error
-    if not isinstance(config, (PersonSearchConfig, PersonSearchPretrainConfig)):
+    if not isinstance(config, (PersonSearchConfig, PersonSearchPretrainConfig, AlignPSConfig)):
         raise ValueError(
             f"--model {name_or_path}: a {config.model_type!r} model, not a person search model "
-            f"(expected model_type {PersonSearchConfig.model_type!r} or {PersonSearchPretrainConfig.model_type!r})"
+            f"(expected model_type {PersonSearchConfig.model_type!r}, {PersonSearchPretrainConfig.model_type!r} or "
+            f"{AlignPSConfig.model_type!r})"
         )
     notes = []
     if isinstance(config, PersonSearchPretrainConfig):
@@ -145,7 +152,8 @@ def _load_model(name_or_path: str):
             "re-ID head as pre-trained, not fine-tuned on a target dataset)"
         )
     try:
-        model = PersonSearchModel.from_pretrained(name_or_path, dtype=torch.float32)
+        model_class = AlignPSModel if isinstance(config, AlignPSConfig) else PersonSearchModel
+        model = model_class.from_pretrained(name_or_path, dtype=torch.float32)
     except OSError as error:
         raise ValueError(f"--model {name_or_path}: its weights cannot be loaded ({_first_line(error)})") from error
     return model, notes
