@@ -13,7 +13,10 @@ Per seed (a seed fixes the data, the pre-training run and the fine-tuning order 
    variant's switch (:data:`VARIANTS`): the variants share the first stage and differ in the last 150 steps;
 3. ``finetune_<condition>``: ``examples/run_finetune.py`` with ``examples/configs/bench_finetune_cpu.yaml``
    (the same recipe, budget and seed for every condition, :data:`CONDITIONS`), evaluated with the PRW protocol
-   (search mAP, top-1, detection AP) and, on ground-truth gallery boxes, re-ID mAP;
+   (search mAP, top-1, detection AP) and, on ground-truth gallery boxes, re-ID mAP; the ``alignps_*`` conditions
+   fine-tune a second model family, AlignPS (``examples/configs/bench_finetune_alignps_cpu.yaml``: the same
+   recipe, budget and backbone), from scratch and from the pre-trained model's backbone (the part the families
+   share);
 4. ``probe``: the pre-trained models' zero-shot detection AP on the target, a fresh linear probe of the source
    domain on pooled encoder features (held-out accuracy; lower = domains aligned), and the t-SNE of those
    features for the paper's Fig. 2 (with and without IAMs).
@@ -48,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 PRETRAIN_CONFIG = EXAMPLES / "configs" / "bench_pretrain_cpu.yaml"
 FINETUNE_CONFIG = EXAMPLES / "configs" / "bench_finetune_cpu.yaml"
+ALIGN_PS_FINETUNE_CONFIG = EXAMPLES / "configs" / "bench_finetune_alignps_cpu.yaml"
 SOURCES = ("crowdhuman", "ecp", "msmt17", "cuhk03", "luperson")
 """The pre-training sub-task datasets, in the order of bench_pretrain_cpu.yaml's data.sources."""
 DETECTION_SOURCES, REID_SOURCES = ("crowdhuman", "ecp"), ("msmt17", "cuhk03", "luperson")
@@ -72,11 +76,13 @@ VARIANTS = {
 @dataclass(frozen=True)
 class Condition:
     """One fine-tuning: ``init.from`` of run_finetune, the pre-training variant it starts from (None for
-    scratch) and the fraction of the target's training frames."""
+    scratch), the fraction of the target's training frames and the model family (run_finetune's
+    ``model.type``: NAE's recipe is ``--finetune_config``, AlignPS's ``--alignps_finetune_config``)."""
 
     init: str
     variant: str | None
     fraction: float
+    model: str = "person_search"
 
 
 CONDITIONS = {
@@ -88,6 +94,8 @@ CONDITIONS = {
     "no_con_25": Condition("pretrained", "no_con", 0.25),
     "no_iam_25": Condition("pretrained", "no_iam", 0.25),
     "random_paste_25": Condition("pretrained", "random_paste", 0.25),
+    "alignps_scratch_25": Condition("scratch", None, 0.25, model="align_ps"),
+    "alignps_backbone_25": Condition("pretrained_backbone", "full", 0.25, model="align_ps"),
 }
 
 COMPARISONS = {
@@ -97,6 +105,7 @@ COMPARISONS = {
     "no_con_25": "scratch_25",
     "no_iam_25": "scratch_25",
     "random_paste_25": "scratch_25",
+    "alignps_backbone_25": "alignps_scratch_25",
 }
 """Paired differences reported (condition - baseline, same seed), in mAP."""
 
@@ -228,14 +237,16 @@ def job_probe(seed_dir: str, variants: list[str], finetune_config: str, seed: in
 
 
 def _load_model(folder, finetune_config: str):
-    """A saved PersonSearchModel (fp32, eval mode) and the fine-tuning's image processor (train and test size)."""
+    """A saved person search model of either family (fp32, eval mode) and the fine-tuning's image processor
+    (train and test size)."""
     import torch
     import yaml
+    from transformers import AutoModel
 
-    from hf_personsearch import PersonSearchImageProcessor, PersonSearchModel
+    from hf_personsearch import PersonSearchImageProcessor
 
     data = yaml.safe_load(Path(finetune_config).read_text())["data"]
-    model = PersonSearchModel.from_pretrained(str(folder), dtype=torch.float32).eval()
+    model = AutoModel.from_pretrained(str(folder), dtype=torch.float32).eval()
     return model, PersonSearchImageProcessor(min_size=data["min_size"], max_size=data["max_size"])
 
 
@@ -421,7 +432,8 @@ def build_plan(args: argparse.Namespace, output_dir: Path) -> list[Job]:
         for name in sorted(args.conditions, key=lambda name: CONDITIONS[name].variant is None):
             condition = CONDITIONS[name]
             folder = seed_dir / f"finetune_{name}"
-            argv = ["--config", finetune_config, f"data.data_dir={prw_dir}", f"training.output_dir={folder}"]
+            config = finetune_config if condition.model == "person_search" else str(args.alignps_finetune_config)
+            argv = ["--config", config, f"data.data_dir={prw_dir}", f"training.output_dir={folder}"]
             argv += [
                 f"training.seed={seed}",
                 f"data.fraction_seed={seed}",
@@ -442,7 +454,7 @@ def build_plan(args: argparse.Namespace, output_dir: Path) -> list[Job]:
                 Job(
                     tag + f"finetune_{name}",
                     job_finetune,
-                    (argv, f"{folder}.log", str(folder), prw_dir, finetune_config),
+                    (argv, f"{folder}.log", str(folder), prw_dir, config),
                     needs,
                 )
             )
@@ -760,6 +772,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--pretrain_config", type=Path, default=PRETRAIN_CONFIG, help="run_pretrain.py YAML")
     parser.add_argument("--finetune_config", type=Path, default=FINETUNE_CONFIG, help="run_finetune.py YAML")
+    parser.add_argument(
+        "--alignps_finetune_config",
+        type=Path,
+        default=ALIGN_PS_FINETUNE_CONFIG,
+        help="run_finetune.py YAML of the alignps_* conditions",
+    )
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds has a repeated seed: {args.seeds}")

@@ -62,7 +62,15 @@ def args_for(seeds, conditions=None) -> argparse.Namespace:
     return argparse.Namespace(seeds=seeds, quick=False, conditions=conditions or list(bench.CONDITIONS))
 
 
-BASE = {"scratch_100": 0.30, "scratch_25": 0.20, "full_100": 0.37, "full_25": 0.31, "backbone_25": 0.25}
+BASE = {
+    "scratch_100": 0.30,
+    "scratch_25": 0.20,
+    "full_100": 0.37,
+    "full_25": 0.31,
+    "backbone_25": 0.25,
+    "alignps_scratch_25": 0.10,
+    "alignps_backbone_25": 0.16,
+}
 
 
 def test_paired_differences_gates_and_targets_match_hand_computation():
@@ -76,6 +84,7 @@ def test_paired_differences_gates_and_targets_match_hand_computation():
         assert summary["differences"]["full_25 - scratch_25"][seed] == pytest.approx(0.11)
         assert summary["differences"]["backbone_25 - scratch_25"][seed] == pytest.approx(0.05)
         assert summary["differences"]["no_iam_25 - scratch_25"][seed] == pytest.approx(0.02)
+        assert summary["differences"]["alignps_backbone_25 - alignps_scratch_25"][seed] == pytest.approx(0.06)
     assert summary["gates_passed"] and all(gate["passed"] for gate in summary["gates"].values())
     assert summary["gates"]["scratch_100_map_half_vs_full"]["value"] == 0.0
     assert all(summary["targets"].values())
@@ -160,6 +169,30 @@ def test_a_subset_of_conditions_pretrains_only_what_it_needs(tmp_path):
     assert set(summary["probe"]) == {"full", "no_iam"}
 
 
+def test_align_ps_conditions_fine_tune_the_second_family_from_scratch_and_from_the_pre_trained_backbone(tmp_path):
+    args = bench.parse_args(
+        ["--output_dir", str(tmp_path), "--seeds", "0", "--conditions", "alignps_scratch_25", "alignps_backbone_25"]
+    )
+    jobs = {job.name: job for job in bench.build_plan(args, tmp_path)}
+    config = str(bench.ALIGN_PS_FINETUNE_CONFIG)
+    scratch, backbone = jobs["seed0/finetune_alignps_scratch_25"], jobs["seed0/finetune_alignps_backbone_25"]
+    for job in (scratch, backbone):
+        argv = job.arguments[0]
+        assert argv[:2] == ["--config", config] and job.arguments[-1] == config  # AlignPS recipe and processor
+        assert "data.train_fraction=0.25" in argv and "training.max_steps=160" in argv  # NAE's budget
+    assert "init.from=scratch" in scratch.arguments[0] and scratch.needs == ["seed0/data"]
+    assert "init.from=pretrained_backbone" in backbone.arguments[0]
+    assert f"init.path={tmp_path / 'seed0' / 'pretrain_full' / 'person_search_model'}" in backbone.arguments[0]
+    assert backbone.needs == ["seed0/data", "seed0/pretrain_full"]
+    assert jobs["seed0/finetune_scratch_100"].arguments[0][1] == str(bench.FINETUNE_CONFIG)
+    nae, align_ps = (yaml.safe_load(Path(path).read_text()) for path in (bench.FINETUNE_CONFIG, config))
+    assert align_ps["model"]["type"] == "align_ps" and align_ps["model"]["backbone"] == nae["model"]["backbone"]
+    for section in ("data", "optimizer", "schedule", "training"):  # the same recipe; only the model differs
+        assert {k: v for k, v in align_ps[section].items() if k != "output_dir"} == {
+            k: v for k, v in nae[section].items() if k != "output_dir"
+        }, section
+
+
 def test_half_budget_is_a_whole_number_of_epochs():
     config = ROOT / "examples" / "configs" / "bench_finetune_cpu.yaml"
     batch = yaml.safe_load(config.read_text())["training"]["batch_size"]
@@ -198,6 +231,7 @@ def test_quick_run_goes_through_every_stage(tmp_path):
         assert resolved["training"]["max_steps"] == bench.QUICK_STEPS["finetune"] and final["step"] == 4
         assert resolved["data"]["train_fraction"] == condition.fraction
         assert resolved["init"]["from"] == condition.init
+        assert resolved["model"].get("type", "person_search") == condition.model
         if condition.variant:
             assert resolved["init"]["path"] == str(seed_dir / f"pretrain_{condition.variant}" / "person_search_model")
     assert set(summary["gates"]) == set(bench.GATES)
