@@ -43,7 +43,9 @@ def location_points(height: int, width: int, stride: int, device=None, dtype=tor
 def side_distances(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """(P, G, 4) distances (left, top, right, bottom) from each point to the sides of each xyxy box."""
     x, y = points[:, None, 0], points[:, None, 1]
-    return torch.stack([x - boxes[None, :, 0], y - boxes[None, :, 1], boxes[None, :, 2] - x, boxes[None, :, 3] - y], -1)
+    return torch.stack(
+        [x - boxes[None, :, 0], y - boxes[None, :, 1], boxes[None, :, 2] - x, boxes[None, :, 3] - y], -1
+    )
 
 
 def assign_locations(points: torch.Tensor, boxes: torch.Tensor, stride: int, radius: float) -> torch.Tensor:
@@ -69,7 +71,9 @@ def centerness_targets(distances: torch.Tensor) -> torch.Tensor:
     """FCOS centerness of (N, 4) (left, top, right, bottom) distances:
     ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))``, 1 at the box centre, 0 on a side."""
     left_right, top_bottom = distances[:, [0, 2]], distances[:, [1, 3]]
-    ratio = (left_right.min(1).values / left_right.max(1).values) * (top_bottom.min(1).values / top_bottom.max(1).values)
+    ratio = (left_right.min(1).values / left_right.max(1).values) * (
+        top_bottom.min(1).values / top_bottom.max(1).values
+    )
     return ratio.clamp(min=0).sqrt()
 
 
@@ -160,7 +164,9 @@ class FocalOIMLoss(OIMLoss):
     """:class:`OIMLoss` tables and update with AlignPS's focal weighting of the loss
     (:func:`focal_oim_loss`); ``gamma`` = 0 is the plain OIM loss."""
 
-    def __init__(self, embedding_dim: int, num_person_ids: int, queue_size: int, scalar: float, momentum: float, gamma: float):
+    def __init__(
+        self, embedding_dim: int, num_person_ids: int, queue_size: int, scalar: float, momentum: float, gamma: float
+    ):
         super().__init__(embedding_dim, num_person_ids, queue_size, scalar=scalar, momentum=momentum)
         self.gamma = gamma
 
@@ -358,6 +364,8 @@ class AlignPSHead(nn.Module):
                     candidates = (maps.points - centre).pow(2).sum(1).argmin()[None]
                 predicted = distances_to_boxes(maps.points[candidates], maps.distances[index, candidates])
                 matched.append(candidates[box_iou(predicted, box[None])[:, 0].argmax()])
-            locations = torch.stack(matched) if matched else torch.zeros(0, dtype=torch.long, device=maps.points.device)
+            locations = (
+                torch.stack(matched) if matched else torch.zeros(0, dtype=torch.long, device=maps.points.device)
+            )
             embeddings.append(F.normalize(maps.reid_features[index, locations], dim=1))
         return embeddings

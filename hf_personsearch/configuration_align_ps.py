@@ -179,7 +179,9 @@ class AlignPSConfig(PreTrainedConfig):
             0.0 < self.head_prior_probability < 1.0,
             f"head_prior_probability must be in (0, 1), got {self.head_prior_probability}",
         )
-        _check(self.center_sampling_radius > 0, f"center_sampling_radius must be > 0, got {self.center_sampling_radius}")
+        _check(
+            self.center_sampling_radius > 0, f"center_sampling_radius must be > 0, got {self.center_sampling_radius}"
+        )
         _check(0.0 <= self.focal_alpha <= 1.0, f"focal_alpha must be in [0, 1], got {self.focal_alpha}")
         _check(self.focal_gamma >= 0 and self.oim_focal_gamma >= 0, "focal_gamma and oim_focal_gamma must be >= 0")
         _check(0.0 <= self.score_thresh < 1.0, f"score_thresh must be in [0, 1), got {self.score_thresh}")

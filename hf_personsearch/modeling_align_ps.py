@@ -229,12 +229,16 @@ class AlignPSModel(AlignPSPreTrainedModel):
         sizes = self._image_sizes(pixel_values, image_sizes, pixel_mask)
         if len(boxes) != len(sizes):
             raise ValueError(f"embed_boxes: {len(boxes)} box lists for {len(sizes)} images")
-        boxes = [torch.as_tensor(b, dtype=pixel_values.dtype, device=pixel_values.device).reshape(-1, 4) for b in boxes]
+        boxes = [
+            torch.as_tensor(b, dtype=pixel_values.dtype, device=pixel_values.device).reshape(-1, 4) for b in boxes
+        ]
         for index, image_boxes in enumerate(boxes):
             bad = (image_boxes[:, 2] <= image_boxes[:, 0]) | (image_boxes[:, 3] <= image_boxes[:, 1])
             bad |= ~torch.isfinite(image_boxes).all(1)
             if bad.any():
-                raise ValueError(f"embed_boxes: image {index} box {image_boxes[bad][0].tolist()} is empty or not finite")
+                raise ValueError(
+                    f"embed_boxes: image {index} box {image_boxes[bad][0].tolist()} is empty or not finite"
+                )
         was_training = self.training
         self.eval()
         try:

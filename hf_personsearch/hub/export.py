@@ -406,7 +406,9 @@ def load_checkpoint_backbone(model, checkpoint: str | Path) -> BackboneLoadRepor
     saved_config = json.loads(Path(config_file).read_text())
     saved_name, own_name = _checkpoint_backbone_name(saved_config), getattr(_backbone_config(model), "backbone", None)
     if saved_name is None:
-        raise ValueError(f"{checkpoint}: config.json names no backbone (model_type {saved_config.get('model_type')!r})")
+        raise ValueError(
+            f"{checkpoint}: config.json names no backbone (model_type {saved_config.get('model_type')!r})"
+        )
     if own_name is not None and saved_name != own_name:
         raise ValueError(f"{checkpoint}: its backbone is {saved_name!r}, the model's is {own_name!r}")
     everything = load_file(weights_file)

@@ -18,7 +18,9 @@ from hf_personsearch.training.config import FINETUNE_DEFAULTS, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "examples" / "configs" / "bench_finetune_alignps_cpu.yaml"
-SIZES = "data.synthetic_sizes={num_train_frames: 6, num_test_frames: 8, num_train_identities: 4, num_test_identities: 4}"
+SIZES = (
+    "data.synthetic_sizes={num_train_frames: 6, num_test_frames: 8, num_train_identities: 4, num_test_identities: 4}"
+)
 
 
 def _load_script(name: str):

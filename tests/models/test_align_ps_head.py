@@ -50,7 +50,16 @@ def test_detection_losses_on_two_locations_by_hand():
     points = torch.tensor([[10.0, 10.0], [30.0, 30.0]])
     is_person = torch.tensor([True, False])
     losses = detection_losses(
-        class_logits, distances, centerness_logits, points, is_person, targets, torch.tensor([True, True]), 1, 0.25, 2.0
+        class_logits,
+        distances,
+        centerness_logits,
+        points,
+        is_person,
+        targets,
+        torch.tensor([True, True]),
+        1,
+        0.25,
+        2.0,
     )
     p0, p1 = torch.sigmoid(torch.tensor(0.5)), torch.sigmoid(torch.tensor(-1.0))
     focal = -0.25 * (1 - p0) ** 2 * torch.log(p0) - 0.75 * p1**2 * torch.log(1 - p1)

@@ -168,7 +168,9 @@ def test_save_and_load_are_bit_exact_through_the_auto_classes(trained, batch, tm
         for a, b in zip(getattr(before, name), getattr(after, name)):
             assert torch.equal(a, b), name
     boxes = [t["boxes"] for t in labels]
-    for a, b in zip(trained.embed_boxes(inputs["pixel_values"], boxes), loaded.embed_boxes(inputs["pixel_values"], boxes)):
+    for a, b in zip(
+        trained.embed_boxes(inputs["pixel_values"], boxes), loaded.embed_boxes(inputs["pixel_values"], boxes)
+    ):
         assert torch.equal(a, b)
 
 

@@ -55,7 +55,9 @@ def test_evaluation_protocols_take_align_ps_outputs(tmp_path, use_roi_head):
     generate("prw", tmp_path / "prw", seed=1)
     model, processor = _tiny_align_ps(use_roi_head), PersonSearchImageProcessor(min_size=128, max_size=256)
     records = load_target_records("prw", tmp_path / "prw", "test")
-    inputs = run_search_inference(model, processor, records, load_target_queries("prw", tmp_path / "prw"), progress=False)
+    inputs = run_search_inference(
+        model, processor, records, load_target_queries("prw", tmp_path / "prw"), progress=False
+    )
     assert sum(len(d["boxes"]) for d in inputs.detections) > 0
     for record, detections in zip(records, inputs.detections):
         assert detections["boxes"][:, 2].max() <= record["width"] + 1e-3  # mapped back to original pixels
