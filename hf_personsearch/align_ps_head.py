@@ -14,6 +14,7 @@ The losses are free functions, testable alone; the head calls them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -245,7 +246,7 @@ class AlignPSHead(nn.Module):
                     nn.init.ones_(layer.weight)
                     nn.init.zeros_(layer.bias)
         prior = self.config.head_prior_probability
-        nn.init.constant_(self.classification.cls_logits.bias, -torch.log(torch.tensor((1 - prior) / prior)).item())
+        nn.init.constant_(self.classification.cls_logits.bias, -math.log((1 - prior) / prior))
         self.distance_scale.fill_(1.0)
         self.oim.lut.zero_()
         self.oim.queue.zero_()

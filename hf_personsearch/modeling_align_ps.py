@@ -98,7 +98,7 @@ class AlignPSPreTrainedModel(PreTrainedModel):
         # Only the heads are (re-)initialised: the timm backbone keeps its own init or its loaded weights.
         if isinstance(module, (AlignedFeatureAggregation, AlignPSHead, NormAwareEmbedding, BoxRegressor)):
             module.reset_parameters()
-        elif isinstance(module, (OIMLoss, FocalOIMLoss)):
+        elif isinstance(module, OIMLoss):
             module.lut.zero_()
             module.queue.zero_()
             module.queue_head.zero_()
@@ -179,7 +179,6 @@ class AlignPSModel(AlignPSPreTrainedModel):
         output = AlignPSOutput()
         if self.training:
             output.loss_dict = self.search_head.losses(maps, labels)
-        detections = None if self.training else self.search_head.detections(maps, sizes)
         if self.roi_head is not None:
             # ROI-AlignPS: AlignPS's best detections (after NMS, no gradient through them) are the RoI head's
             # proposals, with no score threshold, as RPN proposals: the RoI head scores them itself.
@@ -188,6 +187,8 @@ class AlignPSModel(AlignPSPreTrainedModel):
             if self.training:
                 output.loss_dict.update({f"roi_{name}": value for name, value in head.losses.items()})
             detections = head.detections
+        elif not self.training:
+            detections = self.search_head.detections(maps, sizes)
         if self.training:
             output.loss = self.weighted_loss(output.loss_dict)
         else:
