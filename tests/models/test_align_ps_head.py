@@ -120,3 +120,26 @@ def test_batch_hard_triplet_by_hand():
         batch_hard_triplet_loss(features, ids, margin=0.3), torch.tensor((0.1 + 1.1 + 0.1) / 3), atol=1e-5, rtol=0
     )
     assert batch_hard_triplet_loss(features, torch.tensor([4, 4, 4]), 0.3).item() == 0.0
+
+
+def test_negatives_inside_an_ignore_region_leave_the_classification_loss():
+    from torchvision.ops import sigmoid_focal_loss
+
+    from hf_personsearch import AlignPSConfig
+    from hf_personsearch.align_ps_head import AlignPSHead
+
+    torch.manual_seed(0)
+    config = AlignPSConfig(backbone="test_resnet", fpn_channels=8, head_norm_groups=4, head_num_convs=1)
+    head = AlignPSHead(config, stride=8).train()
+    maps = head.maps(torch.randn(1, 8, 6, 6))
+    target = {"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "person_ids": torch.tensor([NO_IDENTITY])}
+    everything = {**target, "ignore_regions": torch.tensor([[0.0, 0.0, 48.0, 48.0]])}
+    positives = assign_locations(maps.points, target["boxes"], 8, config.center_sampling_radius) != BACKGROUND
+    logits = maps.class_logits[0].detach()
+    with torch.no_grad():
+        plain = head.losses(maps, [{**target, "ignore_regions": torch.zeros(0, 4)}])["det_classification"]
+        ignored = head.losses(maps, [everything])["det_classification"]
+    count = int(positives.sum()) + 1  # positives + images
+    all_terms = sigmoid_focal_loss(logits, positives.float(), alpha=0.25, gamma=2.0, reduction="none")
+    torch.testing.assert_close(plain, all_terms.sum() / count)
+    torch.testing.assert_close(ignored, all_terms[positives].sum() / count)  # only the person's locations
