@@ -640,14 +640,14 @@ def format_table(summary: dict) -> str:
         verdict = "passed" if gate["passed"] else "FAILED"
         value = "n/a" if gate["value"] is None else f"{gate['value']:.3f}"
         lines.append(f"  {name:<30} {value:>6} ({gate['rule']} {gate['threshold']}) {verdict}")
-    header = f"{'condition':<16}" + "".join(f"{key:>16}" for key in ("mAP", "top-1", "det AP", "re-ID mAP (gt)"))
+    header = f"{'condition':<20}" + "".join(f"{key:>16}" for key in ("mAP", "top-1", "det AP", "re-ID mAP (gt)"))
     lines += ["", f"Synthetic PRW, mean +- std over seeds {seeds} (points):", header, "-" * len(header)]
     for name, per_seed in summary["conditions"].items():
         cells = []
         for key in ("mAP", "top1", "det_ap", "reid_map"):
             mean, std = _mean_std([per_seed[seed][key] for seed in seeds])
             cells.append(f"{100 * mean:>9.1f} +- {100 * std:<4.1f}")
-        lines.append(f"{name:<16}" + "".join(cells))
+        lines.append(f"{name:<20}" + "".join(cells))
     lines += ["", "Domain probe (held-out accuracy of telling the sources apart; lower = aligned):"]
     for variant, per_seed in summary["probe"].items():
         cells = []
@@ -666,7 +666,7 @@ def format_table(summary: dict) -> str:
         values = [per_seed[seed] for seed in seeds]
         mean, std = _mean_std(values)
         each = " ".join(f"{100 * value:+6.1f}" for value in values)
-        lines.append(f"  {pair:<28} {each}   {100 * mean:+.1f} +- {100 * std:.1f}")
+        lines.append(f"  {pair:<41} {each}   {100 * mean:+.1f} +- {100 * std:.1f}")
     lines += ["", "Targets:"] + [
         f"  {'met' if met else 'NOT met':<8} {text}" for text, met in summary["targets"].items()
     ]
