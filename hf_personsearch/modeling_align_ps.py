@@ -26,7 +26,7 @@ from .aligned_feature_aggregation import AlignedFeatureAggregation
 from .backbone import timm_feature_network
 from .configuration_align_ps import AlignPSConfig
 from .modeling_person_search import PersonSearchModel
-from .norm_aware_embedding import BoxRegressor, NormAwareEmbedding
+from .norm_aware_embedding import BoxRegressor, LinearPersonClassifier, NormAwareEmbedding
 from .norm_aware_roi_head import NormAwareRoIHead
 from .oim import OIMLoss
 
@@ -96,7 +96,8 @@ class AlignPSPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # Only the heads are (re-)initialised: the timm backbone keeps its own init or its loaded weights.
-        if isinstance(module, (AlignedFeatureAggregation, AlignPSHead, NormAwareEmbedding, BoxRegressor)):
+        heads = (AlignedFeatureAggregation, AlignPSHead, NormAwareEmbedding, BoxRegressor, LinearPersonClassifier)
+        if isinstance(module, heads):
             module.reset_parameters()
         elif isinstance(module, OIMLoss):
             module.lut.zero_()
@@ -139,7 +140,11 @@ class AlignPSModel(AlignPSPreTrainedModel):
         if config.use_roi_head:
             roi_config = config.roi_head_config()
             self.roi_head = NormAwareRoIHead(
-                roi_config, self.backbone.box_head, self.backbone.channels[-2], self.backbone.channels[-1]
+                roi_config,
+                self.backbone.box_head,
+                self.backbone.channels[-2],
+                self.backbone.channels[-1],
+                self.backbone.strides[-1] // self.backbone.strides[-2],
             )
         self.post_init()
 

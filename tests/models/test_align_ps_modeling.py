@@ -207,3 +207,15 @@ def test_remote_code_loads_where_the_package_is_not_importable(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote-ok" in result.stdout
+
+
+def test_roi_head_takes_the_linear_detection_score(batch):
+    torch.manual_seed(0)
+    roi_head = {**ROI_HEAD, "detection_score": "linear"}
+    model = AlignPSModel(tiny_align_ps_config(use_roi_head=True, roi_head=roi_head)).train()
+    inputs, labels = batch
+    output = model(inputs["pixel_values"], inputs["image_sizes"], labels=labels)
+    output.loss.backward()
+    classifier = model.roi_head.person_classifier
+    assert classifier is not None and classifier.linear.weight.grad.abs().sum() > 0
+    assert model.roi_head.embedding_head.rescaler is None
