@@ -219,3 +219,15 @@ def test_roi_head_takes_the_linear_detection_score(batch):
     classifier = model.roi_head.person_classifier
     assert classifier is not None and classifier.linear.weight.grad.abs().sum() > 0
     assert model.roi_head.embedding_head.rescaler is None
+
+
+def test_a_batch_without_persons_trains_on_background_only(batch):
+    torch.manual_seed(0)
+    model = AlignPSModel(tiny_align_ps_config()).train()
+    inputs, _ = batch
+    empty = [{"boxes": torch.zeros(0, 4), "person_ids": torch.zeros(0, dtype=torch.long)} for _ in range(3)]
+    output = model(inputs["pixel_values"], inputs["image_sizes"], labels=empty)
+    assert output.loss_dict["det_classification"] > 0
+    assert all(output.loss_dict[name] == 0 for name in ("det_box", "det_centerness", "reid_oim", "reid_triplet"))
+    output.loss.backward()
+    assert model.search_head.classification.cls_logits.weight.grad.abs().sum() > 0
