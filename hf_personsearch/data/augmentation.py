@@ -15,7 +15,8 @@ centre leaving the IoU crop or for being small, and they play no part in choosin
 
 Probabilities follow SimSiam's augmentation (Chen and He 2021: colour jitter 0.4/0.4/0.4/0.1 with
 p=0.8, grayscale p=0.2, Gaussian blur sigma 0.1-2 with p=0.5, horizontal flip p=0.5), the recipe the
-paper builds its contrastive branch on. Scale/crop is detection-style instead of SimSiam's
+paper builds its contrastive branch on. The geometric part runs here on uint8 pixels; the photometric
+part (:mod:`.photometric`) runs after it, here or in the training step on the batch. Scale/crop is detection-style instead of SimSiam's
 RandomResizedCrop to 224 px: an SSD IoU crop (keeps at least one person) with p=0.5, then a random
 shortest side from the multi-scale detection list, so the views stay scene images at detector sizes.
 
@@ -34,6 +35,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..image_processing_person_search import PersonSearchImageProcessor, resize, resized_size
+from .photometric import PhotometricAugmentation
 
 PRETRAIN_MIN_SIZES = tuple(range(480, 801, 32))
 PRETRAIN_MAX_SIZE = 1333
@@ -162,18 +164,20 @@ class TwoViewAugmentation:
         max_size: cap on the longest side; default :data:`PRETRAIN_MAX_SIZE`.
         crop_p: probability of the IoU crop (0.5: half of the views keep the whole scene, as SSD).
         flip_p: horizontal flip probability (0.5, SimSiam).
-        color_jitter_p: probability of ColorJitter(0.4, 0.4, 0.4, 0.1) (0.8, SimSiam).
-        grayscale_p: grayscale probability (0.2, SimSiam).
-        blur_p: Gaussian blur probability (0.5, SimSiam), ``blur_kernel`` 9 px with sigma 0.1-2: SimSiam
-            scales the kernel to 10% of a 224-px image; at detector sizes that kernel would cost more
-            than the rest of the pipeline, and 9 px covers +-2 sigma at sigma 2.
+        color_jitter_p / grayscale_p / blur_p / blur_kernel: the photometric augmentation
+            (:class:`~.photometric.PhotometricAugmentation`: SimSiam's 0.8 / 0.2 / 0.5, 9-px blur kernel).
         min_box_size: persons smaller than this (pixels, either side) after augmentation are dropped
             from the view (2: a 1-px box carries no appearance to contrast).
+        photometric_in_step: leave the photometric augmentation and the normalisation to the training step
+            (False: done here). The views then keep uint8 pixels and carry their drawn parameters as
+            ``photometric``; :func:`~.collate.collate_pretrain` batches them and the step applies them with
+            :attr:`photometric` (:meth:`~.photometric.PhotometricAugmentation.__call__`), on the training
+            device. The parameters are drawn here either way, at the same point of torch's RNG stream.
 
     Call with ``(image, boxes, person_ids, person_index=None, ignore_regions=None)``; returns two dicts
-    with ``pixel_values`` float32 (3, H, W) normalised, ``boxes`` float32 (n, 4) xyxy on that view,
-    ``person_ids`` int64 (n,), ``person_index`` int64 (n,) and ``ignore_regions`` float32 (k, 4) xyxy on
-    that view (see the module docstring).
+    with ``pixel_values`` float32 (3, H, W) normalised (uint8 with ``photometric_in_step``), ``boxes`` float32
+    (n, 4) xyxy on that view, ``person_ids`` int64 (n,), ``person_index`` int64 (n,) and ``ignore_regions``
+    float32 (k, 4) xyxy on that view (see the module docstring).
     """
 
     def __init__(
@@ -189,37 +193,39 @@ class TwoViewAugmentation:
         blur_p: float = 0.5,
         blur_kernel: int = 9,
         min_box_size: float = 2.0,
+        photometric_in_step: bool = False,
     ):
         processor = processor if processor is not None else PersonSearchImageProcessor()
         resize_view = ShortestSideResize(min_sizes, max_size)
 
-        def tail(with_crop: bool) -> v2.Compose:
+        def geometry(with_crop: bool) -> v2.Compose:
             crop = [v2.RandomApply([PersonIoUCrop()], p=crop_p)] if with_crop else []
-            return v2.Compose(
-                crop
-                + [
-                    resize_view,
-                    v2.RandomHorizontalFlip(p=flip_p),
-                    # Photometric ops on float images: the hue jitter is about twice as fast as on uint8.
-                    v2.ToDtype(torch.float32, scale=True),
-                    v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=color_jitter_p),
-                    v2.RandomGrayscale(p=grayscale_p),
-                    v2.RandomApply([v2.GaussianBlur(blur_kernel, sigma=(0.1, 2.0))], p=blur_p),
-                    v2.ClampBoundingBoxes(),
-                    v2.Normalize(mean=processor.image_mean, std=processor.image_std),
-                ]
-            )
+            # On uint8 pixels: the resize kernel has a fast uint8 path, and nothing is converted twice.
+            return v2.Compose(crop + [resize_view, v2.RandomHorizontalFlip(p=flip_p), v2.ClampBoundingBoxes()])
 
         # RandomIoUCrop needs at least one box; negative images (no person) skip the crop.
-        self.view = tail(with_crop=True)
-        self.view_without_boxes = tail(with_crop=False)
+        self.view = geometry(with_crop=True)
+        self.view_without_boxes = geometry(with_crop=False)
+        self.photometric = PhotometricAugmentation(
+            processor, color_jitter_p=color_jitter_p, grayscale_p=grayscale_p, blur_p=blur_p, blur_kernel=blur_kernel
+        )
+        self.photometric_in_step = photometric_in_step
         self.sanitize = _sanitize(min_box_size)
+
+    def _view(self, pipeline, tensor, boxes, person_ids, person_index, ignore_regions) -> dict:
+        view = _run(pipeline, self.sanitize, tensor, boxes, person_ids, person_index, ignore_regions)
+        params = self.photometric.draw()
+        if self.photometric_in_step:
+            view["photometric"] = params
+        else:
+            view["pixel_values"] = self.photometric.apply(view["pixel_values"], params)
+        return view
 
     def __call__(self, image, boxes, person_ids, person_index=None, ignore_regions=None) -> tuple[dict, dict]:
         tensor = to_image_tensor(image)
         pipeline = self.view if len(np.asarray(person_ids).reshape(-1)) else self.view_without_boxes
         return tuple(
-            _run(pipeline, self.sanitize, tensor, boxes, person_ids, person_index, ignore_regions) for _ in range(2)
+            self._view(pipeline, tensor, boxes, person_ids, person_index, ignore_regions) for _ in range(2)
         )
 
 
