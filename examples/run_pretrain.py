@@ -117,10 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         augmentation_sizes["min_sizes"] = [int(s) for s in data_config["min_sizes"]]
     if data_config["max_size"]:
         augmentation_sizes["max_size"] = int(data_config["max_size"])
+    # The photometric augmentation runs on the batch in the training step (on the GPU, next to free); its
+    # parameters are drawn in the data workers with the rest of the sample's seeded randomness.
+    augmentation = TwoViewAugmentation(**augmentation_sizes, photometric_in_step=True)
     dataset = HybridPretrainDataset(
         loaded,
         identity_space=identity_space,
-        augmentation=TwoViewAugmentation(**augmentation_sizes),
+        augmentation=augmentation,
         reid_operation=data_config["reid_operation"],
         canvas_size=tuple(data_config["canvas_size"]),
         crops_per_canvas=int(data_config["crops_per_canvas"]),
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         model,
         optimizer,
         scheduler,
-        TrainingData(dataset, sampler, collate_pretrain),
+        TrainingData(dataset, sampler, collate_pretrain, on_device=augmentation.photometric),
         LoopSettings.from_config(config, max_steps),
         output_dir,
         name="pretrain",

@@ -11,7 +11,10 @@ to the largest image, "image_sizes": int64 (B, 2) (height, width) before padding
 ``labels_2`` for view 2 (every labels dict also has ``person_index`` int64 (n,): the same person has
 the same index in both views; persons lost by a view's augmentation are absent from that view), and
 ``domain_ids`` int64 (B,) (source index within its IAM task), ``is_reid`` bool (B,),
-``has_identity`` bool (B,), ``sources`` list[str].
+``has_identity`` bool (B,), ``sources`` list[str]. When the two-view augmentation leaves the photometric
+part to the training step (``TwoViewAugmentation(photometric_in_step=True)``), the views are uint8 and the
+batch also has ``photometric`` and ``photometric_2``: B :class:`~.photometric.PhotometricParams` each, which
+the step's :class:`~.photometric.PhotometricAugmentation` applies (and removes) before the model's forward.
 
 Corrupt images met during training never stop the run: :class:`HybridPretrainDataset` counts the
 image in its :class:`~hf_personsearch.data.errors.SkipCounter` (logging a warning naming it) and
@@ -80,6 +83,8 @@ def collate_pretrain(batch: Sequence[dict | None]) -> dict:
         out["pixel_values" + suffix] = pixel_values
         out["image_sizes" + suffix] = image_sizes
         out["labels" + suffix] = [_labels(item[key], with_index=True) for item in items]
+        if "photometric" in items[0][key]:
+            out["photometric" + suffix] = [item[key]["photometric"] for item in items]
     out["domain_ids"] = torch.tensor([item["domain_id"] for item in items], dtype=torch.int64)
     out["is_reid"] = torch.tensor([item["is_reid"] for item in items], dtype=torch.bool)
     out["has_identity"] = torch.tensor([item["has_identity"] for item in items], dtype=torch.bool)

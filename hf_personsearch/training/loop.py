@@ -372,11 +372,16 @@ class TrainingData:
         sampler: endless sampler of keys, sharded by rank, whose ``load_state_dict({"position": n})`` restarts
             it after ``n`` samples drawn by this rank (HybridSampler).
         collate: list of items -> batch for the model's forward.
+        on_device: batch -> batch, run on each micro-batch once it is on the training device, before the
+            forward (e.g. the photometric augmentation,
+            :class:`~hf_personsearch.data.photometric.PhotometricAugmentation`, whose parameters the items
+            carry: it must be deterministic given the batch for resuming to stay exact); None: nothing.
     """
 
     dataset: Dataset
     sampler: Sampler
     collate: Callable[[Sequence[dict]], dict]
+    on_device: Callable[[dict], dict] | None = None
 
 
 @dataclass
@@ -524,6 +529,8 @@ def run_training(
         sampler=stream,
         collate_fn=with_sample_keys(data.collate),
         num_workers=settings.num_workers,
+        # Page-locked batches let move_to_device's non_blocking copies overlap the step on a GPU.
+        pin_memory=accelerator.device.type == "cuda",
         # The workers' base seed comes from this generator, not from the global RNG (the model's).
         generator=torch.Generator().manual_seed(settings.seed),
     )
@@ -543,6 +550,8 @@ def run_training(
     step = start_step
     while step < stop_at:
         micro_batches = [move_to_device(next(batches), accelerator.device) for _ in range(accumulation)]
+        if data.on_device is not None:
+            micro_batches = [data.on_device(batch) for batch in micro_batches]
         if before_step is not None:
             before_step(micro_batches)
         result = train_step(
