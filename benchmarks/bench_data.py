@@ -139,10 +139,16 @@ def main() -> None:
             view1, view2 = augmentation(
                 unified["image"], unified["boxes"], unified["person_ids"], unified["person_index"]
             )
-            return {"view1": view1, "view2": view2, "domain_id": 0, "is_reid": False, "has_identity": False}
+            return {
+                "view1": view1,
+                "view2": view2,
+                "domain_id": 0,
+                "is_reid": False,
+                "has_identity": False,
+                "source": "",
+            }
 
         def step(items):
-            items = [{**item, "source": name} for item in items]
             augmentation.photometric(collate_pretrain(items))
 
         rates = [

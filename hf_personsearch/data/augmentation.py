@@ -269,9 +269,7 @@ class TwoViewAugmentation:
     def __call__(self, image, boxes, person_ids, person_index=None, ignore_regions=None) -> tuple[dict, dict]:
         tensor = to_image_tensor(image)
         pipeline = self.view if len(np.asarray(person_ids).reshape(-1)) else self.view_without_boxes
-        return tuple(
-            self._view(pipeline, tensor, boxes, person_ids, person_index, ignore_regions) for _ in range(2)
-        )
+        return tuple(self._view(pipeline, tensor, boxes, person_ids, person_index, ignore_regions) for _ in range(2))
 
 
 class SingleViewAugmentation:

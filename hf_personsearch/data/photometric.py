@@ -86,32 +86,36 @@ def adjust_saturation_(image: torch.Tensor, factor: float) -> torch.Tensor:
     return image.mul_(factor).add_(gray.unsqueeze(-3), alpha=1.0 - factor).clamp_(0.0, 1.0)
 
 
-def adjust_hue(image: torch.Tensor, factor: float) -> torch.Tensor:
-    """``adjust_hue``: the HSV hue turned by ``factor`` of a full turn, saturation and value kept (new tensor).
+def adjust_hue_(image: torch.Tensor, factor: float) -> torch.Tensor:
+    """In place: ``adjust_hue``, the HSV hue turned by ``factor`` of a full turn, saturation and value kept.
 
     In sixths of a turn, the hue ``h`` of a pixel with max channel ``mx``, min ``mn`` and chroma ``c = mx - mn``
     is ``(g - b) / c`` when red is the max, ``2 + (b - r) / c`` for green, ``4 + (r - g) / c`` for blue
     (ties give the same hue either way); a channel of the turned pixel is ``mn + c * profile(h)`` with the
     hexagon's profiles red ``clamp(|h - 3| - 1)``, green ``clamp(2 - |h - 2|)``, blue ``clamp(2 - |h - 4|)``
-    on [0, 1]. The branch masks are exact 0/1 floats from ``sign``, which is cheaper than ``where`` on a CPU.
+    on [0, 1]. The branch masks are exact 0/1 floats from ``sign``, which is cheaper than ``where`` on a CPU,
+    and every step writes into one of seven planes: on a CPU, fresh tensors cost more than the arithmetic.
     """
     red, green, blue = image.unbind(-3)
-    high = torch.maximum(torch.maximum(red, green), blue)
-    low = torch.minimum(torch.minimum(red, green), blue)
-    chroma = high - low
+    high = torch.maximum(red, green)
+    torch.maximum(high, blue, out=high)
+    low = torch.minimum(red, green)
+    torch.minimum(low, blue, out=low)
+    chroma = torch.sub(high, low)
     red_is_max = torch.sub(red, high).sign_().add_(1.0)
-    green_is_max = torch.sub(green, high).sign_().add_(1.0).mul_(1.0 - red_is_max)
+    green_is_max = torch.sub(green, high).sign_().add_(1.0)
+    green_is_max.sub_(green_is_max * red_is_max)
     hue = torch.sub(red, green).add_(chroma, alpha=4.0)  # blue is the max
-    hue.lerp_(torch.sub(blue, red).add_(chroma, alpha=2.0), green_is_max)
-    hue.lerp_(torch.sub(green, blue), red_is_max)
+    other = torch.sub(blue, red).add_(chroma, alpha=2.0)
+    hue.lerp_(other, green_is_max)
+    hue.lerp_(torch.sub(green, blue, out=other), red_is_max)
     # A grey pixel (chroma 0) has numerator 0: any finite divisor leaves its hue 0 and its colour unchanged.
-    hue.div_(chroma.clamp(min=torch.finfo(image.dtype).tiny)).add_(6.0 * factor)
-    hue.sub_(torch.floor(hue / 6.0).mul_(6.0))
-    out = torch.empty_like(image)
-    for channel, centre, offset, sign in zip(out.unbind(-3), (3.0, 2.0, 4.0), (-1.0, 2.0, 2.0), (1.0, -1.0, -1.0)):
+    hue.div_(torch.clamp(chroma, min=torch.finfo(image.dtype).tiny, out=other)).add_(6.0 * factor)
+    hue.add_(torch.div(hue, 6.0, out=other).floor_(), alpha=-6.0)  # into [0, 6)
+    for channel, centre, offset, sign in zip((red, green, blue), (3.0, 2.0, 4.0), (-1.0, 2.0, 2.0), (1.0, -1.0, -1.0)):
         torch.sub(hue, centre, out=channel).abs_().mul_(sign).add_(offset).clamp_(0.0, 1.0)
         channel.mul_(chroma).add_(low)
-    return out
+    return image
 
 
 def gaussian_kernel1d(kernel_size: int, sigma: float, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -126,22 +130,24 @@ def gaussian_blur(image: torch.Tensor, kernel_size: int, sigma: float) -> torch.
 
     Both passes run on the flattened padded image, whose shifted slices are contiguous: a tap of the
     horizontal pass shifts by one element, of the vertical pass by one padded row. Outputs near a row's or
-    a channel's end read into the next one; those are the padding positions, cut off at the end.
+    a channel's end read into the next one; those are the padding positions, cut off at the end. The two
+    passes write into two buffers in turn (a new tensor per tap would cost more than the taps on a CPU).
     """
     if kernel_size % 2 == 0 or kernel_size < 1:
         raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
     half = kernel_size // 2
     height, width = image.shape[-2:]
     weights = gaussian_kernel1d(kernel_size, sigma, image.dtype, image.device).tolist()
-    padded = nnf.pad(image.unsqueeze(0), (half, half, half, half), mode="reflect").reshape(-1)
+    source = nnf.pad(image.unsqueeze(0), (half, half, half, half), mode="reflect").reshape(-1)
+    target = torch.empty_like(source)
     row = width + 2 * half
     for step in (1, row):
-        length = padded.numel() - (kernel_size - 1) * step
-        blurred = padded[:length] * weights[0]
+        length = source.numel() - (kernel_size - 1) * step
+        blurred = torch.mul(source[:length], weights[0], out=target[:length])
         for tap in range(1, kernel_size):
-            blurred.add_(padded[tap * step : tap * step + length], alpha=weights[tap])
-        padded = nnf.pad(blurred, (0, padded.numel() - length))
-    return padded.view(-1, height + 2 * half, row)[:, :height, :width].reshape(image.shape)
+            blurred.add_(source[tap * step : tap * step + length], alpha=weights[tap])
+        source, target = target, source
+    return source.view(-1, height + 2 * half, row)[:, :height, :width].reshape(image.shape)
 
 
 class PhotometricAugmentation:
@@ -219,7 +225,7 @@ class PhotometricAugmentation:
             elif name == "saturation":
                 adjust_saturation_(out, params.saturation)
             else:
-                out = adjust_hue(out, params.hue)
+                adjust_hue_(out, params.hue)
         if params.grayscale:
             out.copy_(_grayscale(out).unsqueeze(-3).expand_as(out))
         if params.blur_sigma is not None:

@@ -7,7 +7,14 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from hf_personsearch import PersonSearchImageProcessor
-from hf_personsearch.data.augmentation import IgnoreRegions, PersonIoUCrop, SingleViewAugmentation, TwoViewAugmentation
+from hf_personsearch.data.augmentation import (
+    IgnoreRegions,
+    PersonIoUCrop,
+    ShortestSideResize,
+    SingleViewAugmentation,
+    TwoViewAugmentation,
+    _labels_of,
+)
 from hf_personsearch.image_processing_person_search import IMAGENET_MEAN, IMAGENET_STD, resized_size
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -238,3 +245,102 @@ def test_two_views_keep_regions_inside_the_view_and_drop_regions_cut_away():
             torch.testing.assert_close(out[-1], torch.tensor([0.0, 0.0, width, height]), atol=1e-3, rtol=0)
             corner_lost += len(out) < len(regions)
     assert corner_lost > 0
+
+
+def _torchvision_two_view_pipeline(min_sizes, max_size) -> v2.Compose:
+    """The two-view augmentation as one torchvision pipeline, photometric ops in the worker (SimSiam's
+    settings): the reference the split pipeline (geometry here, photometry here or in the step) must equal."""
+    return v2.Compose(
+        [
+            v2.RandomApply([PersonIoUCrop()], p=0.5),
+            ShortestSideResize(min_sizes, max_size),
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            v2.RandomGrayscale(p=0.2),
+            v2.RandomApply([v2.GaussianBlur(9, sigma=(0.1, 2.0))], p=0.5),
+            v2.ClampBoundingBoxes(),
+            v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        ]
+    )
+
+
+def _run_reference(pipeline, image, boxes, person_ids, regions):
+    tensor = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
+    size = tuple(tensor.shape[-2:])
+    target = {
+        "boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32), format="XYXY", canvas_size=size),
+        "person_ids": torch.tensor(person_ids),
+        "person_index": torch.arange(len(person_ids)),
+        "ignore_regions": IgnoreRegions(torch.tensor(regions, dtype=torch.float32), format="XYXY", canvas_size=size),
+    }
+    out_image, out = pipeline(tensor, target)
+    regions = out.pop("ignore_regions").as_subclass(torch.Tensor)
+    out_image, out = v2.SanitizeBoundingBoxes(min_size=2.0, min_area=4.0, labels_getter=_labels_of)(out_image, out)
+    return (
+        out_image.as_subclass(torch.Tensor),
+        out,
+        regions[(regions[:, 2] > regions[:, 0]) & (regions[:, 3] > regions[:, 1])],
+    )
+
+
+def test_two_views_are_the_torchvision_pipeline_seed_for_seed_with_photometry_here_or_in_the_step():
+    """Same seed: the same crops, scales, flips and photometric parameters as the one-pipeline reference, so
+    the same boxes, ids, person indices and ignore regions exactly and the same pixels to float rounding;
+    with ``photometric_in_step`` the views are the uint8 geometry plus parameters that give those pixels."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    boxes = [[10, 10, 40, 80], [50, 20, 75, 85], [80, 5, 110, 60]]
+    person_ids, regions = [7, 8, 9], [[0, 0, 30, 30], [60, 40, 120, 90]]
+    for person, (x1, y1, x2, y2) in enumerate(boxes):
+        image[y1:y2, x1:x2] = _colour(person)
+    reference = _torchvision_two_view_pipeline((48, 64, 96), 160)
+    here = TwoViewAugmentation(min_sizes=(48, 64, 96), max_size=160)
+    in_step = TwoViewAugmentation(min_sizes=(48, 64, 96), max_size=160, photometric_in_step=True)
+    cropped = 0
+    for seed in range(40):
+        torch.manual_seed(seed)
+        expected = [_run_reference(reference, image, boxes, person_ids, regions) for _ in range(2)]
+        torch.manual_seed(seed)
+        views = here(image, boxes, person_ids, ignore_regions=regions)
+        torch.manual_seed(seed)
+        deferred = in_step(image, boxes, person_ids, ignore_regions=regions)
+        for (pixels, target, kept_regions), view, raw in zip(expected, views, deferred):
+            for key in ("boxes", "person_ids", "person_index"):
+                assert torch.equal(view[key], target[key].as_subclass(torch.Tensor)) and torch.equal(
+                    raw[key], view[key]
+                )
+            assert torch.equal(view["ignore_regions"], kept_regions) and torch.equal(
+                raw["ignore_regions"], kept_regions
+            )
+            torch.testing.assert_close(view["pixel_values"], pixels, atol=2e-5, rtol=0)
+            assert raw["pixel_values"].dtype == torch.uint8 and "photometric" not in view
+            assert torch.equal(
+                in_step.photometric.apply(raw["pixel_values"], raw["photometric"]), view["pixel_values"]
+            )
+            cropped += len(target["boxes"]) < len(boxes)
+    assert cropped > 0  # the IoU crop did drop persons in some views
+
+
+def test_person_iou_crop_is_random_iou_crop_on_the_persons_exactly():
+    """Same seed, random scenes of 1-13 persons: the same crop (and the same RNG draws) as torchvision's
+    RandomIoUCrop on the persons alone, whatever ignore regions come along."""
+    rng = np.random.default_rng(1)
+    for seed in range(120):
+        height, width, count = int(rng.integers(40, 700)), int(rng.integers(40, 900)), int(rng.integers(1, 14))
+        x1, y1 = rng.uniform(0, 0.9 * width, count), rng.uniform(0, 0.9 * height, count)
+        corners = [x1, y1, np.minimum(x1 + rng.uniform(1, width / 3, count), width)]
+        corners.append(np.minimum(y1 + rng.uniform(1, height / 2, count), height))
+        boxes = torch.tensor(np.stack(corners, 1), dtype=torch.float32)
+        image = tv_tensors.Image(torch.zeros((3, height, width), dtype=torch.uint8))
+        persons = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width))
+        regions = IgnoreRegions([[0, 0, width, height]], format="XYXY", canvas_size=(height, width))
+        torch.manual_seed(seed)
+        expected = v2.RandomIoUCrop().make_params([image, persons])
+        next_expected = torch.rand(1)
+        torch.manual_seed(seed)
+        params = PersonIoUCrop().make_params([image, persons, regions])
+        assert torch.rand(1) == next_expected
+        assert params.keys() == expected.keys()
+        for key, value in expected.items():
+            assert torch.equal(params[key], value) if key == "is_within_crop_area" else params[key] == value

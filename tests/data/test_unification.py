@@ -106,6 +106,26 @@ def test_fill_mean_uses_crop_border_colour():
         expand_resize(crop, np.random.default_rng(0), fill="purple")
 
 
+def test_fill_noise_is_grey_gaussian_noise_around_the_border_colour():
+    # Each fill channel is floor(border colour + n), n ~ N(0, 8^2) the same for all three channels.
+    crop = np.zeros((8, 8, 3), np.uint8)
+    crop[:] = (100, 150, 20)
+    crop[0, :4] = (105, 161, 28)  # 5 of the 32 border samples (rows 0, 7, columns 0, 7: the corner twice)
+    canvas, box = expand_resize(crop, np.random.default_rng(3), ratio_range=(8.0, 8.0), out_size=(400, 400))
+    x1, y1, x2, y2 = box.astype(int).tolist()
+    outside = np.ones((400, 400), bool)
+    outside[y1:y2, x1:x2] = False
+    fill = canvas[outside].astype(np.float64)
+    border_mean = np.array([100 + 5 * 5 / 32, 150 + 5 * 11 / 32, 20 + 5 * 8 / 32])
+    # E[floor(m + n)] = m - 1/2 + O(e^{-2 pi^2 64}); std of floor(m + n) = sqrt(64 + 1/12).
+    np.testing.assert_allclose(fill.mean(axis=0), border_mean - 0.5, atol=0.1)
+    np.testing.assert_allclose(fill.std(axis=0), np.sqrt(64 + 1 / 12), atol=0.1)
+    noise = fill[:, 0] - border_mean[0]
+    assert abs(np.mean(np.abs(noise + 0.5) < 8) - 0.6827) < 0.01  # one sigma: Gaussian, not uniform
+    # Grey noise: the channels move together, their differences are the colour's (floor: one of two values).
+    assert set(np.unique(fill[:, 1] - fill[:, 0]).tolist()) <= {50.0, 51.0}
+
+
 @FAST
 @given(count=st.integers(1, 5), seed=st.integers(0, 1000))
 def test_several_crops_per_canvas_do_not_overlap(count, seed):

@@ -228,6 +228,33 @@ def test_run_training_resumes_exactly_and_logs_every_step_once(tmp_path):
     assert len({r["loss"] for r in logged(interrupted)}) == 6
 
 
+def test_on_device_hook_runs_on_every_micro_batch_before_the_forward(tmp_path):
+    """TrainingData.on_device (the pre-training's photometric step) sees each moved micro-batch once, and the
+    forward gets what it returns."""
+    seen, forwarded = [], []
+
+    def halve(batch):
+        seen.append(batch["pixel_values"].clone())
+        return {"pixel_values": batch["pixel_values"] / 2}
+
+    def recording_forward(model, batch):
+        forwarded.append(batch["pixel_values"])
+        return noisy_forward(model, batch)
+
+    accelerator = Accelerator(cpu=True)
+    model = nn.Linear(2, 1)
+    optimizer = build_optimizer(model, {"name": "sgd", "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0})
+    scheduler = build_scheduler(optimizer, {"name": "step", "warmup_steps": 0, "milestones": []}, 2)
+    data = TrainingData(SingleSourceDataset(NoisyItems()), HybridSampler([7], seed=3), stack, on_device=halve)
+    settings = LoopSettings(max_steps=2, batch_size=2, seed=3, gradient_accumulation_steps=2, checkpoint_every=2)
+    run_training(
+        accelerator, model, optimizer, scheduler, data, settings, tmp_path, name="test", forward=recording_forward
+    )
+    assert len(seen) == len(forwarded) == 4  # 2 steps x 2 micro-batches
+    for before, after in zip(seen, forwarded):
+        assert torch.equal(after, before / 2)
+
+
 def test_keep_log_until_drops_later_and_broken_lines(tmp_path):
     path = tmp_path / "log.jsonl"
     path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"st')
