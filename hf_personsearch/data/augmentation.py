@@ -91,17 +91,20 @@ class PersonIoUCrop(v2.RandomIoUCrop):
         centre_y = (0.5 * (boxes[..., 1] + boxes[..., 3])).numpy()
         boxes = boxes.numpy()
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        # torchvision computes the scales and positions on float32 tensors; numpy float32 scalars round alike.
+        min_scale, scale_range = np.float32(self.min_scale), np.float32(self.max_scale - self.min_scale)
         while True:
             min_iou = self.options[int(torch.randint(low=0, high=len(self.options), size=(1,)))]
             if min_iou >= 1.0:  # the "keep the whole image" option
                 return {}
             for _ in range(self.trials):
-                scale = self.min_scale + (self.max_scale - self.min_scale) * torch.rand(2)
-                new_w, new_h = int(width * scale[0]), int(height * scale[1])
+                scale = min_scale + scale_range * torch.rand(2).numpy()
+                new_w, new_h = int(np.float32(width) * scale[0]), int(np.float32(height) * scale[1])
                 if not self.min_aspect_ratio <= new_w / new_h <= self.max_aspect_ratio:
                     continue
-                position = torch.rand(2)
-                left, top = int((width - new_w) * position[0]), int((height - new_h) * position[1])
+                position = torch.rand(2).numpy()
+                left = int(np.float32(width - new_w) * position[0])
+                top = int(np.float32(height - new_h) * position[1])
                 right, bottom = left + new_w, top + new_h
                 if left == right or top == bottom:
                     continue
