@@ -77,55 +77,87 @@ class PersonIoUCrop(v2.RandomIoUCrop):
     """
 
     def make_params(self, flat_inputs: list) -> dict:
-        """``RandomIoUCrop.make_params`` on the persons: the same draws from torch's RNG in the same order and
-        the same float32 arithmetic, so the same crop for the same seed (tested against it), with the box
-        tests in numpy: torchvision's per-trial tensor calls cost ~1 ms a trial, and a crowded scene with a
-        high IoU option takes dozens of trials, more than the rest of the view."""
+        """``RandomIoUCrop.make_params`` on the persons: the same crop for the same seed, and torch's RNG left
+        where torchvision leaves it (tested against it), see :meth:`_first_crop`."""
         flat_inputs = [inpt for inpt in flat_inputs if not isinstance(inpt, IgnoreRegions)]
         height, width = v2.query_size(flat_inputs)
         persons = next(inpt for inpt in flat_inputs if isinstance(inpt, tv_tensors.BoundingBoxes))
         boxes = v2.functional.convert_bounding_box_format(
             persons.as_subclass(torch.Tensor), persons.format, tv_tensors.BoundingBoxFormat.XYXY
         )
-        centre_x = (0.5 * (boxes[..., 0] + boxes[..., 2])).numpy()
-        centre_y = (0.5 * (boxes[..., 1] + boxes[..., 3])).numpy()
-        boxes = boxes.numpy()
-        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        # torchvision computes the scales and positions on float32 tensors; numpy float32 scalars round alike.
-        min_scale, scale_range = np.float32(self.min_scale), np.float32(self.max_scale - self.min_scale)
         while True:
             min_iou = self.options[int(torch.randint(low=0, high=len(self.options), size=(1,)))]
             if min_iou >= 1.0:  # the "keep the whole image" option
                 return {}
-            for _ in range(self.trials):
-                scale = min_scale + scale_range * torch.rand(2).numpy()
-                new_w, new_h = int(np.float32(width) * scale[0]), int(np.float32(height) * scale[1])
-                if not self.min_aspect_ratio <= new_w / new_h <= self.max_aspect_ratio:
-                    continue
-                position = torch.rand(2).numpy()
-                left = int(np.float32(width - new_w) * position[0])
-                top = int(np.float32(height - new_h) * position[1])
-                right, bottom = left + new_w, top + new_h
-                if left == right or top == bottom:
-                    continue
-                inside = (left < centre_x) & (centre_x < right) & (top < centre_y) & (centre_y < bottom)
-                if not inside.any():
-                    continue
-                crop = np.array([left, top, right, bottom], np.float32)
-                lt = np.maximum(boxes[inside, :2], crop[:2])
-                rb = np.minimum(boxes[inside, 2:], crop[2:])
-                overlap = np.clip(rb - lt, 0, None)
-                intersection = overlap[:, 0] * overlap[:, 1]
-                crop_area = (crop[2] - crop[0]) * (crop[3] - crop[1])
-                if (intersection / (areas[inside] + crop_area - intersection)).max() < min_iou:
-                    continue
-                return {
-                    "top": top,
-                    "left": left,
-                    "height": new_h,
-                    "width": new_w,
-                    "is_within_crop_area": torch.from_numpy(inside),
-                }
+            params = self._first_crop(height, width, boxes, min_iou)
+            if params:
+                return params
+
+    def _first_crop(self, height: int, width: int, boxes: torch.Tensor, min_iou: float) -> dict:
+        """The first of ``self.trials`` trials that torchvision's loop would accept, all tested at once.
+
+        A trial draws ``torch.rand(2)`` for its scale and, when the aspect ratio is allowed, ``torch.rand(2)``
+        for its position. Here enough pairs for every trial are drawn in one call, the loop's pairing is
+        walked through, the candidate crops are tested together in numpy (in torchvision each trial costs
+        ~1 ms of tensor calls, and a crowded scene with a high IoU option takes dozens), and the RNG is then
+        rewound and advanced by exactly the pairs the loop would have drawn. Sizes and positions are computed
+        in float32 as torchvision does on its float32 draws.
+        """
+        state = torch.get_rng_state()
+        pairs = torch.rand(4 * self.trials).numpy().reshape(-1, 2)
+        scales = np.float32(self.min_scale) + np.float32(self.max_scale - self.min_scale) * pairs
+        new_w = (np.float32(width) * scales[:, 0]).astype(np.int64)
+        new_h = (np.float32(height) * scales[:, 1]).astype(np.int64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            aspect = new_w / new_h
+        allowed = (self.min_aspect_ratio <= aspect) & (aspect <= self.max_aspect_ratio)
+        candidates, pair = [], 0
+        for _ in range(self.trials):
+            if allowed[pair]:
+                candidates.append(pair)
+                pair += 2
+            else:
+                pair += 1
+        drawn, chosen = pair, None
+        if candidates:
+            scale_at = np.array(candidates)
+            w, h = new_w[scale_at], new_h[scale_at]
+            left = ((width - w).astype(np.float32) * pairs[scale_at + 1, 0]).astype(np.int64)
+            top = ((height - h).astype(np.float32) * pairs[scale_at + 1, 1]).astype(np.int64)
+            crops = np.stack([left, top, left + w, top + h], axis=1).astype(np.float32)
+            boxes_np = boxes.numpy()
+            centre_x = (0.5 * (boxes[:, 0] + boxes[:, 2])).numpy()
+            centre_y = (0.5 * (boxes[:, 1] + boxes[:, 3])).numpy()
+            inside = (
+                (crops[:, :1] < centre_x)
+                & (centre_x < crops[:, 2:3])
+                & (crops[:, 1:2] < centre_y)
+                & (centre_y < crops[:, 3:])
+            )
+            lt = np.maximum(boxes_np[None, :, :2], crops[:, None, :2])
+            rb = np.minimum(boxes_np[None, :, 2:], crops[:, None, 2:])
+            overlap = np.clip(rb - lt, 0, None)
+            intersection = overlap[..., 0] * overlap[..., 1]
+            areas = (boxes_np[:, 2] - boxes_np[:, 0]) * (boxes_np[:, 3] - boxes_np[:, 1])
+            crop_areas = (crops[:, 2] - crops[:, 0]) * (crops[:, 3] - crops[:, 1])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                iou = intersection / (areas[None, :] + crop_areas[:, None] - intersection)
+            best = np.where(inside, iou, -np.inf).max(axis=1, initial=-np.inf)
+            accepted = (w > 0) & (h > 0) & inside.any(axis=1) & ~(best < min_iou)
+            if accepted.any():
+                chosen = int(np.argmax(accepted))
+                drawn = int(scale_at[chosen]) + 2
+        torch.set_rng_state(state)
+        torch.rand(2 * drawn)
+        if chosen is None:
+            return {}
+        return {
+            "top": int(top[chosen]),
+            "left": int(left[chosen]),
+            "height": int(h[chosen]),
+            "width": int(w[chosen]),
+            "is_within_crop_area": torch.from_numpy(inside[chosen].copy()),
+        }
 
     def transform(self, inpt, params: dict):
         if isinstance(inpt, IgnoreRegions) and params:
