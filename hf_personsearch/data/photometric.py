@@ -93,7 +93,7 @@ def adjust_hue_(image: torch.Tensor, factor: float) -> torch.Tensor:
     is ``(g - b) / c`` when red is the max, ``2 + (b - r) / c`` for green, ``4 + (r - g) / c`` for blue
     (ties give the same hue either way); a channel of the turned pixel is ``mn + c * profile(h)`` with the
     hexagon's profiles red ``clamp(|h - 3| - 1)``, green ``clamp(2 - |h - 2|)``, blue ``clamp(2 - |h - 4|)``
-    on [0, 1]. The branch masks are exact 0/1 floats from ``sign``, which is cheaper than ``where`` on a CPU,
+    on [0, 1] (torchvision's ``_hsv_to_rgb`` table of ``v``, ``p``, ``q``, ``t`` per sector, written out). The branch masks are exact 0/1 floats from ``sign``, which is cheaper than ``where`` on a CPU,
     and every step writes into one of seven planes: on a CPU, fresh tensors cost more than the arithmetic.
     """
     red, green, blue = image.unbind(-3)
@@ -112,9 +112,10 @@ def adjust_hue_(image: torch.Tensor, factor: float) -> torch.Tensor:
     # A grey pixel (chroma 0) has numerator 0: any finite divisor leaves its hue 0 and its colour unchanged.
     hue.div_(torch.clamp(chroma, min=torch.finfo(image.dtype).tiny, out=other)).add_(6.0 * factor)
     hue.add_(torch.div(hue, 6.0, out=other).floor_(), alpha=-6.0)  # into [0, 6)
-    for channel, centre, offset, sign in zip((red, green, blue), (3.0, 2.0, 4.0), (-1.0, 2.0, 2.0), (1.0, -1.0, -1.0)):
-        torch.sub(hue, centre, out=channel).abs_().mul_(sign).add_(offset).clamp_(0.0, 1.0)
-        channel.mul_(chroma).add_(low)
+    # clamp(2 - |h - k|) = 1 - clamp(|h - k| - 1): green and blue are mx - c * clamp(|h - k| - 1), red mn + c * it.
+    for channel, centre, base, sign in zip((red, green, blue), (3.0, 2.0, 4.0), (low, high, high), (1.0, -1.0, -1.0)):
+        profile = torch.sub(hue, centre, out=other).abs_().sub_(1.0).clamp_(0.0, 1.0)
+        torch.addcmul(base, chroma, profile, value=sign, out=channel)
     return image
 
 
