@@ -5,6 +5,7 @@ schedule, then call :func:`run_training`, which owns everything else::
 
     accelerator = build_accelerator(config["training"], output_dir)       # DDP kwargs, trackers, precision
     data = TrainingData(dataset, sampler, collate)     # sampler: endless, state = samples drawn (HybridSampler)
+                                                       # on_device=...: a batch step on the device (photometric)
     outcome = run_training(accelerator, model, optimizer, scheduler, data,
                            LoopSettings.from_config(config, max_steps), output_dir, resume_from=..., ...)
     if outcome.finished:

@@ -52,15 +52,17 @@ GEOMETRY_ONLY = dict(min_sizes=(48, 64, 96), max_size=200, color_jitter_p=0.0, g
 
 
 @settings(max_examples=15, deadline=None)
-@given(_scene())
-def test_views_stay_in_correspondence(scene):
+@given(_scene(), st.booleans())
+def test_views_stay_in_correspondence(scene, photometric_in_step):
     image, boxes, person_ids, seed = scene
     torch.manual_seed(seed)
-    views = TwoViewAugmentation(min_box_size=6.0, **GEOMETRY_ONLY)(image, boxes, person_ids)
+    augmentation = TwoViewAugmentation(min_box_size=6.0, photometric_in_step=photometric_in_step, **GEOMETRY_ONLY)
+    views = augmentation(image, boxes, person_ids)
     for view in views:
-        pixels = _denormalise(view["pixel_values"])
+        # The worker's uint8 view when the photometric part is left to the step (none is drawn here).
+        pixels = view["pixel_values"] if photometric_in_step else _denormalise(view["pixel_values"])
         height, width = pixels.shape[-2:]
-        assert view["pixel_values"].dtype == torch.float32
+        assert view["pixel_values"].dtype == (torch.uint8 if photometric_in_step else torch.float32)
         # The processor's rule, sides rounded: the short side is a listed size exactly, or the long side the cap.
         assert min(height, width) in (48, 64, 96) or max(height, width) == 200
         assert view["boxes"].shape == (len(view["person_ids"]), 4) and len(view["person_index"]) == len(
