@@ -15,10 +15,11 @@ centre leaving the IoU crop or for being small, and they play no part in choosin
 
 Probabilities follow SimSiam's augmentation (Chen and He 2021: colour jitter 0.4/0.4/0.4/0.1 with
 p=0.8, grayscale p=0.2, Gaussian blur sigma 0.1-2 with p=0.5, horizontal flip p=0.5), the recipe the
-paper builds its contrastive branch on. The geometric part runs here on uint8 pixels; the photometric
-part (:mod:`.photometric`) runs after it, here or in the training step on the batch. Scale/crop is detection-style instead of SimSiam's
+paper builds its contrastive branch on. Scale/crop is detection-style instead of SimSiam's
 RandomResizedCrop to 224 px: an SSD IoU crop (keeps at least one person) with p=0.5, then a random
 shortest side from the multi-scale detection list, so the views stay scene images at detector sizes.
+The geometric part runs here on uint8 pixels; the photometric part (:mod:`.photometric`) runs after
+it, here or in the training step on the batch.
 
 Resizing and normalisation are the image processor's (:class:`PersonSearchImageProcessor`, passed in):
 its resize rule (:func:`resized_size`, :func:`resize`) and its ``image_mean``/``image_std``, so a view
