@@ -20,6 +20,7 @@ crop then its top-k gallery detections, each framed green (a true positive) or r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import re
@@ -70,6 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top_k_shown", type=int, default=5, help="matches per query in the picture (top-5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data when no --data_dir")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU exists")
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="run the model under bf16 autocast: about 0.5x the time of float32 for ResNet-50 on a CPU with "
+        "AVX512-BF16, but the results move (synthetic PRW: top-1 -1.3, detection AP -0.2 points), so off by default",
+    )
     return parser.parse_args(argv)
 
 
@@ -175,16 +182,20 @@ def main(argv: list[str] | None = None) -> dict:
             generate(args.dataset, data_dir, seed=args.seed)
     model, processor = load_model(args.model, args.min_size, args.max_size)
     model.to(accelerator.device)
-    summary, inputs = evaluate_on_target(
-        model,
-        processor,
-        args.dataset,
-        data_dir,
-        gallery_size=args.gallery_size,
-        cross_camera=args.cross_camera,
-        det_thresh=args.det_thresh,
-        batch_size=args.batch_size,
+    precision = (
+        torch.autocast(accelerator.device.type, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
     )
+    with precision:
+        summary, inputs = evaluate_on_target(
+            model,
+            processor,
+            args.dataset,
+            data_dir,
+            gallery_size=args.gallery_size,
+            cross_camera=args.cross_camera,
+            det_thresh=args.det_thresh,
+            batch_size=args.batch_size,
+        )
     search, detection = summary.pop("search"), summary.pop("detection")
     summary["model"] = args.model
     print(search.to_table())

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from accelerate.state import AcceleratorState
 from PIL import Image
 
@@ -51,6 +52,28 @@ def test_prw_evaluation_writes_json_and_a_marked_picture(model_dir, tmp_path, ca
     shown = [match["correct"] for entry in per_query[:2] for match in entry["ranked"][:3]]
     for colour, expected in ((run_eval.CORRECT_COLOUR, any(shown)), (run_eval.WRONG_COLOUR, not all(shown))):
         assert bool((pixels == colour).all(axis=1).any()) == expected, colour
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_bf16_flag_runs_every_forward_under_bf16_autocast_and_only_then(model_dir, tmp_path, monkeypatch, bf16):
+    precisions = []
+    load_model = run_eval.load_model
+
+    def spying_load_model(*args, **kwargs):
+        model, processor = load_model(*args, **kwargs)
+        forward = model.forward
+
+        def recording_forward(*forward_args, **forward_kwargs):
+            precisions.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+            return forward(*forward_args, **forward_kwargs)
+
+        monkeypatch.setattr(model, "forward", recording_forward)
+        return model, processor
+
+    monkeypatch.setattr(run_eval, "load_model", spying_load_model)
+    args = ["--model", str(model_dir), "--dataset", "prw", "--output_dir", str(tmp_path), "--cpu"]
+    run_eval.main([*args, "--num_shown_queries", "0", *(["--bf16"] if bf16 else [])])
+    assert precisions and set(precisions) == {torch.bfloat16 if bf16 else None}
 
 
 def test_cuhk_sysu_gallery_size_is_applied(model_dir, tmp_path):
