@@ -66,7 +66,8 @@ class SplitBackbone(nn.Module):
     equal theirs up to float rounding (relative 1e-5). The copy is cached with a fingerprint of the body's
     parameters and buffers (storage, in-place version counter, dtype, device), so an optimiser step,
     ``load_state_dict`` or ``.to()`` rebuild it on the next inference. It costs one more copy of the
-    backbone's weights in memory; ``fold_batchnorm = False`` (on the instance) runs the modules as built.
+    backbone's weights in memory (freed by ``train()``); ``fold_batchnorm = False`` (on the instance) runs the
+    modules as built, as do weights made under ``torch.inference_mode`` (no version counter to watch).
     ``compile_inference = True`` also wraps the copy in ``torch.compile`` (off by default: on CPU the
     compilation costs more than a gallery of a few hundred images gains, see the README's speed figures).
 
@@ -131,20 +132,31 @@ class SplitBackbone(nn.Module):
             x = self._modules_by_name[name](x)
         return x
 
-    def _uses_inference_copy(self) -> bool:
+    def train(self, mode: bool = True) -> SplitBackbone:
+        if mode:
+            self._inference_copy = None  # training changes the weights: free the stale copy's memory now
+        return super().train(mode)
+
+    def _runs_inference_copy(self) -> bool:
         return self.fold_batchnorm and not self.training and not torch.is_grad_enabled()
 
-    def _weights_fingerprint(self) -> tuple:
+    def _weights_fingerprint(self) -> tuple | None:
+        tensors = list(itertools.chain(self.body.parameters(), self.body.buffers()))
+        if any(tensor.is_inference() for tensor in tensors):
+            return None
         # _version counts in-place writes (optimiser steps, load_state_dict, copy_); data_ptr changes when a
         # tensor is replaced (.to(), param.data = ...).
         return (self.compile_inference,) + tuple(
-            (tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device)
-            for tensor in itertools.chain(self.body.parameters(), self.body.buffers())
+            (tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device) for tensor in tensors
         )
 
-    def inference_parts(self) -> tuple[nn.Module, nn.Module]:
-        """(encoder, box head) inference copies for the current weights: BatchNorms folded, channels_last."""
+    def inference_parts(self) -> tuple[nn.Module, nn.Module] | None:
+        """(encoder, box head) inference copies for the current weights (BatchNorms folded, channels_last),
+        built or rebuilt when needed; None when the body holds tensors made under ``torch.inference_mode``:
+        they have no version counter, so a change of the weights could not be seen."""
         fingerprint = self._weights_fingerprint()
+        if fingerprint is None:
+            return None
         if self._inference_copy is None or self._inference_copy[0] != fingerprint:
             self._inference_copy = None  # free the stale copy before building the new one
             parts = []
@@ -156,13 +168,15 @@ class SplitBackbone(nn.Module):
         return self._inference_copy[1], self._inference_copy[2]
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if self._uses_inference_copy():
-            return self.inference_parts()[0](pixel_values)
+        parts = self.inference_parts() if self._runs_inference_copy() else None
+        if parts is not None:
+            return parts[0](pixel_values)
         return self._run(self._encoder_names, pixel_values)
 
     def box_head(self, roi_features: torch.Tensor) -> torch.Tensor:
-        if self._uses_inference_copy():
-            return self.inference_parts()[1](roi_features)
+        parts = self.inference_parts() if self._runs_inference_copy() else None
+        if parts is not None:
+            return parts[1](roi_features)
         return self._run(self._head_names, roi_features)
 
 

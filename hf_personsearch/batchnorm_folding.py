@@ -9,7 +9,8 @@ spends a multiplication and an addition over the whole map). The result equals t
 float rounding, not bit for bit.
 
 The conv -> BatchNorm pairs are found on the data flow (a ``torch.fx`` trace), not on module names: a pair is
-folded only when the BatchNorm reads the convolution's output and nothing else reads it. Parts that torch.fx
+folded only when the BatchNorm reads the convolution's output, nothing else reads it, and neither module is
+called anywhere else. Parts that torch.fx
 cannot trace (Python control flow on tensor values, e.g. torchvision ShuffleNet V2's channel shuffle) are kept
 as they are, so the copy always computes what the original does.
 
@@ -19,6 +20,7 @@ The copy holds its own (folded) weights: the original module, its state dict and
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import torch
 import torch.fx
@@ -104,6 +106,8 @@ def fold_batchnorms(module: nn.Module) -> tuple[nn.Module, int]:
     leaves = _untraceable_modules(module)
     graph = _Tracer(leaves).trace(module)
     modules = dict(module.named_modules())
+    # A module called at several places (shared weights) is left alone: folding would change every call.
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
     folded = 0
     for node in list(graph.nodes):
         if node.op != "call_module" or not isinstance(modules[node.target], _NORM_TYPES):
@@ -115,6 +119,7 @@ def fold_batchnorms(module: nn.Module) -> tuple[nn.Module, int]:
             and source.op == "call_module"
             and type(modules[source.target]) is nn.Conv2d
             and len(source.users) == 1
+            and calls[source.target] == calls[node.target] == 1
             and len(node.args) == 1
             and not node.kwargs
         ):

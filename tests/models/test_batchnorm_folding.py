@@ -98,9 +98,23 @@ class DataDependentBranch(nn.Module):
         return self.norm(self.conv(x))
 
 
+class ConvCalledTwice(nn.Module):
+    """One convolution at two places, only one of them followed by a BatchNorm: shared weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+        self.norm = frozen(4)
+
+    def forward(self, x):
+        return self.norm(self.conv(x)) + self.conv(x)
+
+
 def test_pairs_the_data_flow_does_not_allow_are_kept():
     torch.manual_seed(0)
-    network = nn.Sequential(SharedConvOutput(), DataDependentBranch(), nn.Conv2d(4, 4, 1), frozen(4))
+    network = nn.Sequential(
+        SharedConvOutput(), DataDependentBranch(), ConvCalledTwice(), nn.Conv2d(4, 4, 1), frozen(4)
+    )
     randomise_statistics(network)
     folded, count = fold_batchnorms(network)
     assert count == 1  # only the last pair
@@ -207,6 +221,27 @@ def test_training_after_inference_works_and_the_next_inference_sees_the_new_weig
         stale_features = stale[1](pixel_batch["pixel_values"])
         assert not torch.allclose(stale_features, model.encode(pixel_batch["pixel_values"]), **FEATURE_TOLERANCE)
     assert_same_detections(infer(model, pixel_batch, fold=False), optimised)
+
+
+def test_weights_loaded_in_eval_mode_rebuild_the_copy(model, batch):
+    pixel_batch, _ = batch
+    infer(model, pixel_batch, fold=True)
+    stale = model.backbone._inference_copy
+    state = model.state_dict()
+    state["backbone.body.layer3.0.bn1.running_mean"] = state["backbone.body.layer3.0.bn1.running_mean"] + 1.0
+    model.load_state_dict(state)  # in eval mode: no train() call in between
+    optimised = infer(model, pixel_batch, fold=True)
+    assert model.backbone._inference_copy is not stale
+    assert_same_detections(infer(model, pixel_batch, fold=False), optimised)
+
+
+def test_weights_made_under_inference_mode_run_the_modules_as_built(batch):
+    pixel_batch, _ = batch
+    with torch.inference_mode():  # such tensors have no version counter: weight changes could not be seen
+        torch.manual_seed(0)
+        model = PersonSearchModel(tiny_config(freeze_batchnorm=True, box_score_thresh=0.0)).eval()
+        output = model(pixel_batch["pixel_values"], pixel_batch["image_sizes"])
+    assert model.backbone._inference_copy is None and len(output.boxes[0]) > 0
 
 
 def test_eval_mode_with_gradients_runs_the_original_modules(model, batch):
