@@ -26,12 +26,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import os
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_iou
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d, box_iou
 
 from hf_personsearch import PersonSearchConfig, PersonSearchModel
 from hf_personsearch.oim import OIMLoss
@@ -67,18 +69,34 @@ def interleaved_best_times(variants: dict[str, Callable[[], object]], repeats: i
 
 
 def benchmark_model(backbone: str) -> PersonSearchModel:
-    """A model with frozen BatchNorms whose statistics and affine terms are not the identity (random init
-    leaves them at mean 0 / variance 1, where folding would have nothing to fold), and score threshold 0 so
-    that the random model keeps detections to compare (the 300 proposals go through the box head either way)."""
+    """A model whose BatchNorms (the backbone's frozen ones and the heads') are set up like a trained
+    network's: each one's running statistics are those of its input on a random image (it normalises to mean
+    0 / variance 1, as in training), the backbone's affine terms random around the identity. Random init alone
+    leaves mean 0 / variance 1 (folding would have nothing to fold, every detection score is 1.0) and random
+    statistics make ResNet-50's activations overflow (no detections). Score threshold 0, so that the random
+    model keeps detections to compare (the 300 proposals go through the box head either way)."""
     torch.manual_seed(0)
     config = PersonSearchConfig(backbone=backbone, num_person_ids=1000, freeze_batchnorm=True, box_score_thresh=0.0)
-    model = PersonSearchModel(config)
-    generator = torch.Generator().manual_seed(0)
-    for name, buffer in model.backbone.body.named_buffers():
-        if name.endswith(("running_mean", "bias")):
-            buffer.copy_(0.1 * torch.randn(buffer.shape, generator=generator))
-        elif name.endswith(("running_var", "weight")):
-            buffer.copy_(0.5 + torch.rand(buffer.shape, generator=generator))
+    model = PersonSearchModel(config).eval()
+
+    def measure_statistics(norm, inputs):
+        dims = [dim for dim in range(inputs[0].dim()) if dim != 1]  # all but the channels
+        norm.running_mean.copy_(inputs[0].mean(dims))
+        norm.running_var.copy_(inputs[0].var(dims))
+
+    hooks = []
+    for norm in model.modules():
+        if isinstance(norm, FrozenBatchNorm2d):
+            norm.weight.copy_(0.5 + torch.rand(norm.weight.shape))
+            norm.bias.copy_(0.1 * torch.randn(norm.bias.shape))
+        if isinstance(norm, (FrozenBatchNorm2d, nn.BatchNorm1d)):
+            hooks.append(norm.register_forward_pre_hook(measure_statistics))
+    model.backbone.fold_batchnorm = False  # the hooks sit on the modules as built
+    with torch.no_grad():
+        model(torch.randn(1, 3, 512, 512))
+    model.backbone.fold_batchnorm = True
+    for hook in hooks:
+        hook.remove()
     return model
 
 
@@ -184,7 +202,10 @@ def inference_figures(backbone: str, height: int, width: int, batch: int, repeat
         variants["optimised + torch.compile"] = run("optimised + torch.compile", True, torch.no_grad, compiled)
     times = interleaved_best_times(variants, repeats)
     plain = times["plain"]
-    print(f"{backbone:12s} inference {batch}x{height}x{width}, best of {repeats} interleaved:")
+    print(
+        f"{backbone:12s} inference {batch}x{height}x{width}, best of {repeats} interleaved "
+        f"(load average {os.getloadavg()[0]:.1f}):"
+    )
     for name, seconds in times.items():
         line = f"  {name:28s} {seconds * 1000:9.1f} ms  ratio to plain {seconds / plain:5.2f}"
         if name != "plain":
@@ -315,7 +336,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     height, width = (int(v) for v in args.size.split("x"))
     inference_height, inference_width = (int(v) for v in args.inference_size.split("x"))
-    print(f"torch {torch.__version__}, {args.threads} thread(s), CPU")
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), CPU; load average at start "
+        f"{os.getloadavg()[0]:.1f} ({os.cpu_count()} cores: other processes slow every variant alike)"
+    )
     backbones = ["test_resnet"] + ([] if args.skip_resnet50 else ["resnet50"])
     for backbone in backbones:
         model_figures(backbone, height, width, args.batch, args.repeats)
