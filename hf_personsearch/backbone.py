@@ -62,14 +62,15 @@ class SplitBackbone(nn.Module):
     In eval mode without gradients (``model.eval()`` under ``torch.no_grad()`` or ``torch.inference_mode()``)
     ``encode`` and ``box_head`` run the inference copy: every BatchNorm folded into the convolution before
     it and the convolution weights in channels_last memory format. Measured on ResNet-50, 900x1500, one CPU
-    thread (``benchmarks/bench_model.py``), this is about 0.6x the time of the modules as built; the results
-    equal theirs up to float rounding (relative 1e-5). The copy is cached with a fingerprint of the body's
-    parameters and buffers (storage, in-place version counter, dtype, device), so an optimiser step,
-    ``load_state_dict`` or ``.to()`` rebuild it on the next inference. It costs one more copy of the
+    thread (``benchmarks/bench_model.py``), the whole model's inference takes 0.73-0.82x the time of the
+    modules as built; the results equal theirs up to float rounding. The copy is cached with a fingerprint
+    of the body's parameters and buffers (storage, in-place version counter, dtype, device), so an optimiser
+    step, ``load_state_dict`` or ``.to()`` rebuild it on the next inference. It costs one more copy of the
     backbone's weights in memory (freed by ``train()``); ``fold_batchnorm = False`` (on the instance) runs the
     modules as built, as do weights made under ``torch.inference_mode`` (no version counter to watch).
-    ``compile_inference = True`` also wraps the copy in ``torch.compile`` (off by default: on CPU the
-    compilation costs more than a gallery of a few hundred images gains, see the README's speed figures).
+    ``compile_inference = True`` also wraps the copy in ``torch.compile``: off by default, as its first call
+    compiles (ResNet-50 on a CPU: 31 s, for about 1.3 s saved per 900x1500 image) and it compiles again after
+    every weight change (each evaluation during training) and for new input sizes.
 
     Attributes:
         body: the timm ``features_only`` network, the torchvision model or the builtin ShuffleNet V1

@@ -251,3 +251,13 @@ def test_eval_mode_with_gradients_runs_the_original_modules(model, batch):
     features.sum().backward()
     assert model.backbone._inference_copy is None
     assert model.backbone.body.layer3[0].conv1.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.slow  # torch.compile's first call compiles for ~1 min on 2 CPU cores
+def test_compiled_inference_copy_gives_the_plain_detections(model, batch):
+    pixel_batch, _ = batch
+    plain = infer(model, pixel_batch, fold=False)
+    model.backbone.compile_inference = True
+    compiled = infer(model, pixel_batch, fold=True)
+    assert model.backbone._inference_copy[0][0] is True  # the cached copy is the compiled one
+    assert_same_detections(plain, compiled)
