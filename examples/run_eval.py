@@ -6,7 +6,7 @@ Usage::
     accelerate launch examples/run_eval.py --model outputs/finetune_prw --dataset cuhk_sysu \\
         --data_dir /data/cuhk_sysu --gallery_size 1000
 
-``--model`` is a saved model folder or a hub id (PersonSearchModel, or a pre-training checkpoint: its
+``--model`` is a saved model folder or a hub id (PersonSearchModel, AlignPSModel, or a pre-training checkpoint: its
 person search part is evaluated). Protocol switches: ``--gallery_size`` (CUHK-SYSU TestG{N} or "full";
 default TestG100), ``--cross_camera`` (PRW / PoseTrack21), ``--det_thresh``. With no ``--data_dir`` the
 synthetic generator writes the dataset's raw format under ``<output_dir>/data`` first.
@@ -32,10 +32,11 @@ import torch
 from accelerate import Accelerator
 from PIL import Image, ImageDraw
 
-from hf_personsearch import PersonSearchImageProcessor, PersonSearchModel
+from hf_personsearch import PersonSearchImageProcessor
 from hf_personsearch.data.formats import target_names
 from hf_personsearch.data.search_dataset import target_dataset
 from hf_personsearch.evaluation.model_inference import evaluate_on_target, resolve_gallery_size
+from hf_personsearch.hub import load_search_model
 from hf_personsearch.image_loading import load_image
 from hf_personsearch.pipelines.visualization import BACKGROUND, render_search_result
 
@@ -109,8 +110,14 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def load_model(name: str, min_size: int | None, max_size: int | None):
-    """The model (float32, eval mode) and its image processor (the saved one, else the 900/1500 default)."""
-    model = PersonSearchModel.from_pretrained(name, dtype=torch.float32).eval()
+    """The model (either family, float32, eval mode) and its image processor (the saved one, else the 900/1500
+    default)."""
+    try:
+        model, notes = load_search_model(name)
+    except ValueError as error:
+        raise UsageError(f"--model {error}") from error
+    for note in notes:
+        logger.info(note)
     try:
         processor = PersonSearchImageProcessor.from_pretrained(name)
     except OSError:

@@ -108,55 +108,15 @@ def _note(text: str) -> None:
     print(f"note: {text}", file=sys.stderr)
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _load_model(name_or_path: str):
-    """The PersonSearchModel of a saved folder or Hub id and notes for the user. A pre-training checkpoint
-    gives its downstream person search part (PersonSearchModel.from_pretrained takes it); anything else that
-    is not a person search model is one clear error line, not a traceback."""
-    import torch
-    from transformers import AutoConfig
+    """The search model of a saved folder or Hub id and notes for the user (``hub.load_search_model``); what
+    cannot be loaded is one clear error line naming ``--model``, not a traceback."""
+    from hf_personsearch.hub import load_search_model
 
-    from hf_personsearch import (
-        AlignPSConfig,
-        AlignPSModel,
-        PersonSearchConfig,
-        PersonSearchModel,
-        PersonSearchPretrainConfig,
-    )
-
-    path = Path(name_or_path)
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise ValueError(f"--model {path}: not a saved model folder ({path / 'config.json'} does not exist)")
-    if not path.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
-        raise ValueError(f"--model {name_or_path}: no such folder")
     try:
-        config = AutoConfig.from_pretrained(name_or_path)
-    except (OSError, ValueError) as error:
-        raise ValueError(
-            f"--model {name_or_path}: neither a saved model folder nor a loadable Hub model id ({_first_line(error)})"
-        ) from error
-    if not isinstance(config, (PersonSearchConfig, PersonSearchPretrainConfig, AlignPSConfig)):
-        raise ValueError(
-            f"--model {name_or_path}: a {config.model_type!r} model, not a person search model "
-            f"(expected model_type {PersonSearchConfig.model_type!r}, {PersonSearchPretrainConfig.model_type!r} or "
-            f"{AlignPSConfig.model_type!r})"
-        )
-    notes = []
-    if isinstance(config, PersonSearchPretrainConfig):
-        notes.append(
-            f"{name_or_path} is a pre-training checkpoint: searching with its person search part (detector and "
-            "re-ID head as pre-trained, not fine-tuned on a target dataset)"
-        )
-    try:
-        model_class = AlignPSModel if isinstance(config, AlignPSConfig) else PersonSearchModel
-        model = model_class.from_pretrained(name_or_path, dtype=torch.float32)
-    except OSError as error:
-        raise ValueError(f"--model {name_or_path}: its weights cannot be loaded ({_first_line(error)})") from error
-    return model, notes
+        return load_search_model(name_or_path)
+    except ValueError as error:
+        raise ValueError(f"--model {error}") from error
 
 
 def _pipeline(args):

@@ -207,7 +207,8 @@ def test_quick_run_goes_through_every_stage(tmp_path):
     output_dir = tmp_path / "bench"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     completed = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--seeds", "3", "--output_dir", str(output_dir)],
+        [sys.executable, str(SCRIPT), "--quick", "--seeds", "3", "--output_dir", str(output_dir)]
+        + ["--conditions", *bench.CONDITIONS],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -253,3 +254,11 @@ def test_quick_run_goes_through_every_stage(tmp_path):
         assert (output_dir / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Validity gates:" in completed.stdout and "not reported" in completed.stdout
     assert (output_dir / "table.txt").read_text().strip() in completed.stdout
+
+
+def test_default_conditions_are_the_nae_ones_and_align_ps_is_opt_in(tmp_path):
+    default = bench.parse_args(["--output_dir", str(tmp_path)]).conditions
+    assert default == [name for name in bench.CONDITIONS if not name.startswith("alignps_")]
+    assert "scratch_100" in default and "full_100" in default
+    chosen = bench.parse_args(["--output_dir", str(tmp_path), "--conditions", "alignps_scratch_25"]).conditions
+    assert chosen == ["scratch_100", "alignps_scratch_25"]  # scratch_100 always: the gates need it

@@ -17,6 +17,7 @@ from hf_personsearch.data.search_dataset import load_target_queries, load_target
 from hf_personsearch.data.synthetic import generate
 from hf_personsearch.evaluation import evaluate_detection, evaluate_search
 from hf_personsearch.evaluation.model_inference import run_search_inference
+from hf_personsearch.hub import load_search_model
 from hf_personsearch.pipelines import GalleryIndex
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -112,3 +113,38 @@ def test_cli_indexes_and_searches_with_an_align_ps_model(workspace, tmp_path, ca
     assert cli.main(["search", *common, "--index", str(tmp_path / "index"), *arguments]) == 0
     assert [m["rank"] for m in json.loads((tmp_path / "m.json").read_text())] == [1, 2, 3]
     assert capsys.readouterr().out.splitlines()[0].split()[:2] == ["rank", "similarity"]
+
+
+def test_run_eval_evaluates_a_saved_align_ps_model(workspace, tmp_path):
+    """examples/run_eval.py loads the model through hub.load_search_model: an AlignPS folder is evaluated as
+    itself (it used to be read as a PersonSearchModel and fail on every key)."""
+    import importlib.util
+
+    from accelerate.state import AcceleratorState
+
+    spec = importlib.util.spec_from_file_location("run_eval", Path(__file__).parents[2] / "examples" / "run_eval.py")
+    run_eval = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_eval)
+    _, model_dir, _ = workspace
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        summary = run_eval.main(
+            [
+                "--model",
+                str(model_dir),
+                "--dataset",
+                "prw",
+                "--output_dir",
+                str(tmp_path),
+                "--cpu",
+                "--det_thresh",
+                "0",
+            ]
+        )
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert summary["num_queries"] > 0 and 0.0 <= summary["mAP"] <= 1.0
+    model, notes = load_search_model(str(model_dir))
+    assert isinstance(model, AlignPSModel) and not model.training and notes == []
+    with pytest.raises(ValueError, match=r"^.*nothing: no such folder$"):
+        load_search_model(str(tmp_path / "nothing"))
