@@ -64,7 +64,7 @@ from hf_personsearch import (
     PersonSearchImageProcessor,
     PersonSearchModel,
 )
-from hf_personsearch.data.augmentation import SingleViewAugmentation
+from hf_personsearch.data.augmentation import ShortestSideResize, SingleViewAugmentation
 from hf_personsearch.data.collate import collate_search
 from hf_personsearch.data.sampler import HybridSampler
 from hf_personsearch.data.search_dataset import (
@@ -116,6 +116,16 @@ def check_config(config: dict) -> None:
         select_fraction(1, float(data["train_fraction"]), 0)
     except ValueError as error:
         raise ConfigError(f"data/evaluation: {error}") from error
+    if data["train_min_sizes"] is not None or data["train_max_size"] is not None:
+        try:
+            ShortestSideResize(
+                data["train_min_sizes"] or [data["min_size"]], data["train_max_size"] or data["max_size"]
+            )
+        except (TypeError, ValueError) as error:
+            raise ConfigError(
+                "data.train_min_sizes / data.train_max_size: a list of shortest sides and one longest side (or one "
+                f"per shortest side), got {data['train_min_sizes']!r} / {data['train_max_size']!r} ({error})"
+            ) from error
     if data["data_dir"] is not None and not Path(data["data_dir"]).is_dir():
         raise ConfigError(f"data.data_dir {data['data_dir']!r} is not a folder (the raw {data['dataset']} dataset)")
     model_type = config["model"].get("type", MODEL_TYPES[0])
@@ -313,7 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     dataset = SearchTrainingDataset(
         records,
         identity_map=identity_map,
-        augmentation=SingleViewAugmentation(build_processor(config), flip_p=data["flip_p"]),
+        augmentation=SingleViewAugmentation(
+            build_processor(config),
+            flip_p=data["flip_p"],
+            min_sizes=data["train_min_sizes"],
+            max_size=data["train_max_size"],
+        ),
         strict=bool(data["strict"]),
     )
     # One source: HybridSampler is a seeded epoch permutation, resumable from the samples drawn.

@@ -46,19 +46,24 @@ DETR/Detectron list): smaller than fine-tuning's 900/1500 to keep pre-training c
 
 class ShortestSideResize(v2.Transform):
     """The image processor's resize (:func:`resized_size`, :func:`resize`), boxes following the image,
-    with the shortest side drawn uniformly from ``min_sizes`` for each call (one size: no randomness)."""
+    with the shortest side drawn uniformly from ``min_sizes`` for each call (one size: no randomness).
+    ``max_size`` bounds the longest side: one value for every draw, or one per entry of ``min_sizes``, drawn
+    with it (mmdetection's ``multiscale_mode="value"`` pairs, as AlignPS trains)."""
 
-    def __init__(self, min_sizes: Sequence[int], max_size: int):
+    def __init__(self, min_sizes: Sequence[int], max_size: int | Sequence[int]):
         super().__init__()
         self.min_sizes = [int(size) for size in min_sizes]
-        if not self.min_sizes or not all(0 < size <= max_size for size in self.min_sizes):
+        max_sizes = [int(max_size)] * len(self.min_sizes) if isinstance(max_size, int) else list(max_size)
+        if len(max_sizes) != len(self.min_sizes):
+            raise ValueError(f"max_size: one value or one per min_sizes entry ({self.min_sizes}), got {max_size}")
+        if not self.min_sizes or not all(0 < low <= high for low, high in zip(self.min_sizes, max_sizes)):
             raise ValueError(f"need 0 < min_sizes ({self.min_sizes}) <= max_size ({max_size})")
-        self.max_size = max_size
+        self.max_sizes = [int(size) for size in max_sizes]
 
     def make_params(self, flat_inputs: list) -> dict:
         height, width = v2.query_size(flat_inputs)
         draw = int(torch.randint(len(self.min_sizes), ())) if len(self.min_sizes) > 1 else 0
-        return {"size": resized_size(height, width, self.min_sizes[draw], self.max_size)}
+        return {"size": resized_size(height, width, self.min_sizes[draw], self.max_sizes[draw])}
 
     def transform(self, inpt, params: dict):
         return resize(inpt, params["size"])  # torchvision's dispatcher: images resized, boxes scaled
@@ -317,15 +322,25 @@ class SingleViewAugmentation:
             ``min_size``/``max_size`` by its rule and normalised with its ``image_mean``/``image_std``:
             with ``flip_p=0`` the pixels are the processor's own output for that image.
         flip_p: horizontal flip probability (0.5 for training, NAE; 0.0 for evaluation).
+        min_sizes / max_size: multi-scale training: the shortest side is drawn from ``min_sizes`` for each image,
+            the longest kept <= ``max_size`` (one value, or one per size drawn with it: AlignPS's (400, 667) ...
+            (1200, 2000) pairs). None (default) keeps the processor's one size, as NAE/SeqNet train.
 
     Same call and output as one view of :class:`TwoViewAugmentation`.
     """
 
-    def __init__(self, processor: PersonSearchImageProcessor | None = None, *, flip_p: float = 0.5):
+    def __init__(
+        self,
+        processor: PersonSearchImageProcessor | None = None,
+        *,
+        flip_p: float = 0.5,
+        min_sizes: Sequence[int] | None = None,
+        max_size: int | Sequence[int] | None = None,
+    ):
         processor = processor if processor is not None else PersonSearchImageProcessor()
         self.pipeline = v2.Compose(
             [
-                ShortestSideResize([processor.min_size], processor.max_size),
+                ShortestSideResize(min_sizes or [processor.min_size], max_size or processor.max_size),
                 v2.RandomHorizontalFlip(p=flip_p),
                 v2.ClampBoundingBoxes(),
                 v2.ToDtype(torch.float32, scale=True),

@@ -138,6 +138,11 @@ FINETUNE_DEFAULTS: dict = {
         # Image sizes of training and evaluation: NAE/SeqNet's shortest side 900, longest <= 1500.
         "min_size": 900,
         "max_size": 1500,
+        # Multi-scale training: the training view's shortest side drawn from train_min_sizes per image, its
+        # longest <= train_max_size (one value, or one per shortest side: AlignPS's recipe). None trains at the
+        # evaluation size above, as NAE/SeqNet do.
+        "train_min_sizes": None,
+        "train_max_size": None,
         # Horizontal flip probability of the training view (NAE: 0.5).
         "flip_p": 0.5,
         # DataLoader workers: 2 keeps a GPU fed on full-size scenes without needing many cores.

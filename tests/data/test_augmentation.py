@@ -91,6 +91,34 @@ def test_person_below_min_box_size_is_dropped_with_its_labels():
     assert view(image, boxes, [5, 6])["boxes"].shape == (2, 4)  # the single view keeps boxes >= 1 px
 
 
+def test_multi_scale_training_draws_paired_bounds_and_boxes_follow():
+    """AlignPS's recipe: one (shortest, longest) pair per image. A 1080x1920 frame is bounded by its longest side:
+    (400, 667) gives 375x667 (scale 667/1920), (1200, 2000) gives 1125x2000; boxes scale with the image."""
+    image = np.zeros((1080, 1920, 3), np.uint8)
+    boxes = np.array([[192.0, 108.0, 384.0, 540.0]], np.float32)
+    view = SingleViewAugmentation(
+        PersonSearchImageProcessor(min_size=900, max_size=1500),
+        flip_p=0.0,
+        min_sizes=[400, 1200],
+        max_size=[667, 2000],
+    )
+    seen = {}
+    torch.manual_seed(0)
+    for _ in range(20):
+        out = view(image, boxes, [3])
+        height, width = out["pixel_values"].shape[-2:]
+        seen[(height, width)] = out["boxes"][0]
+    assert set(seen) == {(375, 667), (1125, 2000)}
+    for (height, width), box in seen.items():
+        torch.testing.assert_close(box, torch.tensor(boxes[0]) * torch.tensor([width / 1920, height / 1080] * 2))
+    # one longest side for every size, and mismatched lists are refused
+    assert SingleViewAugmentation(flip_p=0.0, min_sizes=[400], max_size=2000)(image, boxes, [3])["pixel_values"].shape[
+        -2:
+    ] == (400, 711)
+    with pytest.raises(ValueError, match="one per min_sizes entry"):
+        SingleViewAugmentation(min_sizes=[400, 600], max_size=[667])
+
+
 def test_single_view_resize_flip_hand_checked():
     image = np.zeros((100, 200, 3), np.uint8)
     image[:, :100] = 255

@@ -128,6 +128,8 @@ def test_full_initialisation_starts_from_the_checkpoint_weights(scratch_run):
         ("data.train_fraction=0", "train_fraction must be in"),
         ("evaluation.gallery_size=100", "only CUHK-SYSU has gallery sizes"),
         ("training.learning_rate=1", "unknown key 'training.learning_rate'"),
+        ("data.train_min_sizes=[400, 2000]", "data.train_min_sizes / data.train_max_size"),
+        ("data.train_max_size=[667, 1000]", "one per min_sizes entry"),
     ],
 )
 def test_bad_input_fails_before_any_compute(tmp_path, capsys, override, message):
