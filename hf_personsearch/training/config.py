@@ -33,6 +33,9 @@ NAE_OPTIMIZER: dict = {
     "lr": 0.003,
     "momentum": 0.9,
     "weight_decay": 0.0005,
+    # Learning rate multiplier of the biases (not of normalisation layers): 1 in NAE/SeqNet; AlignPS uses 2
+    # (mmdetection's bias_lr_mult).
+    "bias_lr_factor": 1.0,
     # AdamW only: the usual transformer values.
     "betas": [0.9, 0.999],
     "eps": 1.0e-8,

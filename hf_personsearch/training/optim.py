@@ -19,32 +19,51 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "constant")
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters in two groups: weights decay, biases and normalisation parameters do not.
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, bias_lr_factor: float = 1.0) -> list[dict]:
+    """Trainable parameters in groups: weights decay, biases and normalisation parameters do not.
 
     Decaying a BatchNorm scale or a bias pulls it towards 0 for no regularisation benefit (the common
-    practice of timm and transformers); frozen parameters (``requires_grad=False``) are left out.
+    practice of timm and transformers); frozen parameters (``requires_grad=False``) are left out. With
+    ``bias_lr_factor`` != 1 the biases of layers other than normalisations and deformable-convolution offsets
+    get their own group at ``lr x bias_lr_factor`` (mmdetection's ``bias_lr_mult``: AlignPS trains with 2).
     """
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if not parameter.requires_grad:
-            continue
-        (no_decay if parameter.ndim <= 1 else decay).append(parameter)
-    return [
+    decay, no_decay, biases = [], [], []
+    for module_name, module in model.named_modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if not parameter.requires_grad:
+                continue
+            is_bias = name == "bias" and not isinstance(module, NORM_LAYERS) and "offset" not in module_name
+            if bias_lr_factor != 1.0 and is_bias:
+                biases.append(parameter)
+            else:
+                (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if bias_lr_factor != 1.0:
+        groups.append({"params": biases, "weight_decay": 0.0, "lr_factor": bias_lr_factor})
+    return groups
 
 
 def build_optimizer(model: nn.Module, config: Mapping) -> torch.optim.Optimizer:
-    """The optimiser of ``config`` (the ``optimizer`` section: name, lr, momentum, weight_decay, betas, eps)."""
+    """The optimiser of ``config`` (the ``optimizer`` section: name, lr, momentum, weight_decay, betas, eps,
+    bias_lr_factor)."""
     name = str(config.get("name", "sgd")).lower()
-    groups = parameter_groups(model, float(config.get("weight_decay", 0.0)))
+    bias_lr_factor = float(config.get("bias_lr_factor", 1.0))
+    if bias_lr_factor <= 0:
+        raise ValueError(f"optimizer.bias_lr_factor must be > 0, got {bias_lr_factor}")
+    groups = parameter_groups(model, float(config.get("weight_decay", 0.0)), bias_lr_factor)
     if not any(group["params"] for group in groups):
         raise ValueError("build_optimizer: the model has no trainable parameter")
     lr = float(config["lr"])
     if lr <= 0:
         raise ValueError(f"optimizer.lr must be > 0, got {lr}")
+    for group in groups:
+        group["lr"] = lr * group.pop("lr_factor", 1.0)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=float(config.get("momentum", 0.9)))
     if name == "adamw":

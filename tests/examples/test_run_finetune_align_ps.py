@@ -90,3 +90,18 @@ def test_bad_model_type_or_init_fails_before_any_compute(nae_checkpoint, tmp_pat
     error = capsys.readouterr().err.strip()
     assert error.startswith("run_finetune: configuration error: ") and message in error
     assert not (tmp_path / "out" / "data").exists()
+
+
+@pytest.mark.parametrize("name", ["finetune_alignps_prw", "finetune_alignps_cuhk_sysu"])
+def test_published_recipes_resolve_with_multi_scale_training_and_doubled_bias_lr(name, tmp_path):
+    """The shipped AlignPS recipes: every key known, the check passes, and a model of the recipe gets its six
+    (shortest, longest) training sizes and biases at twice the lr."""
+    config = load_config(
+        ROOT / "examples" / "configs" / f"{name}.yaml", [f"data.data_dir={tmp_path}"], FINETUNE_DEFAULTS
+    )
+    run_finetune.check_config(config)
+    data = config["data"]
+    assert data["train_min_sizes"] == [400, 600, 800, 900, 1000, 1200]
+    assert data["train_max_size"] == [667, 1000, 1333, 1500, 1666, 2000]
+    assert (data["min_size"], data["max_size"]) == (900, 1500)
+    assert config["optimizer"]["bias_lr_factor"] == 2.0 and config["model"]["type"] == "align_ps"

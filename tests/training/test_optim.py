@@ -62,6 +62,28 @@ def test_parameter_groups_exclude_biases_and_frozen_from_decay():
     assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0  # 2 biases + BN weight/bias
 
 
+def test_bias_lr_factor_doubles_the_biases_but_not_normalisations_or_deformable_offsets():
+    """AlignPS's bias_lr_mult=2: layer biases train at 2x lr (through the schedule too); GroupNorm and
+    deformable-offset biases stay in the no-decay group at the base lr; factor 1 keeps the two groups."""
+    from hf_personsearch.aligned_feature_aggregation import DeformableConv2d
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), DeformableConv2d(4, 2))
+    optimizer = build_optimizer(model, {"name": "sgd", "lr": 0.01, "weight_decay": 1e-3, "bias_lr_factor": 2.0})
+    decay, no_decay, biases = optimizer.param_groups
+    assert {id(p) for p in biases["params"]} == {id(model[0].bias), id(model[2].bias)}
+    assert biases["lr"] == pytest.approx(0.02) and biases["weight_decay"] == 0.0
+    assert {id(p) for p in no_decay["params"]} == {id(model[1].weight), id(model[1].bias), id(model[2].offset.bias)}
+    assert no_decay["lr"] == decay["lr"] == pytest.approx(0.01)
+    scheduler = build_scheduler(optimizer, {"name": "step", "milestones": [2], "gamma": 0.1}, 4)
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    assert scheduler.get_last_lr() == pytest.approx([0.001, 0.001, 0.002])
+    assert len(build_optimizer(model, {"name": "sgd", "lr": 0.01}).param_groups) == 2
+    with pytest.raises(ValueError, match="bias_lr_factor must be > 0"):
+        build_optimizer(model, {"name": "sgd", "lr": 0.01, "bias_lr_factor": 0})
+
+
 def test_bad_names_and_milestones_are_rejected():
     with pytest.raises(ValueError, match="optimizer.name must be one of"):
         build_optimizer(nn.Linear(2, 2), {"name": "lamb", "lr": 0.1})
