@@ -25,7 +25,7 @@ from .align_ps_head import AlignPSHead, FocalOIMLoss
 from .aligned_feature_aggregation import AlignedFeatureAggregation
 from .backbone import timm_feature_network
 from .configuration_align_ps import AlignPSConfig
-from .modeling_person_search import PersonSearchModel
+from .modeling_person_search import PersonSearchModel, checked_query_boxes
 from .norm_aware_embedding import BoxRegressor, LinearPersonClassifier, NormAwareEmbedding
 from .norm_aware_roi_head import NormAwareRoIHead
 from .oim import OIMLoss
@@ -233,18 +233,7 @@ class AlignPSModel(AlignPSPreTrainedModel):
         the AFA feature of the location whose predicted box overlaps the given box most (near its centre);
         ROI-AlignPS: the RoI head's embedding of the box. Runs in eval mode whatever the model's mode."""
         sizes = self._image_sizes(pixel_values, image_sizes, pixel_mask)
-        if len(boxes) != len(sizes):
-            raise ValueError(f"embed_boxes: {len(boxes)} box lists for {len(sizes)} images")
-        boxes = [
-            torch.as_tensor(b, dtype=pixel_values.dtype, device=pixel_values.device).reshape(-1, 4) for b in boxes
-        ]
-        for index, image_boxes in enumerate(boxes):
-            bad = (image_boxes[:, 2] <= image_boxes[:, 0]) | (image_boxes[:, 3] <= image_boxes[:, 1])
-            bad |= ~torch.isfinite(image_boxes).all(1)
-            if bad.any():
-                raise ValueError(
-                    f"embed_boxes: image {index} box {image_boxes[bad][0].tolist()} is empty or not finite"
-                )
+        boxes = checked_query_boxes(boxes, len(sizes), pixel_values)
         was_training = self.training
         self.eval()
         try:

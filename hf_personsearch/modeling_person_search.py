@@ -64,6 +64,21 @@ class PersonSearchOutput(ModelOutput):
     roi_image_index: torch.Tensor | None = None
 
 
+def checked_query_boxes(boxes: list, num_images: int, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    """The query boxes of ``embed_boxes`` (one list per image, xyxy) as (n_i, 4) tensors on the pixels' device and
+    dtype; ValueError naming the image and box when the lists do not match the images or a box is empty or not
+    finite. Shared by every model family's query path."""
+    if len(boxes) != num_images:
+        raise ValueError(f"embed_boxes: {len(boxes)} box lists for {num_images} images")
+    boxes = [torch.as_tensor(b, dtype=pixel_values.dtype, device=pixel_values.device).reshape(-1, 4) for b in boxes]
+    for index, image_boxes in enumerate(boxes):
+        bad = (image_boxes[:, 2] <= image_boxes[:, 0]) | (image_boxes[:, 3] <= image_boxes[:, 1])
+        bad |= ~torch.isfinite(image_boxes).all(1)
+        if bad.any():
+            raise ValueError(f"embed_boxes: image {index} box {image_boxes[bad][0].tolist()} is empty or not finite")
+    return boxes
+
+
 class PersonSearchPreTrainedModel(PreTrainedModel):
     config_class = PersonSearchConfig
     base_model_prefix = "person_search"
@@ -319,18 +334,7 @@ class PersonSearchModel(PersonSearchPreTrainedModel):
         """The query path: L2-normalised embeddings (n_i, d) of given boxes (xyxy in input pixels), e.g.
         the ground-truth box of a query person. Runs in eval mode whatever the model's mode."""
         sizes = self._image_sizes(pixel_values, image_sizes, pixel_mask)
-        if len(boxes) != len(sizes):
-            raise ValueError(f"embed_boxes: {len(boxes)} box lists for {len(sizes)} images")
-        boxes = [
-            torch.as_tensor(b, dtype=pixel_values.dtype, device=pixel_values.device).reshape(-1, 4) for b in boxes
-        ]
-        for index, image_boxes in enumerate(boxes):
-            bad = (image_boxes[:, 2] <= image_boxes[:, 0]) | (image_boxes[:, 3] <= image_boxes[:, 1])
-            bad |= ~torch.isfinite(image_boxes).all(1)
-            if bad.any():
-                raise ValueError(
-                    f"embed_boxes: image {index} box {image_boxes[bad][0].tolist()} is empty or not finite"
-                )
+        boxes = checked_query_boxes(boxes, len(sizes), pixel_values)
         was_training = self.training
         self.eval()  # the backbone's BatchNorms too, when they are not frozen
         try:
