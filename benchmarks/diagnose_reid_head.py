@@ -22,8 +22,11 @@ import torch
 from hf_personsearch import PersonSearchModel
 
 
-def reset_embedding_head(pretrained: Path, out: Path) -> None:
+def reset_embedding_head(pretrained: Path, out: Path, seed: int) -> None:
+    """The pre-trained model with a fresh embedding head, drawn from ``seed`` (the result depends on the draw:
+    two unseeded draws on seed 0 gave 34.2 and 31.4 mAP)."""
     model = PersonSearchModel.from_pretrained(str(pretrained), dtype=torch.float32)
+    torch.manual_seed(seed)
     model.search_head.embedding_head.reset_parameters()
     model.save_pretrained(out)
 
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         seed_dir = args.bench_dir / f"seed{seed}"
         prw = str(seed_dir / "data" / "prw")
         init = seed_dir / "diagnose_reset_embedding_init"
-        reset_embedding_head(seed_dir / "pretrain_full" / "person_search_model", init)
+        reset_embedding_head(seed_dir / "pretrain_full" / "person_search_model", init, seed)
         out = seed_dir / "finetune_full_100_reset_embedding"
         argv = ["--config", config, f"data.data_dir={prw}", f"training.output_dir={out}", f"training.seed={seed}"]
         argv += [f"data.fraction_seed={seed}", "data.train_fraction=1.0", "init.from=pretrained"]
