@@ -19,6 +19,7 @@ top-1 and detection AP of a saved model on a PRW-format folder (e.g. the synthet
 
 Usage: python benchmarks/bench_model.py --threads 1 [--size 512x384] [--batch 2] [--repeats 3] [--skip-resnet50]
        [--inference-size 900x1500] [--compile] [--map-model DIR --map-data DIR]
+       python benchmarks/bench_model.py --cuda-only [--repeats 5]    (section 4 alone, on a GPU machine)
 """
 
 from __future__ import annotations
@@ -330,7 +331,13 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compilation)")
     parser.add_argument("--map-model", help="saved PersonSearchModel folder for the accuracy check")
     parser.add_argument("--map-data", help="PRW-format folder for the accuracy check")
+    parser.add_argument("--cuda-only", action="store_true", help="only the GPU figures (section 4)")
     args = parser.parse_args()
+    if args.cuda_only:
+        if not torch.cuda.is_available():
+            parser.error("--cuda-only: CUDA is not available on this machine")
+        cuda_figures(args.repeats)
+        return
     if (args.map_model is None) != (args.map_data is None):
         parser.error("--map-model and --map-data go together")
     torch.set_num_threads(args.threads)
