@@ -17,9 +17,9 @@ Per seed (a seed fixes the data, the pre-training run and the fine-tuning order 
    fine-tune a second model family, AlignPS (``examples/configs/bench_finetune_alignps_cpu.yaml``: the same
    recipe, budget and backbone), from scratch and from the pre-trained model's backbone (the part the families
    share);
-4. ``probe``: the pre-trained models' zero-shot detection AP on the target, a fresh linear probe of the source
-   domain on pooled encoder features (held-out accuracy; lower = domains aligned), and the t-SNE of those
-   features for the paper's Fig. 2 (with and without IAMs).
+4. ``probe``: the pre-trained models' zero-shot detection AP and re-ID mAP (ground-truth boxes) on the target,
+   a fresh linear probe of the source domain on pooled encoder features (held-out accuracy; lower = domains
+   aligned), and the t-SNE of those features for the paper's Fig. 2 (with and without IAMs).
 
 Every stage is a job of two single-thread worker processes (``--workers``), run as soon as what it needs is done.
 
@@ -231,7 +231,11 @@ def job_probe(seed_dir: str, variants: list[str], finetune_config: str, seed: in
             summary, _ = evaluate_on_target(model, processor, "prw", str(seed_dir / "data" / "prw"), progress=False)
             features = pooled_features(model, processor, images)
             out[variant] = {
-                "zero_shot": {"mAP": summary["mAP"], "det_ap": summary["detection_ap"]},
+                "zero_shot": {
+                    "mAP": summary["mAP"],
+                    "det_ap": summary["detection_ap"],
+                    "reid_map": reid_map_on_ground_truth(model, processor, str(seed_dir / "data" / "prw")),
+                },
                 "probe": domain_probe(features, seed),
                 "tsne": tsne_points(features, seed),
             }
@@ -408,6 +412,7 @@ def build_plan(args: argparse.Namespace, output_dir: Path) -> list[Job]:
             ]
         )
         pretrain = ["--config", str(args.pretrain_config), f"data.sources={sources}", f"training.seed={seed}"]
+        pretrain += args.pretrain_overrides
         stage1 = pretrain + ["--output_dir", str(seed_dir / "pretrain_stage1")]
         if args.quick:
             stage1 += [f"training.max_steps={QUICK_STEPS['stage1']}", "training.log_every=1"]
@@ -632,6 +637,7 @@ def summarise(args: argparse.Namespace, results: dict) -> dict:
         "quick": args.quick,
         "seeds": args.seeds,
         "conditions_run": args.conditions,
+        "pretrain_overrides": args.pretrain_overrides,
     }
 
 
@@ -661,7 +667,12 @@ def format_table(summary: dict) -> str:
                 f"{task} {100 * mean:.1f} +- {100 * std:.1f} (chance {100 * per_seed[seeds[0]][task]['chance']:.0f})"
             )
         zero = _mean_std([per_seed["zero_shot"][seed]["det_ap"] for seed in seeds])[0]
-        lines.append(f"  {variant:<14} " + ", ".join(cells) + f"; zero-shot det AP {100 * zero:.1f}")
+        zero_reid = _mean_std([per_seed["zero_shot"][seed]["reid_map"] for seed in seeds])[0]
+        lines.append(
+            f"  {variant:<14} "
+            + ", ".join(cells)
+            + f"; zero-shot det AP {100 * zero:.1f}, re-ID mAP (gt) {100 * zero_reid:.1f}"
+        )
     if not summary["gates_passed"]:
         lines += ["", "A validity gate FAILED: the comparison below is not reported (see the gates above)."]
         return "\n".join(lines)
@@ -775,6 +786,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"{DEFAULT_CONDITIONS}); scratch_100 is always run (the validity gates need it)",
     )
     parser.add_argument("--pretrain_config", type=Path, default=PRETRAIN_CONFIG, help="run_pretrain.py YAML")
+    parser.add_argument(
+        "--pretrain_overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run_pretrain.py overrides for every pre-training run of every variant (e.g. a diagnostic: "
+        "data.color_jitter_p=0); stored in summary.json",
+    )
     parser.add_argument("--finetune_config", type=Path, default=FINETUNE_CONFIG, help="run_finetune.py YAML")
     parser.add_argument(
         "--alignps_finetune_config",

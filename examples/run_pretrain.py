@@ -119,7 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         augmentation_sizes["max_size"] = int(data_config["max_size"])
     # The photometric augmentation runs on the batch in the training step (on the GPU, next to free); its
     # parameters are drawn in the data workers with the rest of the sample's seeded randomness.
-    augmentation = TwoViewAugmentation(**augmentation_sizes, photometric_in_step=True)
+    augmentation = TwoViewAugmentation(
+        **augmentation_sizes,
+        color_jitter_p=float(data_config["color_jitter_p"]),
+        grayscale_p=float(data_config["grayscale_p"]),
+        blur_p=float(data_config["blur_p"]),
+        photometric_in_step=True,
+    )
     dataset = HybridPretrainDataset(
         loaded,
         identity_space=identity_space,

@@ -67,6 +67,12 @@ PRETRAIN_DEFAULTS: dict = {
         # the augmentation's detection defaults (480-800 / 1333).
         "min_sizes": None,
         "max_size": None,
+        # Probabilities of the two-view augmentation's photometric half (hf_personsearch.data.photometric):
+        # SimSiam's colour jitter (brightness/contrast/saturation 0.4, hue 0.1) 0.8, grayscale 0.2, Gaussian
+        # blur 0.5, the recipe the paper's contrastive branch is built on.
+        "color_jitter_p": 0.8,
+        "grayscale_p": 0.2,
+        "blur_p": 0.5,
         # DataLoader worker processes; 2 keeps a GPU fed on augmentation-heavy batches without many cores.
         "num_workers": 2,
     },
