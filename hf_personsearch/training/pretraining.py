@@ -99,6 +99,11 @@ def validate_pretrain_config(config: Mapping) -> None:
             f"data.sources: give a weight to every source or to none (sizes), with a positive sum; got {weights}"
         )
 
+    for key in ("color_jitter_p", "grayscale_p", "blur_p"):
+        value = config["data"][key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+            raise ConfigError(f"data.{key} must be a probability in [0, 1], got {value!r}")
+
     model = dict(config["model"])
     counts = domain_counts(config)
     for key, task in (("num_detection_domains", "detection"), ("num_reid_domains", "reid")):

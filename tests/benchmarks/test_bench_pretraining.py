@@ -52,14 +52,20 @@ def fake_results(seeds, map_of, det_ap=0.6, zero_shot_det_ap=0.5, half_map=None)
             "reid": {"accuracy": 0.4, "chance": 1 / 3, "num_test": 6},
         }
         results[f"seed{seed}/probe"] = {
-            variant: {"zero_shot": {"mAP": 0.1, "det_ap": zero_shot_det_ap}, "probe": probe, "tsne": {}}
+            variant: {
+                "zero_shot": {"mAP": 0.1, "det_ap": zero_shot_det_ap, "reid_map": 0.2},
+                "probe": probe,
+                "tsne": {},
+            }
             for variant in bench.VARIANTS
         }
     return results
 
 
 def args_for(seeds, conditions=None) -> argparse.Namespace:
-    return argparse.Namespace(seeds=seeds, quick=False, conditions=conditions or list(bench.CONDITIONS))
+    return argparse.Namespace(
+        seeds=seeds, quick=False, conditions=conditions or list(bench.CONDITIONS), pretrain_overrides=[]
+    )
 
 
 BASE = {
@@ -92,6 +98,32 @@ def test_paired_differences_gates_and_targets_match_hand_computation():
     assert "full_100 - scratch_100" in table and "+7.0 +- 0.0" in table
     assert "30.0 +- 0.0" not in table.split("Synthetic PRW")[1].splitlines()[3]  # scratch_100: 30 and 40 -> 35 +- 7.1
     assert "35.0 +- 7.1" in table
+    assert "zero-shot det AP 50.0, re-ID mAP (gt) 20.0" in table
+
+
+def test_pretrain_overrides_reach_every_pre_training_run_and_no_fine_tuning(tmp_path):
+    overrides = ["data.color_jitter_p=0", "data.grayscale_p=0"]
+    args = bench.parse_args(
+        ["--output_dir", str(tmp_path), "--conditions", "full_25", "no_con_25", "--pretrain_overrides", *overrides]
+    )
+    jobs = bench.build_plan(args, tmp_path)
+    pretraining = [job for job in jobs if "/pretrain_" in job.name]
+    assert {job.name for job in pretraining} == {
+        "seed0/pretrain_stage1",
+        "seed0/pretrain_full",
+        "seed0/pretrain_no_con",
+    }
+    for job in pretraining:
+        argv = job.arguments[0]
+        assert argv[argv.index(overrides[0]) : argv.index(overrides[0]) + 2] == overrides
+        # a variant's own switch comes after the common overrides, so the variant wins where both set a key
+        if job.name.endswith("no_con"):
+            assert argv.index("model.contrastive_loss_weight=0") > argv.index(overrides[1])
+    for job in jobs:
+        if "/finetune_" in job.name:
+            assert not set(overrides) & set(job.arguments[0])
+    summary = bench.summarise(args, fake_results([0], lambda name, seed: BASE.get(name, 0.22)))
+    assert summary["pretrain_overrides"] == overrides
 
 
 def test_targets_fail_when_one_seed_gains_less_than_five_points():

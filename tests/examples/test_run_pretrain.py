@@ -97,6 +97,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
         ([], "is not writable"),
         (["model.person_search.backbone_name=resnet50"], "model.person_search: unknown keys ['backbone_name']"),
         (["model_init.backbone_weights=/nonexistent/r50.pth"], "is neither a file nor a timm tag"),
+        (["data.grayscale_p=1.5"], "data.grayscale_p must be a probability in [0, 1], got 1.5"),
     ],
 )
 def test_bad_input_is_reported_before_any_compute(tmp_path, capsys, overrides, message):
@@ -124,10 +125,31 @@ def test_positional_overrides_are_the_same_as_o_overrides(tmp_path, capsys):
     assert resolved == script.resolve_config(with_o)
     assert resolved["data"]["canvas_size"] == [128, 128] and resolved["training"]["max_steps"] == 4
     assert resolved["model"]["use_reid_iam"] is False
+    # the photometric probabilities default to SimSiam's
+    assert [resolved["data"][k] for k in ("color_jitter_p", "grayscale_p", "blur_p")] == [0.8, 0.2, 0.5]
     args = ["--config", str(DEMO), "--output_dir", str(tmp_path / "out"), "--resume_from_checkpoint", "latest"]
     assert script.main(args) == 2  # nothing to resume from: a configuration error, before any compute
     assert "configuration error: --resume_from_checkpoint latest: no complete checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out" / "synthetic_data").exists()
+
+
+def test_photometric_probabilities_reach_the_two_view_augmentation(tmp_path, monkeypatch):
+    script = load_script()
+    built = []
+
+    def recording(*args, **kwargs):
+        built.append(script_augmentation(*args, **kwargs))
+        return built[-1]
+
+    script_augmentation = script.TwoViewAugmentation
+    monkeypatch.setattr(script, "TwoViewAugmentation", recording)
+    overrides = ["data.color_jitter_p=0.3", "data.grayscale_p=0", "data.blur_p=1"]
+    args = ["--config", str(DEMO), "--output_dir", str(tmp_path / "out"), "--max_steps", "1", *TINY, *overrides]
+    assert script.main(args) == 0
+    (augmentation,) = built
+    photometric = augmentation.photometric
+    assert (photometric.color_jitter_p, photometric.grayscale_p, photometric.blur_p) == (0.3, 0.0, 1.0)
+    assert augmentation.photometric_in_step  # applied in the training step, on the device
 
 
 def run(command: list[str], env: dict, timeout: int = 170) -> subprocess.CompletedProcess:
