@@ -125,8 +125,8 @@ def test_positional_overrides_are_the_same_as_o_overrides(tmp_path, capsys):
     assert resolved == script.resolve_config(with_o)
     assert resolved["data"]["canvas_size"] == [128, 128] and resolved["training"]["max_steps"] == 4
     assert resolved["model"]["use_reid_iam"] is False
-    # the photometric probabilities default to SimSiam's
-    assert [resolved["data"][k] for k in ("color_jitter_p", "grayscale_p", "blur_p")] == [0.8, 0.2, 0.5]
+    # the photometric default keeps clothing colours (no colour jitter, no grayscale) and SimSiam's blur
+    assert [resolved["data"][k] for k in ("color_jitter_p", "grayscale_p", "blur_p")] == [0.0, 0.0, 0.5]
     args = ["--config", str(DEMO), "--output_dir", str(tmp_path / "out"), "--resume_from_checkpoint", "latest"]
     assert script.main(args) == 2  # nothing to resume from: a configuration error, before any compute
     assert "configuration error: --resume_from_checkpoint latest: no complete checkpoint" in capsys.readouterr().err
