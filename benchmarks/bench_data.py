@@ -8,7 +8,8 @@ the unification and the two augmented views cost over just reading the images.
 
 The data path is what ``examples/run_pretrain.py`` runs: in the DataLoader worker, decoding, unification
 and the geometric half of the two views (uint8), with the photometric parameters drawn; in the training
-step, the photometric half (colour jitter, grayscale, blur) and the normalisation, on the batch. Here the
+step, the photometric half (the pre-training default: blur only; ``--simsiam_jitter`` adds SimSiam's colour jitter
+and grayscale) and the normalisation, on the batch. Here the
 step's part runs on the CPU too and is counted in the same timing, so the ratio holds for training on
 CPU cores alone; on a GPU that part leaves the cores (see the ``worker`` column).
 
@@ -34,6 +35,8 @@ from hf_personsearch.data.identity import IdentitySpace
 from hf_personsearch.data.schema import NO_IDENTITY, make_record
 from hf_personsearch.data.unification import unify_record
 from hf_personsearch.image_loading import load_image
+from hf_personsearch.training.config import PRETRAIN_DEFAULTS
+from hf_personsearch.training.pretraining import photometric_options
 
 
 def _jpeg(array: np.ndarray) -> bytes:
@@ -110,16 +113,27 @@ def main() -> None:
     parser.add_argument("--crops", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=5, help="images per training step (paper recipe: ~5)")
+    parser.add_argument(
+        "--simsiam_jitter",
+        action="store_true",
+        help="SimSiam's colour jitter (p 0.8) and grayscale (p 0.2) instead of the pre-training default (neither)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     sources = make_sources(args.scenes, args.crops)
     space = IdentitySpace.from_records(sources)
-    augmentation = TwoViewAugmentation(photometric_in_step=True)
+    photometric = photometric_options(PRETRAIN_DEFAULTS["data"])
+    if args.simsiam_jitter:
+        photometric.update(color_jitter_p=0.8, grayscale_p=0.2)
+    augmentation = TwoViewAugmentation(**photometric, photometric_in_step=True)
     resize = v2.Resize(640, max_size=1333)
     rng = np.random.default_rng(0)
 
-    print(f"per core (1 thread), default sizes; {args.repeats} passes over each source, batches of {args.batch_size}")
+    print(
+        f"per core (1 thread), default sizes; {args.repeats} passes over each source, batches of {args.batch_size}; "
+        f"photometric probabilities {photometric}"
+    )
     header = ["baseline", "decode", "unify", "worker", "full", "ratio"]
     print(f"{'source':<12}" + "".join(f"{name:>10}" for name in header))
     ratios = {}

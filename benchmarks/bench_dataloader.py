@@ -51,8 +51,9 @@ from hf_personsearch.data.formats import get_spec
 from hf_personsearch.data.sampler import HybridSampler
 from hf_personsearch.data.synthetic import generate
 from hf_personsearch.modeling_person_search_pretrain import PersonSearchPretrainModel
+from hf_personsearch.training.config import PRETRAIN_DEFAULTS
 from hf_personsearch.training.loop import SeededSampleDataset, SeededSampleStream, move_to_device, with_sample_keys
-from hf_personsearch.training.pretraining import build_pretrain_model_config
+from hf_personsearch.training.pretraining import build_pretrain_model_config, photometric_options
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {
@@ -136,13 +137,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         sources = load_sources(Path(tmp))
-        augmentation = TwoViewAugmentation(photometric_in_step=True)
+        photometric = photometric_options(PRETRAIN_DEFAULTS["data"])  # what run_pretrain.py uses by default
+        augmentation = TwoViewAugmentation(**photometric, photometric_in_step=True)
         dataset = HybridPretrainDataset(sources, augmentation=augmentation)
         space = dataset.identity_space
         sampler = HybridSampler(dataset.source_sizes, [1.0] * len(sources), seed=0)
         kind = "Arrow datasets" if datasets is not None else "parsed record lists (no `datasets` package)"
         print(f"sources ({kind}): {', '.join(f'{name} {len(data)}' for name, _, data in sources)}")
         print(f"batches of {args.batch_size} images (two views each); pinned memory: {torch.cuda.is_available()}")
+        print(f"photometric probabilities: {photometric}")
         print(f"{'data loader':<34}{'img/s':>10}")
         batches = []
         best_rate_per_worker = 0.0

@@ -57,6 +57,7 @@ from hf_personsearch.training.pretraining import (
     generate_synthetic_sources,
     hardware_description,
     load_sources,
+    photometric_options,
     uses_synthetic_data,
     validate_pretrain_config,
 )
@@ -120,11 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     # The photometric augmentation runs on the batch in the training step (on the GPU, next to free); its
     # parameters are drawn in the data workers with the rest of the sample's seeded randomness.
     augmentation = TwoViewAugmentation(
-        **augmentation_sizes,
-        color_jitter_p=float(data_config["color_jitter_p"]),
-        grayscale_p=float(data_config["grayscale_p"]),
-        blur_p=float(data_config["blur_p"]),
-        photometric_in_step=True,
+        **augmentation_sizes, **photometric_options(data_config), photometric_in_step=True
     )
     dataset = HybridPretrainDataset(
         loaded,

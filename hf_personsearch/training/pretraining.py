@@ -99,7 +99,7 @@ def validate_pretrain_config(config: Mapping) -> None:
             f"data.sources: give a weight to every source or to none (sizes), with a positive sum; got {weights}"
         )
 
-    for key in ("color_jitter_p", "grayscale_p", "blur_p"):
+    for key in PHOTOMETRIC_KEYS:
         value = config["data"][key]
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
             raise ConfigError(f"data.{key} must be a probability in [0, 1], got {value!r}")
@@ -224,6 +224,16 @@ def select_subset(data, max_images: int | None, subset_seed: int = 0):
     chosen = np.random.default_rng(subset_seed).permutation(len(data))[:max_images]
     logger.info("kept a seeded subset of %d of %d records (subset_seed %d)", max_images, len(data), subset_seed)
     return data.select(np.sort(chosen).tolist())
+
+
+PHOTOMETRIC_KEYS = ("color_jitter_p", "grayscale_p", "blur_p")
+"""The ``data`` keys of the two-view augmentation's photometric probabilities (:data:`~.config.PRETRAIN_DEFAULTS`)."""
+
+
+def photometric_options(data: Mapping) -> dict[str, float]:
+    """The :class:`~hf_personsearch.data.augmentation.TwoViewAugmentation` probabilities of a config's ``data``
+    section (``run_pretrain.py`` and the input-pipeline benchmarks build their augmentation from it)."""
+    return {key: float(data[key]) for key in PHOTOMETRIC_KEYS}
 
 
 def build_pretrain_model_config(model: Mapping, identity_space: IdentitySpace):
