@@ -211,7 +211,10 @@ def test_align_ps_conditions_fine_tune_the_second_family_from_scratch_and_from_t
     for job in (scratch, backbone):
         argv = job.arguments[0]
         assert argv[:2] == ["--config", config] and job.arguments[-1] == config  # AlignPS recipe and processor
-        assert "data.train_fraction=0.25" in argv and "training.max_steps=320" in argv  # NAE's budget
+        assert (
+            "data.train_fraction=0.25" in argv
+            and f"training.max_steps={bench.finetune_max_steps(bench.FINETUNE_CONFIG)}" in argv
+        )  # NAE's budget
     assert "init.from=scratch" in scratch.arguments[0] and scratch.needs == ["seed0/data"]
     assert "init.from=pretrained_backbone" in backbone.arguments[0]
     assert f"init.path={tmp_path / 'seed0' / 'pretrain_full' / 'person_search_model'}" in backbone.arguments[0]
