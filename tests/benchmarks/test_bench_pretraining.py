@@ -293,7 +293,18 @@ def test_quick_run_goes_through_every_stage(tmp_path):
 
 def test_default_conditions_are_the_nae_ones_and_align_ps_is_opt_in(tmp_path):
     default = bench.parse_args(["--output_dir", str(tmp_path)]).conditions
-    assert default == [name for name in bench.CONDITIONS if not name.startswith("alignps_")]
+    assert default == [name for name in bench.CONDITIONS if not name.startswith("alignps_") and name != "backbone_100"]
     assert "scratch_100" in default and "full_100" in default
     chosen = bench.parse_args(["--output_dir", str(tmp_path), "--conditions", "alignps_scratch_25"]).conditions
     assert chosen == ["scratch_100", "alignps_scratch_25"]  # scratch_100 always: the gates need it
+
+
+def test_backbone_100_starts_from_the_pre_trained_backbone_on_every_frame_and_pairs_with_scratch_100(tmp_path):
+    args = bench.parse_args(["--output_dir", str(tmp_path), "--conditions", "backbone_100"])
+    assert args.conditions == ["scratch_100", "backbone_100"]
+    (job,) = [job for job in bench.build_plan(args, tmp_path) if job.name == "seed0/finetune_backbone_100"]
+    argv = job.arguments[0]
+    assert "init.from=pretrained_backbone" in argv and "data.train_fraction=1.0" in argv
+    assert f"init.path={tmp_path / 'seed0' / 'pretrain_full' / 'person_search_model'}" in argv
+    summary = bench.summarise(args, fake_results([0], lambda name, seed: BASE.get(name, 0.22)))
+    assert summary["differences"]["backbone_100 - scratch_100"]["0"] == pytest.approx(0.22 - 0.30)
