@@ -18,6 +18,11 @@ default) or ``align_ps`` (AlignPS, :class:`AlignPSModel`; ROI-AlignPS with ``mod
 * ``pretrained``: the whole pre-trained model (backbone + RPN + detection and re-ID heads); for AlignPS a saved
   AlignPS model.
 
+With a pre-trained NAE init, ``init.match_fresh_weight_norms`` (default true) rescales every weight that feeds a
+training-mode BatchNorm to the norm of a fresh model, keeping the function: pre-training grows these norms, and a
+grown norm is a smaller effective learning rate, so the pre-trained init would learn the target more slowly than
+random weights (``hf_personsearch.training.transfer``). AlignPS inits are loaded as saved.
+
 ``data.train_fraction`` trains on a random fraction of the training images (Fig. 5's 10%..100%). With no
 ``data.data_dir`` the synthetic generator writes the dataset's raw format under ``<output_dir>/data`` first,
 so the script runs anywhere. Bad input (unknown dataset, missing folders or checkpoint, unwritable output
@@ -99,6 +104,7 @@ from hf_personsearch.training.loop import (
     run_training,
 )
 from hf_personsearch.training.optim import build_optimizer, build_scheduler
+from hf_personsearch.training.transfer import match_fresh_weight_norms
 
 logger = logging.getLogger("run_finetune")
 
@@ -133,6 +139,10 @@ def check_config(config: dict) -> None:
         raise ConfigError(f"model.type must be one of {MODEL_TYPES}, got {model_type!r}")
     if init["from"] not in INIT_CHOICES:
         raise ConfigError(f"init.from must be one of {INIT_CHOICES}, got {init['from']!r}")
+    if not isinstance(init["match_fresh_weight_norms"], bool):
+        raise ConfigError(
+            f"init.match_fresh_weight_norms must be true or false, got {init['match_fresh_weight_norms']!r}"
+        )
     if init["from"] != "scratch":
         if not init["path"]:
             raise ConfigError(
@@ -179,7 +189,7 @@ def prepare_data_dir(config: dict) -> str:
 
 def build_model(config: dict, num_identities: int) -> PersonSearchModel | AlignPSModel:
     """The model of ``model.type`` and ``init.from`` with an OIM table of ``num_identities`` rows (paper Fig. 5
-    initialisations)."""
+    initialisations); a pre-trained NAE init gets a fresh model's weight norms (``init.match_fresh_weight_norms``)."""
     init, overrides = config["init"], dict(config["model"])
     if overrides.pop("type", MODEL_TYPES[0]) == AlignPSConfig.model_type:
         return build_align_ps(init, overrides, num_identities)
@@ -195,7 +205,7 @@ def build_model(config: dict, num_identities: int) -> PersonSearchModel | AlignP
             )
         return model
     queue_size = overrides.pop("oim_queue_size", None)
-    return PersonSearchModel.from_pretrained(
+    model = PersonSearchModel.from_pretrained(
         init["path"],
         backbone_only=init["from"] == "pretrained_backbone",
         num_person_ids=num_identities,
@@ -203,6 +213,16 @@ def build_model(config: dict, num_identities: int) -> PersonSearchModel | AlignP
         dtype=torch.float32,
         **overrides,
     )
+    if init["match_fresh_weight_norms"]:
+        factors = match_fresh_weight_norms(model, seed=int(config["training"]["seed"]))
+        logger.info(
+            "init.match_fresh_weight_norms: %d normalised layers rescaled to a fresh model's weight norms (x%.2f to "
+            "x%.2f; the function is unchanged)",
+            len(factors),
+            min(factors.values(), default=1.0),
+            max(factors.values(), default=1.0),
+        )
+    return model
 
 
 def build_align_ps(init: dict, overrides: dict, num_identities: int) -> AlignPSModel:

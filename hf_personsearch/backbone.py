@@ -128,6 +128,11 @@ class SplitBackbone(nn.Module):
         # as sub-modules (they must stay out of state_dict, parameters() and train()).
         self._inference_copy: tuple | None = None
 
+    def chain(self) -> nn.Sequential:
+        """The body's modules as one chain in the order they run, encoder then box head (the modules themselves,
+        not copies): what the BatchNorm folding and the weight-norm transfer trace."""
+        return nn.Sequential(*(self._modules_by_name[name] for name in self._encoder_names + self._head_names))
+
     def _run(self, names: list[str], x: torch.Tensor) -> torch.Tensor:
         for name in names:
             x = self._modules_by_name[name](x)

@@ -95,6 +95,39 @@ def _fold_into(conv: nn.Conv2d, norm: nn.Module) -> None:
     conv.bias = nn.Parameter(shift.to(dtype), requires_grad=False)
 
 
+def _traced_pairs(module: nn.Module) -> tuple[torch.fx.Graph, dict[str, nn.Module], list[tuple]]:
+    """The traced graph of ``module``, its modules by name, and its (convolution node, BatchNorm node) pairs where
+    the BatchNorm reads the convolution's output, nothing else reads it, and neither module is called anywhere
+    else (a module called at several places shares its weights between the calls)."""
+    leaves = _untraceable_modules(module)
+    graph = _Tracer(leaves).trace(module)
+    modules = dict(module.named_modules())
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], _NORM_TYPES):
+            continue
+        source = node.args[0] if node.args else None
+        if (
+            isinstance(source, torch.fx.Node)
+            and source.op == "call_module"
+            and type(modules[source.target]) is nn.Conv2d
+            and len(source.users) == 1
+            and calls[source.target] == calls[node.target] == 1
+            and len(node.args) == 1
+            and not node.kwargs
+        ):
+            pairs.append((source, node))
+    return graph, modules, pairs
+
+
+def conv_batchnorm_pairs(module: nn.Module) -> list[tuple[nn.Conv2d, nn.Module]]:
+    """The (convolution, BatchNorm) modules of ``module`` where the BatchNorm normalises the convolution's output
+    and nothing else reads it (found on the data flow, as :func:`fold_batchnorms` does)."""
+    _, modules, pairs = _traced_pairs(module)
+    return [(modules[conv.target], modules[norm.target]) for conv, norm in pairs]
+
+
 def fold_batchnorms(module: nn.Module) -> tuple[nn.Module, int]:
     """An inference copy of ``module`` (in eval mode, without gradients) with every foldable conv ->
     BatchNorm pair folded into the convolution, and the number of pairs folded.
@@ -103,26 +136,11 @@ def fold_batchnorms(module: nn.Module) -> tuple[nn.Module, int]:
     activation. Call it again after the weights change: the copy does not follow the original.
     """
     module = copy.deepcopy(module).eval().requires_grad_(False)
-    leaves = _untraceable_modules(module)
-    graph = _Tracer(leaves).trace(module)
-    modules = dict(module.named_modules())
-    # A module called at several places (shared weights) is left alone: folding would change every call.
-    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
+    graph, modules, pairs = _traced_pairs(module)
     folded = 0
-    for node in list(graph.nodes):
-        if node.op != "call_module" or not isinstance(modules[node.target], _NORM_TYPES):
-            continue
-        norm, source = modules[node.target], node.args[0]
-        if not (
-            _is_foldable(norm)
-            and isinstance(source, torch.fx.Node)
-            and source.op == "call_module"
-            and type(modules[source.target]) is nn.Conv2d
-            and len(source.users) == 1
-            and calls[source.target] == calls[node.target] == 1
-            and len(node.args) == 1
-            and not node.kwargs
-        ):
+    for source, node in pairs:
+        norm = modules[node.target]
+        if not _is_foldable(norm):
             continue
         _fold_into(modules[source.target], norm)
         if isinstance(norm, _NORM_ACT_TYPES):

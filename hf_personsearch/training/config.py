@@ -167,7 +167,12 @@ FINETUNE_DEFAULTS: dict = {
     },
     # Initialisation (INIT_CHOICES) and its weights (file, saved folder or hub id); scratch needs no file,
     # so it is the default that always runs.
-    "init": {"from": "scratch", "path": None},
+    # match_fresh_weight_norms: with a pre-trained init (pretrained, pretrained_backbone; NAE family), rescale every
+    # weight that feeds a training-mode BatchNorm to a fresh model's norm, keeping the function
+    # (hf_personsearch.training.transfer): pre-training grows these norms, which lowers their effective learning
+    # rate. Measured on the CPU benchmark (3 seeds, 640 steps, 100% of the frames): full init 44.1 / 36.9 / 41.5
+    # search mAP without, 47.3 / 45.8 / 46.3 with (scratch 45.4 / 45.5 / 46.8).
+    "init": {"from": "scratch", "path": None, "match_fresh_weight_norms": True},
     # The config arguments of the model family (num_person_ids is always the training split's identity count),
     # and its "type" (MODEL_TYPES; absent = "person_search", NAE).
     "model": {},

@@ -108,7 +108,8 @@ def test_initialisation_from_a_checkpoint_and_train_fraction(scratch_run, tmp_pa
 
 def test_full_initialisation_starts_from_the_checkpoint_weights(scratch_run):
     checkpoint, _ = scratch_run
-    config = load_config(str(DEMO_CONFIG), ["init.from=pretrained", f"init.path={checkpoint}"], FINETUNE_DEFAULTS)
+    overrides = ["init.from=pretrained", f"init.path={checkpoint}", "init.match_fresh_weight_norms=false"]
+    config = load_config(str(DEMO_CONFIG), overrides, FINETUNE_DEFAULTS)
     saved = PersonSearchModel.from_pretrained(checkpoint, dtype=torch.float32).state_dict()
     for init, same_heads in (("pretrained", True), ("pretrained_backbone", False)):
         config["init"]["from"] = init
@@ -116,6 +117,23 @@ def test_full_initialisation_starts_from_the_checkpoint_weights(scratch_run):
         assert all(torch.equal(state[k], saved[k]) for k in saved if k.startswith("backbone."))
         head = "search_head.embedding_head.projections.0.weight"
         assert torch.equal(state[head], saved[head]) == same_heads, init
+
+
+def test_pretrained_init_gets_a_fresh_models_weight_norms_by_default(scratch_run):
+    checkpoint, _ = scratch_run
+    config = load_config(str(DEMO_CONFIG), ["init.from=pretrained", f"init.path={checkpoint}"], FINETUNE_DEFAULTS)
+    assert config["init"]["match_fresh_weight_norms"] is True
+    saved = PersonSearchModel.from_pretrained(checkpoint, dtype=torch.float32)
+    model = run_finetune.build_model(config, num_identities=4)
+    torch.manual_seed(config["training"]["seed"])
+    fresh = PersonSearchModel(model.config).state_dict()
+    state, saved_state = model.state_dict(), saved.state_dict()
+    head = "search_head.embedding_head.projections.0.weight"
+    torch.testing.assert_close(state[head].norm(), fresh[head].norm())
+    assert not torch.equal(state[head], saved_state[head])
+    # the direction is the checkpoint's: only the scale changed
+    torch.testing.assert_close(state[head] / state[head].norm(), saved_state[head] / saved_state[head].norm())
+    assert torch.equal(state["rpn.head.cls_logits.weight"], saved_state["rpn.head.cls_logits.weight"])
 
 
 @pytest.mark.parametrize(
@@ -126,6 +144,7 @@ def test_full_initialisation_starts_from_the_checkpoint_weights(scratch_run):
         ("init.from=imagenet", "needs init.path"),
         ("init.from=pretrained_backbone", "needs init.path"),
         ("data.train_fraction=0", "train_fraction must be in"),
+        ("init.match_fresh_weight_norms=2", "init.match_fresh_weight_norms must be true or false"),
         ("evaluation.gallery_size=100", "only CUHK-SYSU has gallery sizes"),
         ("training.learning_rate=1", "unknown key 'training.learning_rate'"),
         ("data.train_min_sizes=[400, 2000]", "data.train_min_sizes / data.train_max_size"),
