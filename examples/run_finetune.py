@@ -213,7 +213,7 @@ def build_model(config: dict, num_identities: int) -> PersonSearchModel | AlignP
         dtype=torch.float32,
         **overrides,
     )
-    if init["match_fresh_weight_norms"]:
+    if matches_fresh_norms(config):
         factors = match_fresh_weight_norms(model, seed=int(config["training"]["seed"]))
         logger.info(
             "init.match_fresh_weight_norms: %d normalised layers rescaled to a fresh model's weight norms (x%.2f to "
@@ -223,6 +223,14 @@ def build_model(config: dict, num_identities: int) -> PersonSearchModel | AlignP
             max(factors.values(), default=1.0),
         )
     return model
+
+
+def matches_fresh_norms(config: dict) -> bool:
+    """Whether the init's normalised layers are rescaled to a fresh model's weight norms: a pre-trained NAE init
+    with ``init.match_fresh_weight_norms``."""
+    init = config["init"]
+    is_nae = config["model"].get("type", MODEL_TYPES[0]) == MODEL_TYPES[0]
+    return is_nae and init["from"] in ("pretrained", "pretrained_backbone") and init["match_fresh_weight_norms"]
 
 
 def build_align_ps(init: dict, overrides: dict, num_identities: int) -> AlignPSModel:
@@ -437,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
             "data": data_dir if data["data_dir"] else f"synthetic {data['dataset']} (generated)",
             "synthetic_data": is_synthetic(data_dir),
             "initialisation": config["init"]["from"]
-            + (f" ({config['init']['path']})" if config["init"]["path"] else ""),
+            + (f" ({config['init']['path']})" if config["init"]["path"] else "")
+            + (", normalised layers at a fresh model's weight norms" if matches_fresh_norms(config) else ""),
             "training images": f"{len(records)} of {len(all_records)} (fraction {data['train_fraction']})",
             "identities": identity_map.num_identities,
             "steps": outcome.step,

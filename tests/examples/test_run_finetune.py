@@ -102,6 +102,7 @@ def test_initialisation_from_a_checkpoint_and_train_fraction(scratch_run, tmp_pa
     final = _run(output_dir, *overrides, "training.max_steps=1")
     info = json.loads((output_dir / "training_info.json").read_text())
     assert info["training images"].startswith("3 of 6") and info["initialisation"].startswith(init)
+    assert info["initialisation"].endswith("normalised layers at a fresh model's weight norms")
     assert info["synthetic_data"] is True  # the generated folder passed as data_dir still says what it is
     assert 0.0 <= final["mAP"] <= 1.0 and final["step"] == 1
 
