@@ -289,6 +289,20 @@ def test_quick_run_goes_through_every_stage(tmp_path):
         assert (output_dir / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Validity gates:" in completed.stdout and "not reported" in completed.stdout
     assert (output_dir / "table.txt").read_text().strip() in completed.stdout
+    # the weight-norm diagnostic reads the finished run: every part, the normalised ones marked
+    diagnose = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "diagnose_weight_norms.py"), "--bench_dir", str(output_dir)]
+        + ["--seeds", "3"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert diagnose.returncode == 0, diagnose.stderr[-3000:]
+    rows = [line.split() for line in diagnose.stdout.splitlines() if line.startswith(("*", "  backbone", "  rpn"))]
+    marked = {row[1] for row in rows if row[0] == "*"}
+    assert "search_head.embedding_head.projections" in marked and "rpn.head.conv" not in marked
 
 
 def test_default_conditions_are_the_nae_ones_and_align_ps_is_opt_in(tmp_path):
