@@ -8,7 +8,7 @@ Per seed (a seed fixes the data, the pre-training run and the fine-tuning order 
 1. ``data``: the synthetic sub-task datasets and the PRW target in their raw formats
    (``hf_personsearch.data.synthetic.benchmark.BENCHMARK_SIZES``, written with that seed);
 2. ``pretrain_stage1``: ``examples/run_pretrain.py`` with ``examples/configs/bench_pretrain_cpu.yaml``
-   (full loss, 250 steps); then one continuation per variant (``pretrain_<variant>``, :data:`CONTINUATION`),
+   (full loss, 1000 steps); then one continuation per variant (``pretrain_<variant>``, :data:`CONTINUATION`),
    started from the first stage's ``pretrain_model/`` folder (``model_init.pretrained_model``) with the
    variant's switch (:data:`VARIANTS`): the variants share the first stage and differ in the last 150 steps;
 3. ``finetune_<condition>``: ``examples/run_finetune.py`` with ``examples/configs/bench_finetune_cpu.yaml``

@@ -4,7 +4,7 @@ A weight that feeds a BatchNorm in training mode is scale-invariant: multiplying
 ``c`` leaves the BatchNorm's output unchanged (its batch mean and variance scale with it). Its gradient scales
 by ``1 / c``, and an adaptive optimiser (AdamW) takes steps of about ``lr`` whatever the scale, so the
 *effective* learning rate of such a weight falls as its norm grows (van Laarhoven 2017; Hoffer et al. 2018).
-Pre-training grows these norms: measured on the CPU benchmark's pre-trained models (AdamW 3e-3, 250 steps),
+Pre-training grows these norms: measured on the CPU benchmark's pre-trained models (AdamW 3e-3, 250 + 150 steps),
 the embedding projections end 6.4x their initial norm, the box regressor 5.5x, layer4 1.5-1.8x. Fine-tuned
 from them with the same recipe as a fresh model, the pre-trained init moved its normalised weights 0.2-0.5x
 their norm where a fresh model moved 1-2x, and ended with 4-5x the fresh model's re-ID (OIM) training loss:
