@@ -5,10 +5,11 @@ A weight that feeds a BatchNorm in training mode is scale-invariant: multiplying
 by ``1 / c``, and an adaptive optimiser (AdamW) takes steps of about ``lr`` whatever the scale, so the
 *effective* learning rate of such a weight falls as its norm grows (van Laarhoven 2017; Hoffer et al. 2018).
 Pre-training grows these norms: measured on the CPU benchmark's pre-trained models (AdamW 3e-3, 250 + 150 steps),
-the embedding projections end 6.4x their initial norm, the box regressor 5.5x, layer4 1.5-1.8x. Fine-tuned
-from them with the same recipe as a fresh model, the pre-trained init moved its normalised weights 0.2-0.5x
-their norm where a fresh model moved 1-2x, and ended with 4-5x the fresh model's re-ID (OIM) training loss:
-the pre-trained init learnt the target more slowly than random weights.
+the embedding projections end 6.2-6.4x their initial norm, the box regressor 5.3-5.4x, layer4 1.5x. Fine-tuned
+from them with the same recipe as a fresh model, the pre-trained embedding projections and box regressor moved
+0.4-0.5x their norm where a fresh model's moved 1.3-1.8x (``benchmarks/diagnose_weight_norms.py``), and the
+pre-trained init ended with 4-5x the fresh model's re-ID (OIM) training loss: it learnt the target more slowly
+than random weights.
 
 :func:`match_fresh_weight_norms` rescales every such weight (with its bias, and the BatchNorm's running mean and
 variance, so that inference is unchanged too) to the norm of a freshly initialised model of the same config:
