@@ -170,8 +170,9 @@ FINETUNE_DEFAULTS: dict = {
     # match_fresh_weight_norms: with a pre-trained init (pretrained, pretrained_backbone; NAE family), rescale every
     # weight that feeds a training-mode BatchNorm to a fresh model's norm, keeping the function
     # (hf_personsearch.training.transfer): pre-training grows these norms, which lowers their effective learning
-    # rate. Measured on the CPU benchmark (3 seeds, 640 steps, 100% of the frames): full init 44.1 / 36.9 / 41.5
-    # search mAP without, 47.3 / 45.8 / 46.3 with (scratch 45.4 / 45.5 / 46.8).
+    # rate. Measured on the CPU benchmark (seeds 0-2, 640 fine-tuning steps, 100% of the frames), search mAP of the
+    # full init without / with: 44.1 / 36.9 / 41.5 -> 47.3 / 45.8 / 46.3 after 400 pre-training steps, 61.5 / 57.0 /
+    # 56.2 -> 67.3 / 64.2 / 61.2 after 1150 (scratch 45.4 / 45.5 / 46.8).
     "init": {"from": "scratch", "path": None, "match_fresh_weight_norms": True},
     # The config arguments of the model family (num_person_ids is always the training split's identity count),
     # and its "type" (MODEL_TYPES; absent = "person_search", NAE).
