@@ -113,8 +113,9 @@ COMPARISONS = {
 
 OPT_IN_CONDITIONS = ("backbone_100",)
 """NAE conditions outside the default run. ``backbone_100`` (pre-trained backbone, fresh heads, 100% of the frames)
-was added after the default run showed the full init below scratch: it tells the backbone's transfer from the heads'
-(6 seeds: backbone_100 - scratch_100 +2.0 points on average, full_100 - scratch_100 -2.2)."""
+was added when the default run showed the full init below scratch (250-step pre-training, before the weight-norm
+rescaling): it tells the backbone's transfer from the heads' (6 seeds then: backbone_100 - scratch_100 +2.0 points on
+average, full_100 - scratch_100 -2.2)."""
 
 DEFAULT_CONDITIONS = [
     name
