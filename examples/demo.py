@@ -2,8 +2,8 @@
 benchmark (``benchmarks/bench_pretraining.py``) on synthetic data and a CPU.
 
     python examples/demo.py                  # one seed, 4 fine-tunings (see DEMO_CONDITIONS), two worker processes;
-                                             # 1,130 s on 2 cores at load ~4.5, of which the first pre-training
-                                             # stage (1000 steps, one core, the others wait for it) took 792 s
+                                             # 467 s on 2 idle cores, of which the first pre-training stage
+                                             # (1000 steps, one core, the others wait for it) took 311 s
     python examples/demo.py --quick          # a smoke run: tiny data, a few steps per stage
     python examples/demo.py --seeds 0 1 2    # three paired seeds: mean +- std and the difference per seed
 
