@@ -33,13 +33,15 @@ def part_of(key: str) -> str:
 
 
 def weight_norms(bench_dir: Path, seed: int) -> dict[str, dict[str, float]]:
-    """Per part: fresh, pre-trained and fine-tuning-start norms, and the relative move of both fine-tunings."""
+    """Per part: fresh and pre-trained norms, their ratio, the relative move of both fine-tunings, and whether the
+    part's layers are normalised (scale-invariant)."""
     seed_dir = bench_dir / f"seed{seed}"
     pretrained = PersonSearchModel.from_pretrained(
         str(seed_dir / "pretrain_full" / "person_search_model"), dtype=torch.float32
     )
     torch.manual_seed(seed)
     fresh = PersonSearchModel(pretrained.config).state_dict()
+    normalised = {part_of(layer + ".weight") for layer, _ in normalized_layer_pairs(pretrained)}
     grown = {key: value.clone() for key, value in pretrained.state_dict().items()}
     finetune_start = pretrained
     finetune_info = (seed_dir / "finetune_full_100" / "training_info.json").read_text()
@@ -67,6 +69,7 @@ def weight_norms(bench_dir: Path, seed: int) -> dict[str, dict[str, float]]:
             "growth": (row[1] / row[0]) ** 0.5 if row[0] else float("nan"),
             "scratch_move": (row[3] / row[0]) ** 0.5 if row[0] else float("nan"),
             "full_move": (row[4] / row[2]) ** 0.5 if row[2] else float("nan"),
+            "normalised": part in normalised,
         }
         for part, row in sums.items()
     }
@@ -78,14 +81,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args(argv)
     for seed in args.seeds:
-        model = PersonSearchModel.from_pretrained(
-            str(args.bench_dir / f"seed{seed}" / "pretrain_full" / "person_search_model"), dtype=torch.float32
-        )
-        normalised = {part_of(layer + ".weight") for layer, _ in normalized_layer_pairs(model)}
         print(f"seed {seed}: weight norms (fresh, pre-trained), growth, and fine-tuning's move relative to its start")
         print(f"  {'part':<46} {'fresh':>7} {'pre-tr.':>8} {'growth':>7} {'scratch move':>13} {'full move':>10}")
         for part, row in weight_norms(args.bench_dir, seed).items():
-            mark = "*" if part in normalised else " "
+            mark = "*" if row["normalised"] else " "
             print(
                 f"{mark} {part:<46} {row['fresh']:>7.2f} {row['pretrained']:>8.2f} {row['growth']:>6.1f}x "
                 f"{row['scratch_move']:>12.2f}x {row['full_move']:>9.2f}x"
