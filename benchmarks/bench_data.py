@@ -14,8 +14,16 @@ step's part runs on the CPU too and is counted in the same timing, so the ratio 
 CPU cores alone; on a GPU that part leaves the cores (see the ``worker`` column).
 
 One thread (torch.set_num_threads(1)), so the numbers are per core: a DataLoader with k workers
-scales them by about k. Columns: ``decode``, ``unify`` (decode + unification), ``worker`` (+ geometric
-views), ``full`` (+ collate and the photometric step on the batch), all images per second.
+scales them by about k. Columns, all images per second: ``decode``, ``unify`` (decode + unification),
+``worker`` (+ the geometric half of the two views: what a DataLoader worker does when the step runs on a
+GPU), ``full`` (+ collate and the photometric step on the batch, on this CPU), and ``bound``: decode plus the
+two views' resizes alone (the unified image resized to each view's drawn multi-scale size, nothing else), a
+ceiling on ``worker`` for any implementation that keeps the views' sizes. A re-ID crop becomes two views of
+~700 x 700 px, each about as many pixels as the floor's one resize, so ``bound`` is about half the floor there.
+
+The last line gives the per-core ratio of the worker part (the pipeline's CPU cost when the photometric step
+runs on the training GPU, as ``examples/run_pretrain.py`` does); the line before it, of ``full``, the cost
+when everything runs on CPU cores.
 """
 
 from __future__ import annotations
@@ -29,12 +37,18 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from hf_personsearch.data.augmentation import TwoViewAugmentation, to_image_tensor
+from hf_personsearch.data.augmentation import (
+    PRETRAIN_MAX_SIZE,
+    PRETRAIN_MIN_SIZES,
+    TwoViewAugmentation,
+    to_image_tensor,
+)
 from hf_personsearch.data.collate import collate_pretrain
 from hf_personsearch.data.identity import IdentitySpace
 from hf_personsearch.data.schema import NO_IDENTITY, make_record
 from hf_personsearch.data.unification import unify_record
 from hf_personsearch.image_loading import load_image
+from hf_personsearch.image_processing_person_search import resized_size
 from hf_personsearch.training.config import PRETRAIN_DEFAULTS
 from hf_personsearch.training.pretraining import photometric_options
 
@@ -134,9 +148,9 @@ def main() -> None:
         f"per core (1 thread), default sizes; {args.repeats} passes over each source, batches of {args.batch_size}; "
         f"photometric probabilities {photometric}"
     )
-    header = ["baseline", "decode", "unify", "worker", "full", "ratio"]
+    header = ["baseline", "decode", "unify", "worker", "bound", "full", "ratio", "cpu-only"]
     print(f"{'source':<12}" + "".join(f"{name:>10}" for name in header))
-    ratios = {}
+    ratios, bounds, cpu_only = {}, {}, {}
     for source_index, (name, _, records) in enumerate(sources):
 
         def baseline(index, record):
@@ -165,15 +179,43 @@ def main() -> None:
         def step(items):
             augmentation.photometric(collate_pretrain(items))
 
+        # The bound's inputs, prepared untimed: each record's unified image and its two views' drawn sizes.
+        unified_images, view_sizes = [], []
+        for index, record in enumerate(records):
+            image = to_image_tensor(unify(index, record)["image"])
+            height, width = image.shape[-2:]
+            unified_images.append(image)
+            view_sizes.append(
+                [resized_size(height, width, int(rng.choice(PRETRAIN_MIN_SIZES)), PRETRAIN_MAX_SIZE) for _ in range(2)]
+            )
+
+        def bound(index, record, unified_images=unified_images, view_sizes=view_sizes):
+            load_image(record["image"])
+            for size in view_sizes[index]:
+                v2.functional.resize(unified_images[index], size)
+
         rates = [
             _rate(baseline, records, args.repeats),
             _rate(decode, records, args.repeats),
             _rate(unify, records, args.repeats),
             _rate(worker, records, args.repeats),
+            _rate(bound, records, args.repeats),
             _batched_rate(worker, step, records, args.repeats, args.batch_size),
         ]
-        ratios[name] = rates[-1] / rates[0]
-        print(f"{name:<12}" + "".join(f"{rate:>10.1f}" for rate in rates) + f"{ratios[name]:>10.2f}")
+        ratios[name], bounds[name], cpu_only[name] = (rate / rates[0] for rate in rates[3:])
+        print(
+            f"{name:<12}"
+            + "".join(f"{rate:>10.1f}" for rate in rates)
+            + f"{ratios[name]:>10.2f}{cpu_only[name]:>10.2f}"
+        )
+    print(
+        f"ceiling of the worker ratio (decode + the two view resizes): scenes {bounds['crowdhuman']:.2f}, "
+        f"crops {bounds['msmt17']:.2f}"
+    )
+    print(
+        f"on CPU cores alone (photometric step included): scenes {cpu_only['crowdhuman']:.2f}, "
+        f"crops {cpu_only['msmt17']:.2f}"
+    )
     print(f"ratio to the decode floor: scenes {ratios['crowdhuman']:.2f}, crops {ratios['msmt17']:.2f}")
 
 
