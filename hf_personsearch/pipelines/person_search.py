@@ -128,6 +128,15 @@ class PersonSearchPipeline(Pipeline):
     _load_feature_extractor = False
     _load_video_processor = False
 
+    def __init__(self, model, *args, **kwargs):
+        # A pre-training checkpoint folder loads as PersonSearchPretrainModel, whose forward computes the
+        # pre-training losses only: search with the person search model it holds (the one it exports).
+        export = getattr(model, "export_person_search_model", None)
+        if export is not None:
+            logger.info("%s is a pre-training model: searching with its person search model", type(model).__name__)
+            model = export()
+        super().__init__(model, *args, **kwargs)
+
     def _sanitize_parameters(self, threshold=None, **kwargs):
         postprocess = {} if threshold is None else {"threshold": threshold}
         return {}, {}, postprocess

@@ -271,7 +271,9 @@ def export_pretrained(
 ) -> dict[str, Path]:
     """Write the final folders (main process only):
 
-    - ``pretrain_model/``: PersonSearchPretrainModel.save_pretrained (safetensors, with predictor and IAMs);
+    - ``pretrain_model/``: PersonSearchPretrainModel.save_pretrained (safetensors, with predictor and IAMs)
+      + the same PersonSearchImageProcessor, so ``pipeline("person-search", model=<this folder>)`` and
+      ``AutoImageProcessor`` load it too;
     - ``person_search_model/``: the downstream PersonSearchModel + PersonSearchImageProcessor +
       ``training_info.json`` + the model card README.md (hf_personsearch.hub.model_card), the folder pushed
       to the Hub.
@@ -290,6 +292,7 @@ def export_pretrained(
         **({"min_size": int(max(min_sizes)), "max_size": int(data["max_size"])} if min_sizes else {})
     )
     processor.save_pretrained(folder)
+    processor.save_pretrained(pretrain_folder)
     record = json.dumps({"kind": "pretrained", **training_info}, indent=1)
     # Both folders carry the training record, so `search` and `card` on either know what the model saw.
     (pretrain_folder / TRAINING_FILE).write_text(record)

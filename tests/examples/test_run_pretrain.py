@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
@@ -208,6 +209,22 @@ def test_export_and_push_to_fake_hub(tmp_path):
     identities = json.loads((output / "identity_space.json").read_text())["num_identities"]
     assert type(model).__name__ == "PersonSearchModel" and model.config.num_person_ids == identities
     assert AutoImageProcessor.from_pretrained(folder).min_size == 128
+    # The pre-training folder carries the same processor: the search pipeline takes either folder.
+    assert AutoImageProcessor.from_pretrained(output / "pretrain_model").to_dict() == processor_dict(folder)
+    from transformers import pipeline
+
+    import hf_personsearch.pipelines  # noqa: F401  (registers pipeline("person-search"))
+
+    search = pipeline("person-search", model=str(output / "pretrain_model"))
+    assert type(search.model).__name__ == "PersonSearchModel" and search.image_processor.min_size == 128
+    detections = search(np.full((96, 160, 3), 128, np.uint8), threshold=0.0)
+    assert isinstance(detections, list) and all(set(d) >= {"box", "score"} for d in detections)
+
+
+def processor_dict(folder):
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(folder).to_dict()
 
 
 PROBE = """
