@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import subprocess
 import sys
 from collections import OrderedDict
 
@@ -126,6 +127,33 @@ def test_missing_key_or_corrupt_value_skipped_and_counted(tmp_path, lmdb_install
     assert skips.counts == {reason: 1}
     with pytest.raises(DataFormatError, match=f"key '{bad_key}': {reason}"):
         list(luperson.parse(tmp_path / "raw", strict=True))
+
+
+def test_truncated_data_mdb_is_refused_before_lmdb_reads_past_its_end(tmp_path, lmdb_installed):
+    # Crops larger than a page: each value takes overflow pages, so half the file cuts values off.
+    rng = np.random.default_rng(0)
+    crops = {}
+    for index in range(40):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (96, 48, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+        crops[f"spain/madrid/{index + 1:08d}_0001.jpg"] = buffer.getvalue()
+    write_lmdb(tmp_path, crops)
+    data_file = tmp_path / "lmdb" / "data.mdb"
+    with open(data_file, "r+b") as handle:
+        handle.truncate(data_file.stat().st_size // 2)
+    # In a child process: without the check, lmdb reads the missing pages and the process dies of SIGBUS.
+    code = (
+        "import sys\n"
+        "from hf_personsearch.data.errors import DataFormatError\n"
+        "from hf_personsearch.data.formats import luperson\n"
+        "try:\n"
+        f"    list(luperson.parse({str(tmp_path)!r}))\n"
+        "except DataFormatError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"exit status {result.returncode}: {result.stderr[-2000:]}"
+    assert f"{data_file}: truncated LMDB file" in result.stdout
 
 
 def test_duplicate_key_counted_once(tmp_path, lmdb_installed):

@@ -184,11 +184,24 @@ def _open_lmdb(folder: Path):
         raise ImportError(
             f"{NAME}: reading the LMDB layout at {folder} needs the lmdb package: pip install hf-personsearch[lmdb]"
         ) from error
+    data_file = folder / "data.mdb"
     try:
         # lock=False: the release is read-only and may sit on a read-only disk where lock.mdb cannot be written.
-        return lmdb.open(str(folder), readonly=True, lock=False, readahead=False, subdir=True)
+        environment = lmdb.open(str(folder), readonly=True, lock=False, readahead=False, subdir=True)
     except lmdb.Error as error:
-        raise DataFormatError(f"{folder / 'data.mdb'}: not a readable LMDB environment ({error})") from error
+        raise DataFormatError(f"{data_file}: not a readable LMDB environment ({error})") from error
+    # LMDB maps the file into memory: reading a page past the end of a truncated data.mdb (an interrupted
+    # download or copy) kills the process with SIGBUS, which no Python code can catch. The meta page says
+    # how many pages the database uses, so check the file holds them all before anything is read.
+    needed = (environment.info()["last_pgno"] + 1) * environment.stat()["psize"]
+    size = data_file.stat().st_size
+    if size < needed:
+        environment.close()
+        raise DataFormatError(
+            f"{data_file}: truncated LMDB file: {size} bytes, but its database uses {needed} "
+            "(an interrupted download or copy?); fetch or copy it again"
+        )
+    return environment
 
 
 def _parse_lmdb(root: Path, split: str, skips: SkipCounter, verify_images: bool) -> Iterator[dict]:
