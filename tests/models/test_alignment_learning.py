@@ -212,15 +212,27 @@ def fresh_probes(model: PersonSearchPretrainModel, seed: int = 0) -> dict:
     }
 
 
+SEEDS_ON = (0, 1, 2)
+"""Seeds of the reversal-on run; the test judges their median. One seed is not enough: this adversarial
+training is chaotic, and a change of float rounding elsewhere moves a seed's outcome. Measured on seed 0 (linear /
+head probe): .725 / .620 as the model is; .525 / .563 with RoIAlign's output in channels-last strides (the box
+head's convolutions then round differently); .825 / .733 with a sparse-matrix RoIAlign equal to torchvision's to
+1e-6; seeds 1 and 2 stayed at .46-.70 / .47-.61 in every variant."""
+
+
 @pytest.fixture(scope="module")
 def runs() -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the CPU is shared: two threads fighting other jobs run 10x slower
     try:
-        results = {}
-        for name, reversal in (("off", 0.0), ("on", REVERSAL_ON)):
-            model = build(reversal)
-            results[name] = {**train(model), **fresh_probes(model)}
+        off = build(0.0)
+        results = {"off": {**train(off), **fresh_probes(off)}}
+        per_seed = []
+        for seed in SEEDS_ON:
+            model = build(REVERSAL_ON, seed=seed)
+            per_seed.append({**train(model, seed=seed), **fresh_probes(model, seed=seed)})
+        results["on"] = {key: float(np.median([run[key] for run in per_seed])) for key in per_seed[0]}
+        results["on_per_seed"] = per_seed
         return results
     finally:
         torch.set_num_threads(threads)
@@ -237,14 +249,15 @@ def test_without_reversal_the_domains_are_learned_and_stay_in_the_features(runs)
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_with_reversal_a_fresh_probe_on_the_encoder_features_is_near_chance(runs):
-    off, on = runs["off"], runs["on"]
+    off, on = runs["off"], runs["on"]  # "on": the median over SEEDS_ON
+    detail = (off, runs["on_per_seed"])
     # the classifiers trained alongside the features are fooled ...
-    assert on["image"] <= 0.7 and on["instance"] <= 0.75, (off, on)
-    # ... and the features themselves lost the cue: probes fitted afresh on them are near chance (0.5). The bound
-    # leaves room for seed noise, measured at step 400 with reversal 30 and the DA-Faster consistency wiring:
-    # linear / head probes .725/.620 (seed 0), .525/.529 (seed 1), .512/.465 (seed 2); without reversal 1.0.
-    assert on["linear"] <= 0.75 and on["head"] <= 0.75, (off, on)
-    assert off["linear"] - on["linear"] >= 0.25 and off["head"] - on["head"] >= 0.25, (off, on)
+    assert on["image"] <= 0.7 and on["instance"] <= 0.75, detail
+    # ... and the features themselves lost the cue: probes fitted afresh on them are near chance (0.5). Measured at
+    # step 400 with reversal 30 and the DA-Faster consistency wiring: linear / head probes .725/.620 (seed 0),
+    # .525/.529 (seed 1), .512/.465 (seed 2), median .525/.529; without reversal 1.0.
+    assert on["linear"] <= 0.75 and on["head"] <= 0.75, detail
+    assert off["linear"] - on["linear"] >= 0.25 and off["head"] - on["head"] >= 0.25, detail
 
 
 @pytest.mark.slow
