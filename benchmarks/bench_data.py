@@ -19,7 +19,8 @@ scales them by about k. Columns, all images per second: ``decode``, ``unify`` (d
 GPU), ``full`` (+ collate and the photometric step on the batch, on this CPU), and ``bound``: decode plus the
 two views' resizes alone (the unified image resized to each view's drawn multi-scale size, nothing else), a
 ceiling on ``worker`` for any implementation that keeps the views' sizes. A re-ID crop becomes two views of
-~700 x 700 px, each about as many pixels as the floor's one resize, so ``bound`` is about half the floor there.
+~700 x 700 px, each about as many pixels as the floor's one resize (1280 x 640), so ``bound`` is near the floor
+there.
 
 The last line gives the per-core ratio of the worker part (the pipeline's CPU cost when the photometric step
 runs on the training GPU, as ``examples/run_pretrain.py`` does); the line before it, of ``full``, the cost

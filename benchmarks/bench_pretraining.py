@@ -417,13 +417,8 @@ def build_plan(args: argparse.Namespace, output_dir: Path) -> list[Job]:
         tag = f"seed{seed}/"
         jobs.append(Job(tag + "data", job_data, (str(seed_dir), seed, {n: sizes[n] for n in (*SOURCES, "prw")})))
 
-        sources = json.dumps(
-            [
-                {"name": name, "data_dir": str(data_dir / name), "split": "train", "weight": weight, "options": {}}
-                for name, weight in zip(SOURCES, source_weights(args.pretrain_config))
-            ]
-        )
-        pretrain = ["--config", str(args.pretrain_config), f"data.sources={sources}", f"training.seed={seed}"]
+        pretrain = ["--config", str(args.pretrain_config), sources_override(data_dir, args.pretrain_config)]
+        pretrain.append(f"training.seed={seed}")
         pretrain += args.pretrain_overrides
         stage1 = pretrain + ["--output_dir", str(seed_dir / "pretrain_stage1")]
         if args.quick:
@@ -495,6 +490,15 @@ def source_weights(pretrain_config: Path) -> list:
             f"bench: {pretrain_config}: data.sources must list {list(SOURCES)} in this order, got {names}"
         )
     return [source.get("weight") for source in sources]
+
+
+def sources_override(data_dir: Path, pretrain_config: Path) -> str:
+    """The ``data.sources=...`` override pointing the config's sources at one seed's generated datasets."""
+    sources = [
+        {"name": name, "data_dir": str(data_dir / name), "split": "train", "weight": weight, "options": {}}
+        for name, weight in zip(SOURCES, source_weights(pretrain_config))
+    ]
+    return f"data.sources={json.dumps(sources)}"
 
 
 def _finetune_training(finetune_config: Path) -> dict:

@@ -67,12 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = bench.QUICK_SIZES if args.quick else BENCHMARK_SIZES
     bench.job_data(str(seed_dir), args.seed, {name: sizes[name] for name in (*bench.SOURCES, "prw")})
     data_dir = seed_dir / "data"
-    sources = json.dumps(
-        [
-            {"name": name, "data_dir": str(data_dir / name), "split": "train", "weight": weight, "options": {}}
-            for name, weight in zip(bench.SOURCES, bench.source_weights(bench.PRETRAIN_CONFIG))
-        ]
-    )
+    sources = bench.sources_override(data_dir, bench.PRETRAIN_CONFIG)
     steps = 3 if args.quick else args.steps
     window = 1 if args.quick else WINDOW
     images = bench.probe_images(data_dir, args.seed)
@@ -86,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     for name, overrides in RUNS.items():
         folder = seed_dir / name
-        argv_run = ["--config", str(bench.PRETRAIN_CONFIG), f"data.sources={sources}", f"training.seed={args.seed}"]
+        argv_run = ["--config", str(bench.PRETRAIN_CONFIG), sources, f"training.seed={args.seed}"]
         argv_run += [f"training.max_steps={steps}", "--output_dir", str(folder), *overrides]
         bench.job_pretrain(argv_run, str(folder) + ".log")
         summary["losses"][name] = window_means(folder / "loss_log.jsonl", window)
@@ -94,12 +89,11 @@ def main(argv: list[str] | None = None) -> dict:
         summary["probe_accuracy"][name] = bench.domain_probe(
             bench.pooled_features(model, processor, images), args.seed
         )
-        if name == "lambda_0.1":
-            torch.manual_seed(args.seed)
-            fresh = type(model)(model.config).eval()
-            summary["probe_accuracy"]["random_init"] = bench.domain_probe(
-                bench.pooled_features(fresh, processor, images), args.seed
-            )
+    torch.manual_seed(args.seed)
+    fresh = type(model)(model.config).eval()  # the runs' architecture, random weights
+    summary["probe_accuracy"]["random_init"] = bench.domain_probe(
+        bench.pooled_features(fresh, processor, images), args.seed
+    )
     (args.output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"seed {args.seed}, {steps} steps, windows of {window}; chance: detection ln 2 = 0.693, re-ID ln 3 = 1.099")
     for loss in LOSSES:

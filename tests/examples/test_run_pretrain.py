@@ -210,7 +210,8 @@ def test_export_and_push_to_fake_hub(tmp_path):
     assert type(model).__name__ == "PersonSearchModel" and model.config.num_person_ids == identities
     assert AutoImageProcessor.from_pretrained(folder).min_size == 128
     # The pre-training folder carries the same processor: the search pipeline takes either folder.
-    assert AutoImageProcessor.from_pretrained(output / "pretrain_model").to_dict() == processor_dict(folder)
+    saved = AutoImageProcessor.from_pretrained(output / "pretrain_model").to_dict()
+    assert saved == AutoImageProcessor.from_pretrained(folder).to_dict()
     from transformers import pipeline
 
     import hf_personsearch.pipelines  # noqa: F401  (registers pipeline("person-search"))
@@ -219,12 +220,6 @@ def test_export_and_push_to_fake_hub(tmp_path):
     assert type(search.model).__name__ == "PersonSearchModel" and search.image_processor.min_size == 128
     detections = search(np.full((96, 160, 3), 128, np.uint8), threshold=0.0)
     assert isinstance(detections, list) and all(set(d) >= {"box", "score"} for d in detections)
-
-
-def processor_dict(folder):
-    from transformers import AutoImageProcessor
-
-    return AutoImageProcessor.from_pretrained(folder).to_dict()
 
 
 PROBE = """
