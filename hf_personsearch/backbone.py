@@ -177,6 +177,11 @@ class SplitBackbone(nn.Module):
         parts = self.inference_parts() if self._runs_inference_copy() else None
         if parts is not None:
             return parts[0](pixel_values)
+        if pixel_values.device.type == "cpu":
+            # Channels-last input: oneDNN's CPU convolutions then skip a layout reorder at every call (measured on
+            # one core, the CPU benchmark's test_resnet encoder, 3 images of 128x228, forward + backward: 51 ->
+            # 29 ms). The weights keep their layout, so checkpoints and optimiser states are unchanged.
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         return self._run(self._encoder_names, pixel_values)
 
     def box_head(self, roi_features: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,8 @@ PersonSearchModel and PersonSearchPretrainModel:
   are in the batch and leaving the inference statistics untouched.
 - ``check_person_ids(person_ids, where)``: reject identities the re-ID loss cannot take.
 
-Built from public torchvision parts (MultiScaleRoIAlign, BoxCoder, Matcher, box ops); torchvision's
-RoIHeads is not used (its internals change between releases).
+Built from public torchvision parts (BoxCoder, Matcher, box ops) and :mod:`.roi_align` (torchvision's
+RoIAlign, with a fast CPU path); torchvision's RoIHeads is not used (its internals change between releases).
 """
 
 from __future__ import annotations
@@ -32,15 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection._utils import BoxCoder, Matcher
-from torchvision.ops import MultiScaleRoIAlign
 
 from .configuration_person_search import PersonSearchConfig
 from .detection_head import detection_losses, postprocess_detections, sample_proposals
 from .norm_aware_embedding import BoxRegressor, LinearPersonClassifier, NormAwareEmbedding
 from .oim import OIMLoss
+from .roi_align import EncoderRoIAlign
 
 FEATURE_NAME = "encoder"
-"""The name of the encoder map in the feature dicts of torchvision's RPN and RoIAlign."""
+"""The name of the encoder map in the feature dict of torchvision's RPN."""
 
 
 @dataclass
@@ -100,7 +100,7 @@ class NormAwareRoIHead(nn.Module):
         super().__init__()
         self.config = config
         self.box_head = box_head
-        self.roi_align = MultiScaleRoIAlign([FEATURE_NAME], config.roi_output_size, config.roi_sampling_ratio)
+        self.roi_align = EncoderRoIAlign(config.roi_output_size, config.roi_sampling_ratio)
         norm_score = config.detection_score == "norm"
         self.embedding_head = NormAwareEmbedding(
             (encoder_channels, head_channels), config.embedding_dim, norm_score=norm_score
@@ -119,7 +119,7 @@ class NormAwareRoIHead(nn.Module):
         self.oim.check_ids(person_ids, where=where)
 
     def _head_maps(self, encoder_features: torch.Tensor, boxes: list[torch.Tensor], image_sizes):
-        roi_features = self.roi_align({FEATURE_NAME: encoder_features}, boxes, image_sizes)
+        roi_features = self.roi_align(encoder_features, boxes, image_sizes)
         return roi_features, self.box_head(roi_features)
 
     def forward(

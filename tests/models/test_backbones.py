@@ -186,3 +186,24 @@ def test_shufflenet_v1_unit_computes_megvii_s_forward(stride, in_channels):
     else:
         expected = torch.cat((nn.functional.avg_pool2d(x, 3, 2, 1), torch.relu(main)), dim=1)
     torch.testing.assert_close(unit(x), expected)
+
+
+def test_training_encoder_takes_channels_last_input_with_the_same_values_and_gradients():
+    """On CPU the training path feeds the encoder a channels-last input (oneDNN skips a reorder per convolution);
+    the map and the weight gradients are those of the contiguous input, to float rounding."""
+    torch.manual_seed(0)
+    backbone = PersonSearchModel(tiny_config(backbone="test_resnet")).backbone.train()
+    pixels = torch.randn(2, 3, 64, 96)
+    features = backbone.encode(pixels)
+    assert features.is_contiguous(memory_format=torch.channels_last)
+    features.square().sum().backward()
+    gradients = [p.grad.clone() for p in backbone.parameters() if p.grad is not None]
+    backbone.zero_grad()
+    reference = backbone._run(backbone._encoder_names, pixels.contiguous())
+    assert reference.is_contiguous()  # the layout the weights keep: the comparison runs the other kernels
+    reference.square().sum().backward()
+    torch.testing.assert_close(features, reference, rtol=1e-4, atol=1e-5)
+    for gradient, parameter in zip(gradients, [p for p in backbone.parameters() if p.grad is not None]):
+        # Float rounding relative to the gradient's scale (a near-zero BatchNorm bias gradient moves by 1e-4).
+        torch.testing.assert_close(gradient, parameter.grad, rtol=1e-3, atol=1e-3 * float(parameter.grad.abs().max()))
+    assert all(p.is_contiguous() for p in backbone.parameters())

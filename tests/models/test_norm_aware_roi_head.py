@@ -69,7 +69,9 @@ def test_losses_and_detections_equal_the_pre_refactor_model():
     torch.manual_seed(1)
     output = model(pixel_values, image_sizes, labels=labels)
     for name, value in REFERENCE_LOSSES.items():
-        assert output.loss_dict[name].item() == pytest.approx(value, rel=1e-6, abs=1e-7), name
+        # 1e-5: RoIAlign as a sparse product and the channels-last encoder sum in another order than the
+        # pre-refactor kernels (measured: det_box moved by 1.1e-6 relative).
+        assert output.loss_dict[name].item() == pytest.approx(value, rel=1e-5, abs=1e-7), name
     assert output.loss.item() == pytest.approx(REFERENCE_LOSS, rel=1e-6)
     model.eval()
     with torch.no_grad():

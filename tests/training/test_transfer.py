@@ -74,10 +74,12 @@ def test_normalised_layers_get_a_fresh_models_norms_and_the_function_is_unchange
     after_losses, after = losses(model, batch), detections(model, batch)
     # BatchNorm's eps (1e-5 next to the rescaled variances) makes the match approximate
     assert after_losses == pytest.approx(before_losses, rel=1e-3)
-    for name in ("boxes", "scores", "embeddings"):
+    # Boxes in pixels: within 0.05 px (the regression deltas are exponentiated and scaled by the box size, so
+    # the eps effect shows there most: measured up to 0.035 px on a 65 px coordinate with one thread).
+    for name, tolerance in (("boxes", 0.05), ("scores", 1e-4), ("embeddings", 1e-4)):
         for old, new in zip(getattr(before, name), getattr(after, name)):
             assert len(old) > 0
-            torch.testing.assert_close(new, old, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(new, old, rtol=1e-4, atol=tolerance)
 
 
 def test_frozen_batchnorms_keep_the_backbone_weights_as_they_are(batch):
