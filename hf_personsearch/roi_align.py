@@ -12,12 +12,12 @@ one core (``benchmarks/bench_roi_align.py``, medians of 5), torchvision's -> thi
   31.6 -> 2.4 ms (torchvision's backward was a quarter of a fine-tuning step);
 - ResNet-50 at 900x1500 (300 boxes, 1024 channels, 14x14): forward 0.93 -> 0.65 s, backward 3.5 -> 0.33 s.
 
-Autograd's backward is the transposed product. The values are
-torchvision's ``roi_align(..., aligned=False)`` (the call MultiScaleRoIAlign makes): the same sampling points
-(``sampling_ratio`` per bin side, each bin's mean), the same border rule (points more than one cell outside
-the map count as zero, the others are clamped to it); they differ by float summation order only (tested). As
-torchvision's, the boxes get no gradient. Elsewhere (CUDA, whose kernel is fast) and for ``sampling_ratio <= 0``
-(torchvision's adaptive sampling: a different number of points per box) it calls torchvision.
+Autograd's backward is the transposed product. The values are torchvision's ``roi_align(..., aligned=False)`` (the
+call MultiScaleRoIAlign makes): the same sampling points (``sampling_ratio`` per bin side, each bin's mean), the
+same border rule (points more than one cell outside the map count as zero, the others are clamped to it); they
+differ by float summation order only (tested). As torchvision's, the boxes get no gradient. Elsewhere (CUDA, whose
+kernel is fast) and for ``sampling_ratio <= 0`` (torchvision's adaptive sampling: a different number of points per
+box) it calls torchvision.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def roi_align(
     dtype = features.dtype if features.dtype in (torch.float32, torch.float64) else torch.float32
     with torch.no_grad():
         rois = torch.cat([box.to(dtype) for box in boxes]).reshape(-1, 4)
-        image_index = torch.cat([torch.full((len(box),), index) for index, box in enumerate(boxes)]).long()
+        image_index = torch.cat([torch.full((len(box),), index, dtype=torch.long) for index, box in enumerate(boxes)])
         matrix = sampling_matrix(
             rois, image_index, (num_images, height, width), output_size, spatial_scale, sampling_ratio
         )
