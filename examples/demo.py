@@ -2,9 +2,9 @@
 benchmark (``benchmarks/bench_pretraining.py``) on synthetic data and a CPU.
 
     python examples/demo.py                  # one seed, 4 fine-tunings (see DEMO_CONDITIONS), two worker processes;
-                                             # 507 s on 2 cores (load ~1.7), of which the first pre-training
+                                             # 507-590 s on 2 shared cores, of which the first pre-training
                                              # stage (1000 steps, one core, the other runs scratch's fine-tunings)
-                                             # took 278 s
+                                             # took 278-317 s
     python examples/demo.py --quick          # a smoke run: tiny data, a few steps per stage
     python examples/demo.py --seeds 0 1 2    # three paired seeds: mean +- std and the difference per seed
 
