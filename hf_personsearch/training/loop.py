@@ -149,8 +149,14 @@ class SeededSampleStream(Sampler):
 
 
 class SeededSampleDataset(Dataset):
-    """Runs ``dataset[key]`` with torch's RNG seeded by the pair's seed (the global RNG is left untouched)
-    and records the key in the item as ``"sample_key"``."""
+    """Runs ``dataset[key]`` with torch's CPU generator seeded by the pair's seed (the global RNG is left
+    untouched) and records the key in the item as ``"sample_key"``.
+
+    Only the CPU generator, the one the augmentation draws from and ``fork_rng(devices=[])`` restores, is
+    seeded: ``torch.manual_seed`` would also reseed every CUDA generator, which ``fork_rng`` does not restore, so
+    with ``num_workers=0`` each sample would reset the training step's CUDA draws (the RPN's and the RoI head's
+    box sampling) to a seed of the data.
+    """
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -161,7 +167,7 @@ class SeededSampleDataset(Dataset):
     def __getitem__(self, pair):
         key, seed = pair
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             item = self.dataset[key]
         if item is not None:
             item["sample_key"] = tuple(int(k) for k in key) if isinstance(key, (tuple, list)) else int(key)

@@ -154,3 +154,24 @@ def test_unreadable_images_are_skipped_and_counted_not_fatal(tmp_path, caplog):
         else:  # the other images are untouched by their batch neighbour's failure
             np.testing.assert_allclose(after["boxes"], before["boxes"], atol=1e-4)
     assert len(inputs.gallery) == len(records)  # the unreadable image's persons still count as missed
+
+
+def test_a_model_in_training_mode_folds_its_batchnorms_once_per_evaluation(prw_dir, monkeypatch):
+    """A model evaluated during training (train mode) stays in eval mode across the query batches: the
+    backbone's BatchNorm-folded inference copy is built once for the gallery and reused by every query batch,
+    not rebuilt per batch (embed_boxes alone restores train mode, which frees the copy), and the mode is
+    restored after."""
+    import hf_personsearch.backbone as backbone
+
+    builds = []
+    fold = backbone.fold_batchnorms
+    monkeypatch.setattr(backbone, "fold_batchnorms", lambda module: builds.append(1) or fold(module))
+    torch.manual_seed(0)
+    model = PersonSearchModel(tiny_search_model.tiny_config()).train()
+    processor = PersonSearchImageProcessor(min_size=128, max_size=256)
+    records = load_target_records("prw", prw_dir, "test")
+    queries = load_target_queries("prw", prw_dir)
+    assert len(queries) > 2  # several query batches of 2
+    run_search_inference(model, processor, records, queries, batch_size=2, progress=False)
+    assert len(builds) == 2  # encoder and box head, once
+    assert model.training

@@ -144,6 +144,18 @@ def test_seeded_stream_resumes_with_the_same_keys_and_augmentation_draws():
     assert len({value for _, value in full}) == 8  # every sample has its own seed
 
 
+def test_seeded_samples_seed_the_cpu_generator_only(monkeypatch):
+    """The sample's draws come from the CPU generator seeded with the sample's seed; the CUDA generators (the
+    training step's, which fork_rng(devices=[]) does not restore) are never reseeded by the data."""
+    cuda_seeds = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", cuda_seeds.append)
+    monkeypatch.setattr(torch.cuda, "manual_seed", cuda_seeds.append)
+    item = SeededSampleDataset(RandomItems())[(3, 1234)]
+    expected = float(torch.rand((), generator=torch.Generator().manual_seed(1234)))
+    assert item == {"value": expected, "sample_key": 3}
+    assert cuda_seeds == []
+
+
 def test_move_to_device_walks_nested_batches():
     batch_in = {"a": torch.ones(1), "labels": [{"boxes": torch.zeros(1, 4)}], "sources": ["ecp"]}
     moved = move_to_device(batch_in, torch.device("cpu"))
