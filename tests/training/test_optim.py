@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -91,3 +92,32 @@ def test_bad_names_and_milestones_are_rejected():
         lr_factor(0, {"name": "poly"}, 10)
     with pytest.raises(ValueError, match="increasing"):
         resolve_milestones([0.8, 0.2], 10)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"name": "sgd", "lr": 0.01, "weight_decay": 1e-4},
+        {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05},
+    ],
+)
+def test_optimisers_step_all_tensors_at_once_with_the_per_tensor_values(config):
+    """The multi-tensor (foreach) update gives the per-tensor implementation's weights bit for bit on a CPU."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 6, 6))
+    optimizer = build_optimizer(model, config)
+    assert all(group["foreach"] for group in optimizer.param_groups)
+    reference_model = copy.deepcopy(model)
+    reference = build_optimizer(reference_model, config)
+    for group in reference.param_groups:
+        group["foreach"] = False  # torch's per-tensor loop
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        for parameter, twin in zip(model.parameters(), reference_model.parameters()):
+            parameter.grad = torch.randn(parameter.shape, generator=generator)
+            twin.grad = parameter.grad.clone()
+        optimizer.step()
+        reference.step()
+    for parameter, twin in zip(model.parameters(), reference_model.parameters()):
+        assert torch.equal(parameter, twin)
