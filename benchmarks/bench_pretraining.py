@@ -449,16 +449,9 @@ def build_plan(args: argparse.Namespace, output_dir: Path) -> list[Job]:
             condition = CONDITIONS[name]
             folder = seed_dir / f"finetune_{name}"
             config = finetune_config if condition.model == "person_search" else str(args.alignps_finetune_config)
-            argv = ["--config", config, f"data.data_dir={prw_dir}", f"training.output_dir={folder}"]
-            argv += [
-                f"training.seed={seed}",
-                f"data.fraction_seed={seed}",
-                f"data.train_fraction={condition.fraction}",
-            ]
-            argv += [f"init.from={condition.init}", f"training.max_steps={max_steps}"]
+            argv = finetune_argv(name, seed, seed_dir, folder, config, max_steps)
             needs = [tag + "data"]
             if condition.variant is not None:
-                argv.append(f"init.path={seed_dir / f'pretrain_{condition.variant}' / 'person_search_model'}")
                 needs.append(tag + f"pretrain_{condition.variant}")
             if name == "scratch_100":
                 # One evaluation at half the budget: the stability gate.
@@ -477,6 +470,18 @@ def build_plan(args: argparse.Namespace, output_dir: Path) -> list[Job]:
     # When more jobs are ready than workers, the longest chains go first: every seed's pre-training before any
     # fine-tuning (stable sort: within a stage, seed order and pre-trained fine-tunings before scratch ones).
     return sorted(jobs, key=lambda job: next(i for i, stage in enumerate(STAGE_ORDER) if stage in job.name))
+
+
+def finetune_argv(name: str, seed: int, seed_dir: Path, folder: Path, config: str, max_steps: int) -> list[str]:
+    """run_finetune.py's arguments for condition ``name`` of ``seed`` (data and pre-trained models under
+    ``seed_dir``, outputs in ``folder``): the same recipe, budget and seed for every condition."""
+    condition = CONDITIONS[name]
+    argv = ["--config", config, f"data.data_dir={seed_dir / 'data' / 'prw'}", f"training.output_dir={folder}"]
+    argv += [f"training.seed={seed}", f"data.fraction_seed={seed}", f"data.train_fraction={condition.fraction}"]
+    argv += [f"init.from={condition.init}", f"training.max_steps={max_steps}"]
+    if condition.variant is not None:
+        argv.append(f"init.path={seed_dir / f'pretrain_{condition.variant}' / 'person_search_model'}")
+    return argv
 
 
 def source_weights(pretrain_config: Path) -> list:
