@@ -34,17 +34,23 @@ import bench_pretraining as bench  # noqa: E402  (the benchmark's conditions, ar
 
 PAIRS = {"25%": ("full_25", "scratch_25"), "100%": ("full_100", "scratch_100")}
 """The paired comparisons traced: fraction of the frames -> (pre-trained condition, its scratch baseline)."""
+TRACED = sorted({name for pair in PAIRS.values() for name in pair})
+"""The conditions re-run."""
 
 
-def evaluation_epochs(bench_dir: Path, seed: int, name: str, points: int) -> int:
-    """``evaluation.every_epochs`` that evaluates the benchmark's run of ``name`` every ``1 / points`` of its budget.
+def benchmark_final(bench_dir: Path, seed: int, name: str) -> dict:
+    """The final evaluation (``step``, ``epoch``, ``mAP``, ...) of the benchmark's run of ``name`` for ``seed``."""
+    return json.loads((bench_dir / f"seed{seed}" / f"finetune_{name}" / "results.json").read_text())["final"]
 
-    Its steps per epoch are read from the benchmark's own final result (``step / epoch``), so they are the run's.
+
+def evaluation_epochs(final: dict, name: str, points: int) -> int:
+    """``evaluation.every_epochs`` that evaluates a benchmark run of ``name`` every ``1 / points`` of its budget.
+
+    Its steps per epoch come from the run's own final result (:func:`benchmark_final`: ``step / epoch``).
 
     Raises:
         SystemExit: the interval is not a whole number of that run's epochs.
     """
-    final = json.loads((bench_dir / f"seed{seed}" / f"finetune_{name}" / "results.json").read_text())["final"]
     steps, epochs = int(final["step"]), float(final["epoch"])
     steps_per_epoch = steps / epochs
     interval = steps / points
@@ -62,12 +68,12 @@ def plan(bench_dir: Path, output_dir: Path, seeds: list[int], points: int, finet
     jobs = []
     for seed in seeds:
         seed_dir = bench_dir / f"seed{seed}"
-        for name in sorted({name for pair in PAIRS.values() for name in pair}):
+        for name in TRACED:
             folder = output_dir / f"seed{seed}" / f"finetune_{name}"
             folder.parent.mkdir(parents=True, exist_ok=True)
-            max_steps = int(json.loads((seed_dir / f"finetune_{name}" / "results.json").read_text())["final"]["step"])
-            argv = bench.finetune_argv(name, seed, seed_dir, folder, finetune_config, max_steps)
-            argv.append(f"evaluation.every_epochs={evaluation_epochs(bench_dir, seed, name, points)}")
+            final = benchmark_final(bench_dir, seed, name)
+            argv = bench.finetune_argv(name, seed, seed_dir, folder, finetune_config, int(final["step"]))
+            argv.append(f"evaluation.every_epochs={evaluation_epochs(final, name, points)}")
             arguments = (argv, f"{folder}.log", str(folder), str(seed_dir / "data" / "prw"), finetune_config)
             jobs.append(bench.Job(f"seed{seed}/finetune_{name}", bench.job_finetune, arguments))
     return jobs
@@ -78,7 +84,7 @@ def curves(results: dict, benchmark: dict, seeds: list[int]) -> dict:
     and whether each run ended on the benchmark's final mAP."""
     out: dict = {"same_final_as_benchmark": {}, "fractions": {}}
     for seed in seeds:
-        for name in {name for pair in PAIRS.values() for name in pair}:
+        for name in TRACED:
             final = results[f"seed{seed}/finetune_{name}"]["mAP"]
             out["same_final_as_benchmark"][f"seed{seed}/{name}"] = final == benchmark[name][str(seed)]["mAP"]
     for fraction, (pretrained, scratch) in PAIRS.items():
@@ -149,10 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     bench_dir, output_dir = args.bench_dir.resolve(), args.output_dir.resolve()
     benchmark = json.loads((bench_dir / "summary.json").read_text())["conditions"]
     missing = [
-        f"{name} seed {seed}"
-        for name in {name for pair in PAIRS.values() for name in pair}
-        for seed in args.seeds
-        if str(seed) not in benchmark.get(name, {})
+        f"{name} seed {seed}" for name in TRACED for seed in args.seeds if str(seed) not in benchmark.get(name, {})
     ]
     if missing:
         raise SystemExit(f"diagnose: {bench_dir / 'summary.json'} has no result for {', '.join(sorted(missing))}")

@@ -34,10 +34,10 @@ def test_evaluation_interval_is_whole_epochs_of_each_run(tmp_path):
     script = load_script()
     write_final(tmp_path, 0, "full_25", 1280, 256.0)  # 15 frames, 5 steps per epoch
     write_final(tmp_path, 0, "full_100", 1280, 64.0)  # 60 frames, 20 steps per epoch
-    assert script.evaluation_epochs(tmp_path, 0, "full_25", 8) == 32
-    assert script.evaluation_epochs(tmp_path, 0, "full_100", 8) == 8
+    assert script.evaluation_epochs(script.benchmark_final(tmp_path, 0, "full_25"), "full_25", 8) == 32
+    assert script.evaluation_epochs(script.benchmark_final(tmp_path, 0, "full_100"), "full_100", 8) == 8
     with pytest.raises(SystemExit, match="cannot be evaluated every 1/128 of the budget in whole epochs"):
-        script.evaluation_epochs(tmp_path, 0, "full_100", 128)
+        script.evaluation_epochs(script.benchmark_final(tmp_path, 0, "full_100"), "full_100", 128)
 
 
 def history(*values):
