@@ -1,10 +1,12 @@
 """Box-aware augmentation: two views for pre-training (SimSiam), one view for fine-tuning.
 
 The paper applies "two data augmentations to each image, resulting in two different views" and
-trains the contrastive loss on the persons seen in both. Each view here is a torchvision
-``transforms.v2`` pipeline over a ``tv_tensors.Image`` and ``tv_tensors.BoundingBoxes``, so boxes
-follow every geometric change; the person ids and the ``person_index`` (position of the person in the
-unified record) are sanitized together with the boxes, so the three stay in correspondence. A person
+trains the contrastive loss on the persons seen in both. Each view is the torchvision ``transforms.v2``
+pipeline IoU crop -> shortest-side resize -> flip -> clamp -> sanitize over a ``tv_tensors.Image`` and
+``tv_tensors.BoundingBoxes``, written out with torchvision's kernels on plain tensors (:class:`ViewGeometry`, bit
+for bit the pipeline, draw for draw, at a fraction of its per-call cost), so boxes follow every geometric change;
+the person ids and the ``person_index`` (position of the person in the unified record) are sanitized together with
+the boxes, so the three stay in correspondence. A person
 whose box is lost in a view (cropped out, or shrunk below ``min_box_size``) is dropped from that
 view only; the model matches the two views by ``person_index``.
 
@@ -35,7 +37,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ..image_processing_person_search import PersonSearchImageProcessor, resize, resized_size
+from ..image_processing_person_search import PersonSearchImageProcessor, normalize, resize, resized_size
 from .photometric import PhotometricAugmentation
 
 PRETRAIN_MIN_SIZES = tuple(range(480, 801, 32))
@@ -60,10 +62,14 @@ class ShortestSideResize(v2.Transform):
             raise ValueError(f"need 0 < min_sizes ({self.min_sizes}) <= max_size ({max_size})")
         self.max_sizes = [int(size) for size in max_sizes]
 
-    def make_params(self, flat_inputs: list) -> dict:
-        height, width = v2.query_size(flat_inputs)
+    def draw_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) of a ``height`` x ``width`` image after this resize, drawn from torch's RNG (one
+        ``torch.randint`` when there are several sizes, none otherwise)."""
         draw = int(torch.randint(len(self.min_sizes), ())) if len(self.min_sizes) > 1 else 0
-        return {"size": resized_size(height, width, self.min_sizes[draw], self.max_sizes[draw])}
+        return resized_size(height, width, self.min_sizes[draw], self.max_sizes[draw])
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"size": self.draw_size(*v2.query_size(flat_inputs))}
 
     def transform(self, inpt, params: dict):
         return resize(inpt, params["size"])  # torchvision's dispatcher: images resized, boxes scaled
@@ -91,6 +97,12 @@ class PersonIoUCrop(v2.RandomIoUCrop):
         boxes = v2.functional.convert_bounding_box_format(
             persons.as_subclass(torch.Tensor), persons.format, tv_tensors.BoundingBoxFormat.XYXY
         )
+        return self.draw_crop(height, width, boxes)
+
+    def draw_crop(self, height: int, width: int, boxes: torch.Tensor) -> dict:
+        """The crop of a ``height`` x ``width`` image with persons ``boxes`` (n, 4) float32 xyxy, drawn from torch's
+        RNG: ``{}`` for the "keep the whole image" option, else ``top``, ``left``, ``height``, ``width`` and
+        ``is_within_crop_area`` (n,) bool (the persons whose centre is inside)."""
         while True:
             min_iou = self.options[int(torch.randint(low=0, high=len(self.options), size=(1,)))]
             if min_iou >= 1.0:  # the "keep the whole image" option
@@ -171,27 +183,25 @@ class PersonIoUCrop(v2.RandomIoUCrop):
         return super().transform(inpt, params)
 
 
-def to_image_tensor(image) -> tv_tensors.Image:
-    """(H, W, 3) uint8 array or PIL image -> ``tv_tensors.Image`` uint8 (3, H, W)."""
+def to_image_tensor(image) -> torch.Tensor:
+    """(H, W, 3) uint8 array or PIL image -> uint8 (3, H, W) tensor, a view of the pixels in (H, W, 3) order: the
+    memory layout in which torchvision's uint8 resize takes its fast path (2.5x the (3, H, W)-contiguous one)."""
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {array.shape} {array.dtype}")
     if not array.flags.writeable:  # decoded PIL images are read-only views; torch needs its own memory
         array = array.copy()
-    return tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1))
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
 
 
-def _labels_of(inputs):
-    """SanitizeBoundingBoxes' labels_getter: the per-person tensors that must follow the boxes."""
-    target = inputs[1]
-    return target["person_ids"], target["person_index"]
-
-
-def _sanitize(min_size: float) -> v2.SanitizeBoundingBoxes:
-    """Drop persons smaller than ``min_size`` (either side) with their ids. It runs after the ignore regions
-    are taken out: it reads the first ``BoundingBoxes`` of a sample and would cut every box tensor with
-    the persons' mask."""
-    return v2.SanitizeBoundingBoxes(min_size=min_size, min_area=min_size**2, labels_getter=_labels_of)
+def kept_persons(boxes: torch.Tensor, canvas_size: tuple[int, int], min_size: float) -> torch.Tensor:
+    """(n,) bool: the persons of a view that are kept, those whose box (n, 4) xyxy is at least ``min_size`` wide
+    and high, ``min_size ** 2`` in area and inside the ``canvas_size`` = (height, width) view: torchvision's
+    ``SanitizeBoundingBoxes(min_size=min_size, min_area=min_size ** 2)`` rule (tested against it)."""
+    widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    keep = (widths >= min_size) & (heights >= min_size) & (boxes >= 0).all(dim=-1) & (widths * heights >= min_size**2)
+    height, width = canvas_size
+    return keep & (boxes[:, 0::2] <= width).all(dim=-1) & (boxes[:, 1::2] <= height).all(dim=-1)
 
 
 def _as_regions(ignore_regions) -> torch.Tensor:
@@ -203,11 +213,69 @@ def _as_regions(ignore_regions) -> torch.Tensor:
     return torch.as_tensor(regions.reshape(-1, 4))
 
 
-def _run(
-    pipeline: v2.Transform, sanitize: v2.Transform, image, boxes, person_ids, person_index, ignore_regions
-) -> dict:
-    tensor = image if isinstance(image, tv_tensors.Image) else to_image_tensor(image)
-    canvas_size = tuple(tensor.shape[-2:])
+_XYXY = tv_tensors.BoundingBoxFormat.XYXY
+_CLAMPING = "soft"
+"""``tv_tensors.BoundingBoxes``' default clamping mode, the one the transforms.v2 pipeline would use (for
+axis-aligned boxes "soft" and "hard" are the same clip)."""
+
+
+class ViewGeometry:
+    """The geometric half of a view, on a uint8 (3, H, W) image and plain box tensors: an SSD IoU crop chosen on
+    the persons (with probability ``crop_p``; ``None``: no crop step), a shortest-side resize drawn from
+    ``min_sizes`` (:class:`ShortestSideResize`), a horizontal flip (``flip_p``), the boxes clipped to the view.
+
+    It is the transforms.v2 pipeline ``RandomApply([PersonIoUCrop()], p=crop_p)`` -> ``ShortestSideResize`` ->
+    ``RandomHorizontalFlip(flip_p)`` -> ``ClampBoundingBoxes()`` on a ``tv_tensors.Image``, persons as
+    ``BoundingBoxes`` and ignore regions as :class:`IgnoreRegions`, bit for bit and draw for draw from torch's
+    RNG (tested against it): the same parameter draws (:meth:`PersonIoUCrop.draw_crop`,
+    :meth:`ShortestSideResize.draw_size`, ``torch.rand(1)`` per random application) and torchvision's own kernels.
+    Written out because that pipeline's per-call machinery (flattening the sample, wrapping every tensor, for each
+    of its transforms) cost 1-2 ms a view on a CPU core, more than the resize of a re-ID canvas itself
+    (``benchmarks/bench_data.py``).
+    """
+
+    def __init__(self, min_sizes: Sequence[int], max_size: int | Sequence[int], crop_p: float | None, flip_p: float):
+        self.resize = ShortestSideResize(min_sizes, max_size)
+        self.crop = PersonIoUCrop() if crop_p is not None else None
+        self.crop_p = crop_p
+        self.flip_p = flip_p
+
+    def __call__(
+        self, image: torch.Tensor, boxes: torch.Tensor, regions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(image, boxes, regions)`` of the view: the uint8 image, the persons (n, 4) and the ignore regions
+        (k, 4), float32 xyxy on it. A person whose centre the crop leaves out becomes an all-zero box (removed
+        with :func:`kept_persons`, as ``RandomIoUCrop`` leaves it to ``SanitizeBoundingBoxes``); regions are only
+        moved and clipped. Without persons there is no crop step (``RandomIoUCrop`` needs a box)."""
+        F = v2.functional
+        height, width = image.shape[-2:]
+        if self.crop is not None and len(boxes) and torch.rand(1) < self.crop_p:
+            crop = self.crop.draw_crop(height, width, boxes)
+            if crop:
+                top, left, height, width = crop["top"], crop["left"], crop["height"], crop["width"]
+                # Copied to (H, W, 3) order: a crop is a strided view, on which the uint8 resize takes its slow path
+                # (3.5x; the same pixels either way).
+                image = F.crop_image(image, top, left, height, width).permute(1, 2, 0).contiguous().permute(2, 0, 1)
+                boxes, _ = F.crop_bounding_boxes(boxes, _XYXY, top, left, height, width, _CLAMPING)
+                boxes[~crop["is_within_crop_area"]] = 0
+                regions, _ = F.crop_bounding_boxes(regions, _XYXY, top, left, height, width, _CLAMPING)
+        size = list(self.resize.draw_size(height, width))
+        image = resize(image, size)
+        boxes, _ = F.resize_bounding_boxes(boxes, (height, width), size, format=_XYXY, clamping_mode=_CLAMPING)
+        regions, _ = F.resize_bounding_boxes(regions, (height, width), size, format=_XYXY, clamping_mode=_CLAMPING)
+        if torch.rand(1) < self.flip_p:
+            image = F.horizontal_flip_image(image)
+            boxes = F.horizontal_flip_bounding_boxes(boxes, _XYXY, tuple(size))
+            regions = F.horizontal_flip_bounding_boxes(regions, _XYXY, tuple(size))
+        boxes = F.clamp_bounding_boxes(boxes, format=_XYXY, canvas_size=tuple(size), clamping_mode=_CLAMPING)
+        regions = F.clamp_bounding_boxes(regions, format=_XYXY, canvas_size=tuple(size), clamping_mode=_CLAMPING)
+        return image, boxes, regions
+
+
+def _augment(geometry: ViewGeometry, min_box_size: float, image, boxes, person_ids, person_index, ignore_regions):
+    """One view: :class:`ViewGeometry`, then the persons smaller than ``min_box_size`` (or cut away by the crop)
+    dropped with their ids and indices, and the regions left without area dropped. uint8 pixels."""
+    tensor = image.as_subclass(torch.Tensor) if isinstance(image, torch.Tensor) else to_image_tensor(image)
     boxes = torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4))
     person_ids = torch.as_tensor(np.asarray(person_ids, np.int64).reshape(-1))
     if person_index is None:
@@ -219,22 +287,15 @@ def _run(
             f"{len(boxes)} boxes, {len(person_ids)} person ids and {len(person_index)} person indices: "
             "they must have the same length"
         )
-    target = {
-        "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=canvas_size),
-        "person_ids": person_ids,
-        "person_index": person_index,
-        "ignore_regions": IgnoreRegions(_as_regions(ignore_regions), format="XYXY", canvas_size=canvas_size),
-    }
-    out_image, out = pipeline(tensor, target)
-    regions = out.pop("ignore_regions").as_subclass(torch.Tensor).to(torch.float32)
-    out_image, out = sanitize(out_image, out)
-    # Clipped to the view by ClampBoundingBoxes; a region wholly outside it is left with no area.
+    pixels, boxes, regions = geometry(tensor, boxes, _as_regions(ignore_regions))
+    keep = kept_persons(boxes, tuple(pixels.shape[-2:]), min_box_size)
+    # Clipped to the view; a region wholly outside it is left with no area.
     regions = regions[(regions[:, 2] > regions[:, 0]) & (regions[:, 3] > regions[:, 1])]
     return {
-        "pixel_values": out_image.as_subclass(torch.Tensor),
-        "boxes": out["boxes"].as_subclass(torch.Tensor).to(torch.float32),
-        "person_ids": out["person_ids"],
-        "person_index": out["person_index"],
+        "pixel_values": pixels,
+        "boxes": boxes[keep],
+        "person_ids": person_ids[keep],
+        "person_index": person_index[keep],
         "ignore_regions": regions,
     }
 
@@ -282,24 +343,16 @@ class TwoViewAugmentation:
         photometric_in_step: bool = False,
     ):
         processor = processor if processor is not None else PersonSearchImageProcessor()
-        resize_view = ShortestSideResize(min_sizes, max_size)
-
-        def geometry(with_crop: bool) -> v2.Compose:
-            crop = [v2.RandomApply([PersonIoUCrop()], p=crop_p)] if with_crop else []
-            # On uint8 pixels: the resize kernel has a fast uint8 path, and nothing is converted twice.
-            return v2.Compose(crop + [resize_view, v2.RandomHorizontalFlip(p=flip_p), v2.ClampBoundingBoxes()])
-
-        # RandomIoUCrop needs at least one box; negative images (no person) skip the crop.
-        self.view = geometry(with_crop=True)
-        self.view_without_boxes = geometry(with_crop=False)
+        # On uint8 pixels: the resize kernel has a fast uint8 path, and nothing is converted twice.
+        self.geometry = ViewGeometry(min_sizes, max_size, crop_p=crop_p, flip_p=flip_p)
         self.photometric = PhotometricAugmentation(
             processor, color_jitter_p=color_jitter_p, grayscale_p=grayscale_p, blur_p=blur_p, blur_kernel=blur_kernel
         )
         self.photometric_in_step = photometric_in_step
-        self.sanitize = _sanitize(min_box_size)
+        self.min_box_size = min_box_size
 
-    def _view(self, pipeline, tensor, boxes, person_ids, person_index, ignore_regions) -> dict:
-        view = _run(pipeline, self.sanitize, tensor, boxes, person_ids, person_index, ignore_regions)
+    def _view(self, tensor, boxes, person_ids, person_index, ignore_regions) -> dict:
+        view = _augment(self.geometry, self.min_box_size, tensor, boxes, person_ids, person_index, ignore_regions)
         params = self.photometric.draw()
         if self.photometric_in_step:
             view["photometric"] = params
@@ -309,8 +362,7 @@ class TwoViewAugmentation:
 
     def __call__(self, image, boxes, person_ids, person_index=None, ignore_regions=None) -> tuple[dict, dict]:
         tensor = to_image_tensor(image)
-        pipeline = self.view if len(np.asarray(person_ids).reshape(-1)) else self.view_without_boxes
-        return tuple(self._view(pipeline, tensor, boxes, person_ids, person_index, ignore_regions) for _ in range(2))
+        return tuple(self._view(tensor, boxes, person_ids, person_index, ignore_regions) for _ in range(2))
 
 
 class SingleViewAugmentation:
@@ -338,17 +390,12 @@ class SingleViewAugmentation:
         max_size: int | Sequence[int] | None = None,
     ):
         processor = processor if processor is not None else PersonSearchImageProcessor()
-        self.pipeline = v2.Compose(
-            [
-                ShortestSideResize(min_sizes or [processor.min_size], max_size or processor.max_size),
-                v2.RandomHorizontalFlip(p=flip_p),
-                v2.ClampBoundingBoxes(),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(mean=processor.image_mean, std=processor.image_std),
-            ]
-        )
-        # 1 px: a fine-tuning person is dropped only when nothing of it is left.
-        self.sanitize = _sanitize(1.0)
+        sizes = min_sizes or [processor.min_size]
+        self.geometry = ViewGeometry(sizes, max_size or processor.max_size, crop_p=None, flip_p=flip_p)
+        self.image_mean, self.image_std = processor.image_mean, processor.image_std
 
     def __call__(self, image, boxes, person_ids, person_index=None, ignore_regions=None) -> dict:
-        return _run(self.pipeline, self.sanitize, image, boxes, person_ids, person_index, ignore_regions)
+        # 1 px: a fine-tuning person is dropped only when nothing of it is left.
+        view = _augment(self.geometry, 1.0, image, boxes, person_ids, person_index, ignore_regions)
+        view["pixel_values"] = normalize(view["pixel_values"], self.image_mean, self.image_std)
+        return view

@@ -13,7 +13,6 @@ from hf_personsearch.data.augmentation import (
     ShortestSideResize,
     SingleViewAugmentation,
     TwoViewAugmentation,
-    _labels_of,
 )
 from hf_personsearch.image_processing_person_search import IMAGENET_MEAN, IMAGENET_STD, resized_size
 
@@ -295,6 +294,12 @@ def _torchvision_two_view_pipeline(min_sizes, max_size) -> v2.Compose:
     )
 
 
+def _labels_of(inputs):
+    """SanitizeBoundingBoxes' labels_getter: the per-person tensors that must follow the boxes."""
+    target = inputs[1]
+    return target["person_ids"], target["person_index"]
+
+
 def _run_reference(pipeline, image, boxes, person_ids, regions):
     tensor = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
     size = tuple(tensor.shape[-2:])
@@ -374,3 +379,118 @@ def test_person_iou_crop_is_random_iou_crop_on_the_persons_exactly():
         assert params.keys() == expected.keys()
         for key, value in expected.items():
             assert torch.equal(params[key], value) if key == "is_within_crop_area" else params[key] == value
+
+
+def _random_scene(rng, max_persons=8):
+    """A random image with 0-``max_persons`` boxes anywhere (some tiny, some at the border) and 0-3 regions."""
+    height, width = int(rng.integers(30, 300)), int(rng.integers(30, 400))
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+    def boxes(count):
+        x1, y1 = rng.uniform(0, width - 1, count), rng.uniform(0, height - 1, count)
+        x2 = np.minimum(x1 + rng.uniform(0.5, width / 2, count), width)
+        y2 = np.minimum(y1 + rng.uniform(0.5, height / 2, count), height)
+        return np.stack([x1, y1, x2, y2], 1).astype(np.float32)
+
+    count = int(rng.integers(0, max_persons + 1))
+    return image, boxes(count), list(range(10, 10 + count)), boxes(int(rng.integers(0, 4)))
+
+
+def _reference_geometry(image, boxes, person_ids, regions, crop_p, flip_p, min_sizes, max_size, min_box_size):
+    """The geometric half of a view as the transforms.v2 pipeline it replaces: tv_tensors through RandomApply(
+    PersonIoUCrop) (persons only), ShortestSideResize, RandomHorizontalFlip, ClampBoundingBoxes, then
+    SanitizeBoundingBoxes on the persons and the empty regions dropped."""
+    steps = [v2.RandomApply([PersonIoUCrop()], p=crop_p)] if crop_p is not None and len(boxes) else []
+    pipeline = v2.Compose(
+        steps + [ShortestSideResize(min_sizes, max_size), v2.RandomHorizontalFlip(p=flip_p), v2.ClampBoundingBoxes()]
+    )
+    tensor = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
+    size = tuple(tensor.shape[-2:])
+    target = {
+        "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=size),
+        "person_ids": torch.tensor(person_ids, dtype=torch.int64),
+        "person_index": torch.arange(len(person_ids)),
+        "ignore_regions": IgnoreRegions(torch.from_numpy(regions), format="XYXY", canvas_size=size),
+    }
+    out_image, out = pipeline(tensor, target)
+    kept = out.pop("ignore_regions").as_subclass(torch.Tensor)
+    sanitize = v2.SanitizeBoundingBoxes(min_size=min_box_size, min_area=min_box_size**2, labels_getter=_labels_of)
+    out_image, out = sanitize(out_image, out)
+    out = {key: value.as_subclass(torch.Tensor) for key, value in out.items()}
+    out["pixel_values"] = out_image.as_subclass(torch.Tensor)
+    out["ignore_regions"] = kept[(kept[:, 2] > kept[:, 0]) & (kept[:, 3] > kept[:, 1])]
+    return out
+
+
+def _assert_same_view(view, expected):
+    for key in ("pixel_values", "boxes", "person_ids", "person_index", "ignore_regions"):
+        assert view[key].dtype == expected[key].dtype and torch.equal(view[key], expected[key]), key
+
+
+def test_two_view_geometry_is_the_transforms_v2_pipeline_bit_for_bit():
+    """Random scenes (no person to eight, boxes cut by the border, sub-pixel persons, ignore regions), every crop
+    probability: the uint8 pixels, boxes, ids, indices and regions of both views are the transforms.v2 pipeline's
+    exactly, and torch's RNG ends where it does (the same draws, in the same order)."""
+    rng = np.random.default_rng(0)
+    cropped = 0
+    for seed in range(150):
+        image, boxes, person_ids, regions = _random_scene(rng)
+        crop_p = [0.0, 0.5, 1.0][seed % 3]
+        augmentation = TwoViewAugmentation(
+            min_sizes=(40, 64, 100), max_size=300, crop_p=crop_p, min_box_size=2.0, photometric_in_step=True
+        )
+        torch.manual_seed(seed)
+        expected = []
+        for _ in range(2):
+            expected.append(_reference_geometry(image, boxes, person_ids, regions, crop_p, 0.5, (40, 64, 100), 300, 2))
+            expected[-1]["photometric"] = augmentation.photometric.draw()
+        after = torch.rand(1)
+        torch.manual_seed(seed)
+        views = augmentation(image, boxes, person_ids, ignore_regions=regions)
+        assert torch.rand(1) == after
+        for view, reference in zip(views, expected):
+            _assert_same_view(view, reference)
+            assert view["photometric"] == reference["photometric"]
+            cropped += len(view["boxes"]) < len(boxes)
+    assert cropped > 20
+
+
+def test_single_view_is_the_transforms_v2_pipeline_bit_for_bit():
+    """Fine-tuning's view (multi-scale pairs, flip, float normalisation) against the pipeline it replaces."""
+    rng = np.random.default_rng(1)
+    processor = PersonSearchImageProcessor(min_size=64, max_size=200)
+    for seed in range(60):
+        image, boxes, person_ids, regions = _random_scene(rng)
+        min_sizes, max_size = ((48, 96), (150, 250)) if seed % 2 else (None, None)
+        augmentation = SingleViewAugmentation(processor, flip_p=0.5, min_sizes=min_sizes, max_size=max_size)
+        torch.manual_seed(seed)
+        expected = _reference_geometry(
+            image, boxes, person_ids, regions, None, 0.5, min_sizes or [64], max_size or 200, 1.0
+        )
+        expected["pixel_values"] = v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)(
+            v2.ToDtype(torch.float32, scale=True)(tv_tensors.Image(expected["pixel_values"]))
+        ).as_subclass(torch.Tensor)
+        after = torch.rand(1)
+        torch.manual_seed(seed)
+        view = augmentation(image, boxes, person_ids, ignore_regions=regions)
+        assert torch.rand(1) == after
+        _assert_same_view(view, expected)
+
+
+def test_kept_persons_is_sanitize_bounding_boxes():
+    from hf_personsearch.data.augmentation import kept_persons
+
+    generator = torch.Generator().manual_seed(0)
+    boxes = torch.rand((400, 4), generator=generator) * 70 - 10  # some negative, some beyond the 50 x 60 canvas
+    boxes[:, 2:] += boxes[:, :2].clamp(min=0) * torch.rand((400, 2), generator=generator).round()
+    for min_size in (1.0, 2.0, 6.5):
+        image = tv_tensors.Image(torch.zeros((3, 50, 60), dtype=torch.uint8))
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(50, 60)),
+            "person_ids": torch.arange(400),
+            "person_index": torch.arange(400),
+        }
+        sanitize = v2.SanitizeBoundingBoxes(min_size=min_size, min_area=min_size**2, labels_getter=_labels_of)
+        expected = sanitize(image, target)[1]["person_index"]
+        keep = kept_persons(boxes, (50, 60), min_size)
+        assert torch.equal(torch.arange(400)[keep], expected) and 0 < keep.sum() < 400

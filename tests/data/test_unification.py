@@ -262,3 +262,17 @@ def test_detection_records_keep_ignore_regions_and_reid_canvases_have_none():
     assert missing["ignore_regions"].shape == (0, 4)
     with pytest.raises(ValueError, match=r"crowdhuman\[0\] crowd.jpg: ignore_regions must be a \(k, 4\)"):
         unify_record({**scene, "ignore_regions": [[1, 2, 3]]}, space, 0, 0, rng)
+
+
+def test_fill_is_the_broadcast_formula_exactly():
+    """The per-channel colour table gives the values of the one-line formula, draw for draw."""
+    from hf_personsearch.data.unification import _FILL_NOISE, FILL_NOISE_LEVELS, _fill_canvas
+
+    rng = np.random.default_rng(7)
+    for seed in range(20):
+        crop = rng.integers(0, 256, (int(rng.integers(2, 60)), int(rng.integers(2, 40)), 3), dtype=np.uint8)
+        border = np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]]).astype(np.float32)
+        colours = np.clip(border.mean(axis=0) + _FILL_NOISE[:, None], 0, 255).astype(np.uint8)
+        levels = np.random.default_rng(seed).integers(0, FILL_NOISE_LEVELS, size=(37, 53), dtype=np.uint16)
+        expected = np.take(colours, levels, axis=0)
+        assert np.array_equal(_fill_canvas(crop, (37, 53), "mean_noise", np.random.default_rng(seed)), expected)
