@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
+import time
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_data.py"
@@ -32,3 +33,24 @@ def test_bench_data_prints_the_stages_and_ends_with_the_ratio_line(monkeypatch, 
     assert cpu and float(cpu[1]) == rows["crowdhuman"][-1] and float(cpu[2]) == rows["msmt17"][-1]
     match = re.fullmatch(r"ratio to the decode floor: scenes (\d+\.\d\d), crops (\d+\.\d\d)", lines[-1])
     assert match and float(match[1]) == rows["crowdhuman"][-2] and float(match[2]) == rows["msmt17"][-2]
+
+
+def test_best_rates_warm_up_once_then_keep_the_fastest_interleaved_pass():
+    spec = importlib.util.spec_from_file_location("bench_data", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calls = []
+    durations = {"a": [0.2, 0.12, 0.04, 0.08], "b": [0.2, 0.08, 0.16, 0.08]}
+
+    def timed(name):
+        def run():
+            calls.append(name)
+            time.sleep(durations[name][calls.count(name) - 1])
+            return 4
+
+        return run
+
+    rates = module.best_rates({"a": timed("a"), "b": timed("b")}, repeats=3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # one untimed run each, then round-robin
+    # The fastest pass of each (sleep overshoots on a busy machine, never undershoots).
+    assert 4 / 0.04 / 2 < rates["a"] <= 4 / 0.04 and 4 / 0.08 / 2 < rates["b"] <= 4 / 0.08
