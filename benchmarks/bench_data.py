@@ -16,11 +16,12 @@ CPU cores alone; on a GPU that part leaves the cores (see the ``worker`` column)
 One thread (torch.set_num_threads(1)), so the numbers are per core: a DataLoader with k workers
 scales them by about k. Columns, all images per second: ``decode``, ``unify`` (decode + unification),
 ``worker`` (+ the geometric half of the two views: what a DataLoader worker does when the step runs on a
-GPU), ``full`` (+ collate and the photometric step on the batch, on this CPU), and ``bound``: decode plus the
-two views' resizes alone (the unified image resized to each view's drawn multi-scale size, nothing else), a
-ceiling on ``worker`` for any implementation that keeps the views' sizes. A re-ID crop becomes two views of
-~700 x 700 px, each about as many pixels as the floor's one resize (1280 x 640), so ``bound`` is near the floor
-there.
+GPU), ``full`` (+ collate and the photometric step on the batch, on this CPU), and ``bound``: decode, for a re-ID
+crop the fill of its 512 x 512 canvas (:func:`~hf_personsearch.data.unification.fill_canvas`: a noise draw per
+pixel), and the two views' resizes (the unified image resized to each view's drawn multi-scale size), nothing
+else: a ceiling on ``worker`` for any implementation that keeps the views' sizes and the canvas' distribution. A
+re-ID crop becomes two views of ~700 x 700 px, each about as many pixels as the floor's one resize (1280 x 640), so
+the resizes alone take about twice the floor's.
 
 The last line gives the per-core ratio of the worker part (the pipeline's CPU cost when the photometric step
 runs on the training GPU, as ``examples/run_pretrain.py`` does); the line before it, of ``full``, the cost
@@ -48,7 +49,7 @@ from hf_personsearch.data.augmentation import (
 from hf_personsearch.data.collate import collate_pretrain
 from hf_personsearch.data.identity import IdentitySpace
 from hf_personsearch.data.schema import NO_IDENTITY, make_record
-from hf_personsearch.data.unification import unify_record
+from hf_personsearch.data.unification import DEFAULT_CANVAS_SIZE, fill_canvas, unify_record
 from hf_personsearch.image_loading import load_image
 from hf_personsearch.image_processing_person_search import resized_size
 from hf_personsearch.training.config import PRETRAIN_DEFAULTS
@@ -177,7 +178,7 @@ def main() -> None:
     header = ["baseline", "decode", "unify", "worker", "bound", "full", "ratio", "cpu-only"]
     print(f"{'source':<12}" + "".join(f"{name:>10}" for name in header))
     ratios, bounds, cpu_only = {}, {}, {}
-    for source_index, (name, _, records) in enumerate(sources):
+    for source_index, (name, task, records) in enumerate(sources):
 
         def baseline(index, record):
             resize(to_image_tensor(load_image(record["image"])))
@@ -215,8 +216,10 @@ def main() -> None:
                 [resized_size(height, width, int(rng.choice(PRETRAIN_MIN_SIZES)), PRETRAIN_MAX_SIZE) for _ in range(2)]
             )
 
-        def bound(index, record, unified_images=unified_images, view_sizes=view_sizes):
-            load_image(record["image"])
+        def bound(index, record, unified_images=unified_images, view_sizes=view_sizes, task=task):
+            crop = load_image(record["image"])
+            if task == "reid":
+                fill_canvas(np.asarray(crop), DEFAULT_CANVAS_SIZE, "mean_noise", rng)
             for size in view_sizes[index]:
                 v2.functional.resize(unified_images[index], size)
 
@@ -240,7 +243,8 @@ def main() -> None:
             + f"{ratios[name]:>10.2f}{cpu_only[name]:>10.2f}"
         )
     print(
-        f"ceiling of the worker ratio (decode + the two view resizes): scenes {bounds['crowdhuman']:.2f}, "
+        f"ceiling of the worker ratio (decode, a crop's canvas fill, the two view resizes): "
+        f"scenes {bounds['crowdhuman']:.2f}, "
         f"crops {bounds['msmt17']:.2f}"
     )
     print(

@@ -51,7 +51,9 @@ FILL_NOISE_LEVELS = 2**16
 _FILL_NOISE = (FILL_NOISE_STD * ndtri((np.arange(FILL_NOISE_LEVELS) + 0.5) / FILL_NOISE_LEVELS)).astype(np.float32)
 
 
-def _fill_canvas(crop: np.ndarray, size: tuple[int, int], fill: str, rng: np.random.Generator) -> np.ndarray:
+def fill_canvas(crop: np.ndarray, size: tuple[int, int], fill: str, rng: np.random.Generator) -> np.ndarray:
+    """A ``size`` = (height, width) uint8 canvas filled for ``crop`` (H, W, 3) uint8: "mean_noise", "mean" or "zero"
+    (see the module docstring); the noise is drawn from ``rng``."""
     height, width = size
     if fill == "zero":
         return np.zeros((height, width, 3), np.uint8)
@@ -129,7 +131,7 @@ def expand_resize(
         (canvas (out_h, out_w, 3) uint8, box (4,) float32 xyxy of the person on it).
     """
     array = _as_array(crop)
-    canvas = _fill_canvas(array, out_size, fill, rng)
+    canvas = fill_canvas(array, out_size, fill, rng)
     person_size = _expanded_person_size(array.shape[:2], out_size, rng, ratio_range, keep_aspect)
     return canvas, _paste(canvas, array, person_size, rng)
 
@@ -147,7 +149,7 @@ def random_paste(
     (canvas (h, w, 3) uint8, box (4,) float32 xyxy).
     """
     array = _as_array(crop)
-    canvas = _fill_canvas(array, canvas_size, fill, rng)
+    canvas = fill_canvas(array, canvas_size, fill, rng)
     crop_h, crop_w = array.shape[:2]
     shrink = min(1.0, canvas_size[0] / crop_h, canvas_size[1] / crop_w)
     person_size = (max(1, int(crop_h * shrink)), max(1, int(crop_w * shrink)))
@@ -174,7 +176,7 @@ def expand_resize_many(
     out_h, out_w = out_size
     if out_w < len(arrays):
         raise ValueError(f"cannot split a canvas {out_w} px wide into {len(arrays)} strips")
-    canvas = _fill_canvas(arrays[0], out_size, fill, rng)
+    canvas = fill_canvas(arrays[0], out_size, fill, rng)
     edges = np.linspace(0, out_w, len(arrays) + 1).round().astype(int)
     boxes = []
     for array, left, right in zip(arrays, edges[:-1], edges[1:]):

@@ -266,7 +266,7 @@ def test_detection_records_keep_ignore_regions_and_reid_canvases_have_none():
 
 def test_fill_is_the_broadcast_formula_exactly():
     """The per-channel colour table gives the values of the one-line formula, draw for draw."""
-    from hf_personsearch.data.unification import _FILL_NOISE, FILL_NOISE_LEVELS, _fill_canvas
+    from hf_personsearch.data.unification import _FILL_NOISE, FILL_NOISE_LEVELS, fill_canvas
 
     rng = np.random.default_rng(7)
     for seed in range(20):
@@ -275,4 +275,4 @@ def test_fill_is_the_broadcast_formula_exactly():
         colours = np.clip(border.mean(axis=0) + _FILL_NOISE[:, None], 0, 255).astype(np.uint8)
         levels = np.random.default_rng(seed).integers(0, FILL_NOISE_LEVELS, size=(37, 53), dtype=np.uint16)
         expected = np.take(colours, levels, axis=0)
-        assert np.array_equal(_fill_canvas(crop, (37, 53), "mean_noise", np.random.default_rng(seed)), expected)
+        assert np.array_equal(fill_canvas(crop, (37, 53), "mean_noise", np.random.default_rng(seed)), expected)
