@@ -66,6 +66,33 @@ def test_float32_and_channels_last_map():
     reference = torchvision_roi_align(features.contiguous(), boxes, 8, 1.0 / 16, 2, aligned=False)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
     assert ours.is_contiguous()
+    # Without gradients (inference), the channels-last product is returned as it is: the same values, no copy.
+    with torch.no_grad():
+        viewed = roi_align(features, boxes, 8, 1.0 / 16, 2)
+    assert viewed.is_contiguous(memory_format=torch.channels_last) and not viewed.is_contiguous()
+    assert torch.equal(viewed, ours)
+    with torch.no_grad():
+        assert roi_align(features.contiguous(), boxes, 8, 1.0 / 16, 2).is_contiguous()
+
+
+def test_inference_copy_detections_are_unchanged_by_the_channels_last_roi_output(monkeypatch):
+    """The inference copy's box head gets the channels-last RoIAlign output without a copy: bit for bit the
+    detections it gave on the contiguous output."""
+    import hf_personsearch.roi_align as module
+    from hf_personsearch import PersonSearchConfig, PersonSearchModel
+
+    torch.manual_seed(0)
+    model = PersonSearchModel(PersonSearchConfig(backbone="test_resnet", num_person_ids=5, box_score_thresh=0.0))
+    model.eval()
+    pixel_values = torch.randn(2, 3, 160, 224)
+    with torch.no_grad():
+        viewed = model(pixel_values)
+        original = module.roi_align
+        monkeypatch.setattr(module, "roi_align", lambda *args: original(*args).contiguous())
+        copied = model(pixel_values)
+    assert sum(len(boxes) for boxes in viewed.boxes) > 0
+    for key in ("boxes", "scores", "embeddings"):
+        assert all(torch.equal(a, b) for a, b in zip(getattr(viewed, key), getattr(copied, key))), key
 
 
 def test_no_box_at_all():
