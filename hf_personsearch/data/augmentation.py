@@ -249,26 +249,26 @@ class ViewGeometry:
         moved and clipped. Without persons there is no crop step (``RandomIoUCrop`` needs a box)."""
         F = v2.functional
         height, width = image.shape[-2:]
-        if self.crop is not None and len(boxes) and torch.rand(1) < self.crop_p:
+        # Persons and regions go through every box kernel together (elementwise: the same values as one by one).
+        count = len(boxes)
+        both = torch.cat([boxes, regions])
+        if self.crop is not None and count and torch.rand(1) < self.crop_p:
             crop = self.crop.draw_crop(height, width, boxes)
             if crop:
                 top, left, height, width = crop["top"], crop["left"], crop["height"], crop["width"]
                 # Copied to (H, W, 3) order: a crop is a strided view, on which the uint8 resize takes its slow path
                 # (3.5x; the same pixels either way).
                 image = F.crop_image(image, top, left, height, width).permute(1, 2, 0).contiguous().permute(2, 0, 1)
-                boxes, _ = F.crop_bounding_boxes(boxes, _XYXY, top, left, height, width, _CLAMPING)
-                boxes[~crop["is_within_crop_area"]] = 0
-                regions, _ = F.crop_bounding_boxes(regions, _XYXY, top, left, height, width, _CLAMPING)
-        size = list(self.resize.draw_size(height, width))
+                both, _ = F.crop_bounding_boxes(both, _XYXY, top, left, height, width, _CLAMPING)
+                both[:count][~crop["is_within_crop_area"]] = 0  # persons only: regions are moved and clipped
+        size = self.resize.draw_size(height, width)
         image = resize(image, size)
-        boxes, _ = F.resize_bounding_boxes(boxes, (height, width), size, format=_XYXY, clamping_mode=_CLAMPING)
-        regions, _ = F.resize_bounding_boxes(regions, (height, width), size, format=_XYXY, clamping_mode=_CLAMPING)
+        both, _ = F.resize_bounding_boxes(both, (height, width), list(size), format=_XYXY, clamping_mode=_CLAMPING)
         if torch.rand(1) < self.flip_p:
             image = F.horizontal_flip_image(image)
-            boxes = F.horizontal_flip_bounding_boxes(boxes, _XYXY, tuple(size))
-            regions = F.horizontal_flip_bounding_boxes(regions, _XYXY, tuple(size))
-        boxes = F.clamp_bounding_boxes(boxes, format=_XYXY, canvas_size=tuple(size), clamping_mode=_CLAMPING)
-        regions = F.clamp_bounding_boxes(regions, format=_XYXY, canvas_size=tuple(size), clamping_mode=_CLAMPING)
+            both = F.horizontal_flip_bounding_boxes(both, _XYXY, size)
+        both = F.clamp_bounding_boxes(both, format=_XYXY, canvas_size=size, clamping_mode=_CLAMPING)
+        boxes, regions = both[:count], both[count:]
         return image, boxes, regions
 
 

@@ -300,23 +300,25 @@ def _labels_of(inputs):
     return target["person_ids"], target["person_index"]
 
 
-def _run_reference(pipeline, image, boxes, person_ids, regions):
+def _run_reference(pipeline, image, boxes, person_ids, regions, min_box_size=2.0) -> dict:
+    """``pipeline`` on tv_tensors (persons as BoundingBoxes, regions as IgnoreRegions), then SanitizeBoundingBoxes on
+    the persons and the regions left without area dropped: a view dict of plain tensors."""
     tensor = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
     size = tuple(tensor.shape[-2:])
     target = {
         "boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32), format="XYXY", canvas_size=size),
-        "person_ids": torch.tensor(person_ids),
+        "person_ids": torch.tensor(person_ids, dtype=torch.int64),
         "person_index": torch.arange(len(person_ids)),
         "ignore_regions": IgnoreRegions(torch.tensor(regions, dtype=torch.float32), format="XYXY", canvas_size=size),
     }
     out_image, out = pipeline(tensor, target)
-    regions = out.pop("ignore_regions").as_subclass(torch.Tensor)
-    out_image, out = v2.SanitizeBoundingBoxes(min_size=2.0, min_area=4.0, labels_getter=_labels_of)(out_image, out)
-    return (
-        out_image.as_subclass(torch.Tensor),
-        out,
-        regions[(regions[:, 2] > regions[:, 0]) & (regions[:, 3] > regions[:, 1])],
-    )
+    kept = out.pop("ignore_regions").as_subclass(torch.Tensor)
+    sanitize = v2.SanitizeBoundingBoxes(min_size=min_box_size, min_area=min_box_size**2, labels_getter=_labels_of)
+    out_image, out = sanitize(out_image, out)
+    out = {key: value.as_subclass(torch.Tensor) for key, value in out.items()}
+    out["pixel_values"] = out_image.as_subclass(torch.Tensor)
+    out["ignore_regions"] = kept[(kept[:, 2] > kept[:, 0]) & (kept[:, 3] > kept[:, 1])]
+    return out
 
 
 def test_two_views_are_the_torchvision_pipeline_seed_for_seed_with_photometry_here_or_in_the_step():
@@ -340,15 +342,10 @@ def test_two_views_are_the_torchvision_pipeline_seed_for_seed_with_photometry_he
         views = here(image, boxes, person_ids, ignore_regions=regions)
         torch.manual_seed(seed)
         deferred = in_step(image, boxes, person_ids, ignore_regions=regions)
-        for (pixels, target, kept_regions), view, raw in zip(expected, views, deferred):
-            for key in ("boxes", "person_ids", "person_index"):
-                assert torch.equal(view[key], target[key].as_subclass(torch.Tensor)) and torch.equal(
-                    raw[key], view[key]
-                )
-            assert torch.equal(view["ignore_regions"], kept_regions) and torch.equal(
-                raw["ignore_regions"], kept_regions
-            )
-            torch.testing.assert_close(view["pixel_values"], pixels, atol=2e-5, rtol=0)
+        for target, view, raw in zip(expected, views, deferred):
+            for key in ("boxes", "person_ids", "person_index", "ignore_regions"):
+                assert torch.equal(view[key], target[key]) and torch.equal(raw[key], view[key])
+            torch.testing.assert_close(view["pixel_values"], target["pixel_values"], atol=2e-5, rtol=0)
             assert raw["pixel_values"].dtype == torch.uint8 and "photometric" not in view
             assert torch.equal(
                 in_step.photometric.apply(raw["pixel_values"], raw["photometric"]), view["pixel_values"]
@@ -404,22 +401,7 @@ def _reference_geometry(image, boxes, person_ids, regions, crop_p, flip_p, min_s
     pipeline = v2.Compose(
         steps + [ShortestSideResize(min_sizes, max_size), v2.RandomHorizontalFlip(p=flip_p), v2.ClampBoundingBoxes()]
     )
-    tensor = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
-    size = tuple(tensor.shape[-2:])
-    target = {
-        "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=size),
-        "person_ids": torch.tensor(person_ids, dtype=torch.int64),
-        "person_index": torch.arange(len(person_ids)),
-        "ignore_regions": IgnoreRegions(torch.from_numpy(regions), format="XYXY", canvas_size=size),
-    }
-    out_image, out = pipeline(tensor, target)
-    kept = out.pop("ignore_regions").as_subclass(torch.Tensor)
-    sanitize = v2.SanitizeBoundingBoxes(min_size=min_box_size, min_area=min_box_size**2, labels_getter=_labels_of)
-    out_image, out = sanitize(out_image, out)
-    out = {key: value.as_subclass(torch.Tensor) for key, value in out.items()}
-    out["pixel_values"] = out_image.as_subclass(torch.Tensor)
-    out["ignore_regions"] = kept[(kept[:, 2] > kept[:, 0]) & (kept[:, 3] > kept[:, 1])]
-    return out
+    return _run_reference(pipeline, image, boxes, person_ids, regions, min_box_size)
 
 
 def _assert_same_view(view, expected):
