@@ -302,6 +302,11 @@ def load_config(
         _merge(config, loaded, str(path))
     for text in overrides:
         _merge(config, parse_override(text), f"override {text!r}")
+    training = config.get("training")
+    if isinstance(training, dict) and training.get("mixed_precision") is False:
+        # YAML 1.1 reads an unquoted ``no`` as false: ``mixed_precision: no`` and ``training.mixed_precision=no``
+        # mean Accelerate's "no", not a boolean.
+        training["mixed_precision"] = "no"
     return config
 
 

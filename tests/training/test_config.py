@@ -90,6 +90,19 @@ def test_shipped_finetune_configs_load_over_the_finetune_defaults(name):
     assert config["checkpointing"] == FINETUNE_DEFAULTS["checkpointing"]
 
 
+def test_mixed_precision_no_unquoted_means_no_autocast(tmp_path):
+    # YAML 1.1 reads an unquoted "no" as false; the loop hands the value to Accelerate as a string.
+    path = tmp_path / "config.yaml"
+    path.write_text("training:\n  mixed_precision: no\n")
+    for defaults in (PRETRAIN_DEFAULTS, FINETUNE_DEFAULTS):
+        for config in (
+            load_config(path, defaults=defaults),
+            load_config(None, ["training.mixed_precision=bf16", "training.mixed_precision=no"], defaults),
+        ):
+            check_training_section(config)
+            assert config["training"]["mixed_precision"] == "no"
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
