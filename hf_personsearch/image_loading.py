@@ -77,7 +77,7 @@ def _open(source, where: str) -> tuple[Image.Image, str]:
             "is trusted."
         ) from error
     except (OSError, SyntaxError, ValueError) as error:
-        raise OSError(f"{name} cannot be read as an image: {error}") from error
+        raise OSError(f"{name}: cannot be read as an image: {error}") from error
 
 
 def to_rgb(image: Image.Image, where: str = "image") -> Image.Image:

@@ -68,7 +68,9 @@ def gallery_sources(gallery, recursive: bool = False) -> list:
     without an image extension are reported once in a warning. An empty gallery is an error."""
     if isinstance(gallery, (str, Path)) and Path(gallery).is_dir():
         folder = Path(gallery)
-        files = sorted(path for path in (folder.rglob("*") if recursive else folder.iterdir()) if path.is_file())
+        # Every entry but folders: a dangling link named like an image is listed, then skipped as unreadable and
+        # counted, not dropped unseen.
+        files = sorted(path for path in (folder.rglob("*") if recursive else folder.iterdir()) if not path.is_dir())
         sources = [str(path) for path in files if path.suffix.lower() in IMAGE_EXTENSIONS]
         others = [path.relative_to(folder).as_posix() for path in files if path.suffix.lower() not in IMAGE_EXTENSIONS]
         if others:

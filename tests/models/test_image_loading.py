@@ -37,7 +37,7 @@ def test_bad_sources_raise_naming_the_image(tmp_path):
         load_image(tmp_path / "missing.jpg", "query image")
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really a jpeg")
-    with pytest.raises(OSError, match=r"gallery image 0 \(.*broken.jpg\) cannot be read as an image"):
+    with pytest.raises(OSError, match=r"gallery image 0 \(.*broken.jpg\): cannot be read as an image"):
         load_image(broken, "gallery image 0")
     truncated = tmp_path / "truncated.png"
     Image.new("RGB", (64, 64), RED).save(tmp_path / "whole.png")

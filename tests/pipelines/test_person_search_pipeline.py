@@ -152,10 +152,13 @@ def test_unreadable_gallery_files_are_skipped_named_and_counted(setup, tmp_path,
     for path in gallery:
         shutil.copy(path, folder / path.name)
     (folder / "scene_001.png").write_bytes((folder / "scene_001.png").read_bytes()[:200])  # truncated
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "moved.jpg").symlink_to(tmp_path / "nowhere.jpg")  # a dangling link is counted, not dropped unseen
     with caplog.at_level(logging.WARNING):
         partial = search.build_index(str(folder), threshold=0.0, batch_size=2)
-    assert [item["image"] for item in partial.skipped] == [str(folder / "scene_001.png")]
-    assert "scene_001.png" in caplog.text and "skipped" in caplog.text
+    unreadable = ["empty.jpg", "moved.jpg", "scene_001.png"]
+    assert [item["image"] for item in partial.skipped] == [str(folder / name) for name in unreadable]
+    assert all(name in caplog.text for name in unreadable) and caplog.text.count("skipped gallery image") == 3
     assert partial.images == [str(folder / "scene_000.png"), str(folder / "scene_002.png")]
     # the readable images give exactly the detections they give in the full index
     for position, name in ((0, "scene_000.png"), (1, "scene_002.png")):
@@ -290,7 +293,7 @@ def test_bad_input_gives_clear_errors(setup, tmp_path):
     (broken / "truncated.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(
         ValueError,
-        match=r"none of the 1 gallery images could be read: gallery image 0 .*truncated.jpg\) cannot be read",
+        match=r"none of the 1 gallery images could be read: gallery image 0 .*truncated.jpg\): cannot be read",
     ):
         search(query, query_box=boxes[0][0].tolist(), gallery=str(broken))
     with pytest.raises(FileNotFoundError, match="query image: image file .*missing.jpg does not exist"):
