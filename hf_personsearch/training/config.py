@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -264,6 +266,21 @@ def _merge(base: dict, update: Mapping, where: str, path: str = "") -> dict:
     return base
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a number in exponent form without a dot (``lr: 1e-4``) is a float, as in YAML 1.2
+    and Python; PyYAML's YAML 1.1 rules read it as the string "1e-4"."""
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def load_yaml(text: str):
+    """``text`` parsed as a config's YAML (:class:`_ConfigLoader`)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader subclass: plain data only
+
+
 def parse_override(text: str) -> dict:
     """``"a.b.c=value"`` -> ``{"a": {"b": {"c": parsed value}}}`` (the value parsed as YAML)."""
     if "=" not in text:
@@ -273,7 +290,7 @@ def parse_override(text: str) -> dict:
     if not all(parts):
         raise ConfigError(f"override {text!r}: empty key part in {key!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as error:
         raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML ({error})") from error
     nested: dict = {parts[-1]: value}
@@ -294,7 +311,7 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML ({error})") from error
         if not isinstance(loaded, Mapping):
@@ -361,6 +378,50 @@ def check_training_section(config: Mapping) -> None:
     if training["mixed_precision"] not in ("no", "bf16", "fp16"):
         raise ConfigError(
             f"training.mixed_precision must be 'no', 'bf16' or 'fp16', got {training['mixed_precision']!r}"
+        )
+    check_optimization_sections(config)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_optimization_sections(config: Mapping) -> None:
+    """Raise :class:`ConfigError` naming the key for an ``optimizer`` or ``schedule`` value that
+    :mod:`hf_personsearch.training.optim` cannot use, before any data is read or generated.
+    ``schedule.warmup_steps`` may be null (fine-tuning reads it as one epoch)."""
+    from .optim import OPTIMIZERS, SCHEDULES
+
+    optimizer, schedule = config["optimizer"], config["schedule"]
+    if str(optimizer.get("name")).lower() not in OPTIMIZERS:
+        raise ConfigError(f"optimizer.name must be one of {OPTIMIZERS}, got {optimizer.get('name')!r}")
+    if str(schedule.get("name")).lower() not in SCHEDULES:
+        raise ConfigError(f"schedule.name must be one of {SCHEDULES}, got {schedule.get('name')!r}")
+    for where, value, low, high, low_included, high_included in (
+        ("optimizer.lr", optimizer.get("lr"), 0.0, math.inf, False, False),
+        ("optimizer.weight_decay", optimizer.get("weight_decay", 0.0), 0.0, math.inf, True, False),
+        ("optimizer.momentum", optimizer.get("momentum", 0.9), 0.0, 1.0, True, False),
+        ("optimizer.eps", optimizer.get("eps", 1e-8), 0.0, math.inf, False, False),
+        ("optimizer.bias_lr_factor", optimizer.get("bias_lr_factor", 1.0), 0.0, math.inf, False, False),
+        ("schedule.warmup_factor", schedule.get("warmup_factor", 0.001), 0.0, 1.0, False, True),
+        ("schedule.gamma", schedule.get("gamma", 0.1), 0.0, math.inf, False, False),
+        ("schedule.min_lr_ratio", schedule.get("min_lr_ratio", 0.0), 0.0, 1.0, True, True),
+    ):
+        inside = _is_number(value) and (value >= low if low_included else value > low)
+        inside = inside and (value <= high if high_included else value < high)
+        if not inside:
+            interval = f"{'[' if low_included else '('}{low:g}, {high:g}{']' if high_included else ')'}"
+            raise ConfigError(f"{where} must be a number in {interval}, got {value!r}")
+    betas = optimizer.get("betas", [0.9, 0.999])
+    if not (isinstance(betas, Sequence) and len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas)):
+        raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {betas!r}")
+    warmup = schedule.get("warmup_steps", 0)
+    if warmup is not None and (not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0):
+        raise ConfigError(f"schedule.warmup_steps must be an integer >= 0, got {warmup!r}")
+    milestones = schedule.get("milestones", [])
+    if not (isinstance(milestones, Sequence) and not isinstance(milestones, str) and all(map(_is_number, milestones))):
+        raise ConfigError(
+            f"schedule.milestones must be a list of numbers (steps, or fractions of the run), got {milestones!r}"
         )
 
 

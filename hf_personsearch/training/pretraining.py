@@ -126,6 +126,8 @@ def validate_pretrain_config(config: Mapping) -> None:
     if not isinstance(training["max_steps"], int) or training["max_steps"] < 1:
         raise ConfigError(f"training.max_steps must be an integer >= 1, got {training['max_steps']!r}")
     check_training_section(config)
+    if config["schedule"]["warmup_steps"] is None:
+        raise ConfigError("schedule.warmup_steps must be an integer >= 0 (null, one epoch, is fine-tuning's only)")
     backbone_weights = config["model_init"]["backbone_weights"]
     if backbone_weights is not None and not (Path(str(backbone_weights)).is_file() or is_timm_tag(backbone_weights)):
         raise ConfigError(

@@ -90,6 +90,17 @@ def test_shipped_finetune_configs_load_over_the_finetune_defaults(name):
     assert config["checkpointing"] == FINETUNE_DEFAULTS["checkpointing"]
 
 
+def test_exponent_numbers_without_a_dot_are_floats(tmp_path):
+    # PyYAML's YAML 1.1 reads 1e-4 as a string; a config means the number.
+    path = tmp_path / "config.yaml"
+    path.write_text("optimizer:\n  lr: 1e-4\n  weight_decay: 5E-4\ntraining:\n  output_dir: run_1e5\n")
+    config = load_config(path, ["optimizer.eps=-2e+3", "optimizer.betas=[0.9, 99e-2]"], FINETUNE_DEFAULTS)
+    assert config["optimizer"]["lr"] == 1e-4 and isinstance(config["optimizer"]["lr"], float)
+    assert config["optimizer"]["weight_decay"] == 5e-4 and config["optimizer"]["eps"] == -2e3
+    assert config["optimizer"]["betas"] == [0.9, 0.99] and config["training"]["output_dir"] == "run_1e5"
+    assert load_config(None, ["training.seed=12"], FINETUNE_DEFAULTS)["training"]["seed"] == 12
+
+
 def test_mixed_precision_no_unquoted_means_no_autocast(tmp_path):
     # YAML 1.1 reads an unquoted "no" as false; the loop hands the value to Accelerate as a string.
     path = tmp_path / "config.yaml"
@@ -110,6 +121,17 @@ def test_mixed_precision_no_unquoted_means_no_autocast(tmp_path):
         ("checkpointing.keep_last=-1", "checkpointing.keep_last must be an integer >= 0, got -1"),
         ("training.batch_size=2.5", "training.batch_size must be an integer >= 1, got 2.5"),
         ("training.mixed_precision=fp8", "training.mixed_precision must be 'no', 'bf16' or 'fp16', got 'fp8'"),
+        ("optimizer.lr=abc", "optimizer.lr must be a number in (0, inf), got 'abc'"),
+        ("optimizer.lr=0", "optimizer.lr must be a number in (0, inf), got 0"),
+        ("optimizer.name=adam", "optimizer.name must be one of ('sgd', 'adamw'), got 'adam'"),
+        ("optimizer.momentum=1.0", "optimizer.momentum must be a number in [0, 1), got 1.0"),
+        ("optimizer.weight_decay=-1e-4", "optimizer.weight_decay must be a number in [0, inf), got -0.0001"),
+        ("optimizer.betas=[0.9]", "optimizer.betas must be two numbers in [0, 1), got [0.9]"),
+        ("schedule.name=linear", "schedule.name must be one of ('step', 'cosine', 'constant'), got 'linear'"),
+        ("schedule.warmup_steps=-5", "schedule.warmup_steps must be an integer >= 0, got -5"),
+        ("schedule.warmup_factor=0", "schedule.warmup_factor must be a number in (0, 1], got 0"),
+        ("schedule.min_lr_ratio=2", "schedule.min_lr_ratio must be a number in [0, 1], got 2"),
+        ("schedule.milestones=0.75", "schedule.milestones must be a list of numbers"),
     ],
 )
 def test_loop_settings_are_checked_for_both_scripts(override, message):

@@ -89,3 +89,11 @@ def test_pretrained_model_must_be_a_saved_folder_and_excludes_backbone_weights(t
     config["model_init"]["backbone_weights"] = "resnet18.tv_in1k"
     with pytest.raises(ConfigError, match="backbone_weights or pretrained_model, not both"):
         validate_pretrain_config(config)
+
+
+def test_pretraining_warmup_must_be_a_step_count():
+    # Fine-tuning reads a null warm-up as one epoch; pre-training has no epochs.
+    config = copy.deepcopy(PRETRAIN_DEFAULTS)
+    config["schedule"]["warmup_steps"] = None
+    with pytest.raises(ConfigError, match=r"schedule.warmup_steps must be an integer >= 0 \(null, one epoch"):
+        validate_pretrain_config(config)
