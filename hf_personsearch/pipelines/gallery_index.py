@@ -5,6 +5,10 @@ list, the model it was made with and the settings). Loading checks both, because
 (or of the same model at another image size) are not comparable with a query's: the search would return
 ranked nonsense without any error.
 
+The two files are written to temporary names and renamed into place, and both carry the same random write
+id (the tensors in their safetensors header): an interrupted save, or files of two saves mixed, is refused on
+loading instead of pairing one gallery's persons with another's image list.
+
 Gallery images are stored as absolute paths, so an index searched from another working folder finds them;
 a gallery moved after indexing gives an error naming the missing file (:meth:`GalleryIndex.image_file`).
 
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,21 +115,27 @@ class GalleryIndex:
             "scores": self.scores.float().contiguous(),
             "image_index": self.image_index.long().contiguous(),
         }
-        save_file(tensors, str(folder / TENSORS_FILE))
+        write_id = uuid.uuid4().hex
         metadata = {
             "format_version": FORMAT_VERSION,
+            "write_id": write_id,
             "model_id": self.model_id,
             "model_fingerprint": self.model_fingerprint,
             "settings": self.settings,
             "images": self.images,
             "skipped": self.skipped,
         }
-        (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+        temporary = {name: folder / f".{name}.tmp" for name in (TENSORS_FILE, METADATA_FILE)}
+        save_file(tensors, str(temporary[TENSORS_FILE]), metadata={"write_id": write_id})
+        temporary[METADATA_FILE].write_text(json.dumps(metadata, indent=2))
+        for name, path in temporary.items():
+            os.replace(path, folder / name)
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> GalleryIndex:
         """Read an index written by :meth:`save`; use :meth:`check_compatible` before searching with a model."""
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         folder = Path(folder)
@@ -139,6 +151,15 @@ class GalleryIndex:
                 f"{folder / METADATA_FILE}: format_version {metadata.get('format_version')!r}, expected "
                 f"{FORMAT_VERSION}: rebuild the index with this version (hf-personsearch index)"
             )
+        written = metadata.get("write_id")
+        if written is not None:  # indexes saved before the write id was added have none
+            with safe_open(str(folder / TENSORS_FILE), "pt") as file:
+                tensors_written = (file.metadata() or {}).get("write_id")
+            if tensors_written != written:
+                raise ValueError(
+                    f"{folder}: {TENSORS_FILE} and {METADATA_FILE} come from different saves (write id "
+                    f"{tensors_written} vs {written}; a save was interrupted?): rebuild the index (hf-personsearch index)"
+                )
         tensors = load_file(str(folder / TENSORS_FILE))
         return cls(
             embeddings=tensors["embeddings"],

@@ -90,6 +90,27 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(loaded.search(query, 3)[1], index.search(query, 3)[1])
 
 
+def test_files_of_two_saves_are_refused_and_a_save_leaves_no_temporary_file(tmp_path):
+    first, second = _index([[1.0, 0.0], [0.0, 1.0]]), _index([[0.6, 0.8]])
+    first.save(tmp_path / "first")
+    second.save(tmp_path / "second")
+    assert sorted(path.name for path in (tmp_path / "first").iterdir()) == [
+        "gallery_index.json",
+        "gallery_index.safetensors",
+    ]
+    # An interrupted re-save: the new tensors are in place, the old image list is not yet replaced.
+    (tmp_path / "first" / "gallery_index.safetensors").write_bytes(
+        (tmp_path / "second" / "gallery_index.safetensors").read_bytes()
+    )
+    with pytest.raises(ValueError, match="come from different saves .* rebuild the index"):
+        GalleryIndex.load(tmp_path / "first")
+    # An index written before the write id existed still loads.
+    metadata = json.loads((tmp_path / "second" / "gallery_index.json").read_text())
+    del metadata["write_id"]
+    (tmp_path / "second" / "gallery_index.json").write_text(json.dumps(metadata))
+    assert torch.equal(GalleryIndex.load(tmp_path / "second").embeddings, second.embeddings)
+
+
 def test_check_compatible_names_the_difference():
     index = _index([[1.0, 0.0]])
     index.check_compatible("another/name", "abc", dict(index.settings))  # same weights, other id: fine
