@@ -218,17 +218,36 @@ def _index_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser)
     _add_gallery_arguments(parser, required=True)
     parser.add_argument("--out", required=True, help="folder to write the gallery index to")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="reuse the index already in --out (same model and settings): embed only new and changed files, "
+        "drop files gone from the gallery",
+    )
 
 
 @register_subcommand("index", "Embed a gallery folder once and save the index", _index_arguments)
 def index_command(args: argparse.Namespace) -> int:
+    from hf_personsearch.pipelines import GalleryIndex
+    from hf_personsearch.pipelines.gallery_index import METADATA_FILE
+
     search = _pipeline(args)
+    previous = None
+    if args.update:
+        if (Path(args.out) / METADATA_FILE).is_file():
+            previous = GalleryIndex.load(args.out)
+        else:
+            print(f"note: no gallery index in {args.out} yet: every image is embedded", file=sys.stderr)
     index = search.build_index(
-        args.gallery, threshold=args.threshold, batch_size=args.batch_size, recursive=args.recursive
+        args.gallery, threshold=args.threshold, batch_size=args.batch_size, recursive=args.recursive, update=previous
     )
     index.save(args.out)
     _report_skipped(index)
-    print(f"indexed {len(index)} persons in {len(index.images)} images -> {args.out}")
+    line = f"indexed {len(index)} persons in {len(index.images)} images -> {args.out}"
+    if previous is not None:
+        kept, gone = len(previous.same_files(index)), len(set(previous.images) - set(index.images))
+        line += f" ({kept} taken from the index, {len(index.images) - kept} embedded, {gone} gone from the gallery)"
+    print(line)
     return 0
 
 

@@ -136,6 +136,27 @@ def test_index_searched_from_another_folder_and_moved_gallery(workspace, tmp_pat
     assert "the gallery was moved or deleted after indexing" in captured.err and "rank" not in captured.out
 
 
+def test_index_update_embeds_only_what_changed(workspace, tmp_path, capsys):
+    root, model, _ = workspace
+    shutil.copytree(root / "gallery", tmp_path / "photos")
+    index = ["index", "--model", str(model), "--threshold", "0", "--device", "cpu", "--out", str(tmp_path / "i")]
+    index += ["--gallery", str(tmp_path / "photos")]
+    assert cli.main([*index, "--update"]) == 0  # no index yet: a full build
+    captured = capsys.readouterr()
+    assert "no gallery index in" in captured.err and "in 3 images" in captured.out
+    (tmp_path / "photos" / "scene_000.png").unlink()
+    shutil.copy(root / "gallery" / "scene_001.png", tmp_path / "photos" / "added.png")
+    assert cli.main([*index, "--update"]) == 0
+    assert "in 3 images -> " in (out := capsys.readouterr().out)
+    assert "(2 taken from the index, 1 embedded, 1 gone from the gallery)" in out
+    assert [Path(p).name for p in GalleryIndex.load(tmp_path / "i").images] == [
+        "added.png",
+        *["scene_001.png", "scene_002.png"],
+    ]
+    assert cli.main([*index, "--update", "--threshold", "0.5"]) == 2  # another threshold: refused, index kept
+    assert "made at detection threshold 0.0, not 0.5" in capsys.readouterr().err
+
+
 def test_broken_files_are_skipped_and_reported(workspace, tmp_path, capsys):
     root, model, boxes = workspace
     shutil.copytree(root / "gallery", tmp_path / "photos")

@@ -78,6 +78,8 @@ class GalleryIndex:
             embedding_dim.
         skipped: gallery files that could not be read, ``{"image": path, "reason": why}``; the search ran
             without them.
+        image_files: ``{path: [size in bytes, modification time in ns]}`` of the image files when they were
+            read: an update of the index embeds again only the files that changed (``build_index(update=)``).
     """
 
     embeddings: torch.Tensor
@@ -89,6 +91,7 @@ class GalleryIndex:
     model_fingerprint: str
     settings: dict = field(default_factory=dict)
     skipped: list[dict] = field(default_factory=list)
+    image_files: dict = field(default_factory=dict)
     _faiss_index: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
@@ -124,6 +127,7 @@ class GalleryIndex:
             "settings": self.settings,
             "images": self.images,
             "skipped": self.skipped,
+            "image_files": self.image_files,
         }
         temporary = {name: folder / f".{name}.tmp" for name in (TENSORS_FILE, METADATA_FILE)}
         save_file(tensors, str(temporary[TENSORS_FILE]), metadata={"write_id": write_id})
@@ -171,6 +175,7 @@ class GalleryIndex:
             model_fingerprint=metadata["model_fingerprint"],
             settings=dict(metadata["settings"]),
             skipped=list(metadata.get("skipped", [])),
+            image_files=dict(metadata.get("image_files", {})),  # absent in indexes saved before updates existed
         )
 
     def check_compatible(self, model_id: str, fingerprint: str, settings: dict) -> None:
@@ -189,6 +194,15 @@ class GalleryIndex:
         if different:
             detail = ", ".join(f"{key}: index {old!r}, now {new!r}" for key, (old, new) in different.items())
             raise ValueError(f"the gallery index was made with other settings ({detail}): rebuild it")
+
+    def same_files(self, other: GalleryIndex) -> list[str]:
+        """The images of ``other`` that this index holds with the same file record (size and modification
+        time): what an update of this index into ``other`` took from it rather than embedded again."""
+        return [
+            path
+            for path in other.images
+            if path in self.image_files and self.image_files[path] == other.image_files.get(path)
+        ]
 
     def image_file(self, position: int) -> Path:
         """The file of gallery image ``position``; a clear error when it is gone (gallery moved or deleted)."""

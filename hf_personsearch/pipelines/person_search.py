@@ -5,7 +5,8 @@
     # [{"rank": 1, "image": "/abs/gallery/0003.jpg", "box": [...], "similarity": 0.91, "score": 0.99}, ...]
 
 The gallery is detected once per call (every person with a detection score >= ``threshold``), or once and
-for all with :meth:`PersonSearchPipeline.build_index` (a :class:`GalleryIndex`, saved to disk and reused).
+for all with :meth:`PersonSearchPipeline.build_index` (a :class:`GalleryIndex`, saved to disk and reused; an update
+embeds only the files added or changed since).
 The query is embedded from its given box (no detection), as in the person search protocols. Matches are
 ranked by :func:`~hf_personsearch.image_processing_person_search.search_similarity`, the toolkit's one
 scoring rule. ``search(image)`` without a query box returns the persons detected in the image.
@@ -89,6 +90,18 @@ def gallery_sources(gallery, recursive: bool = False) -> list:
     if not sources:
         raise ValueError("the gallery is empty: give a folder, image paths or PIL images")
     return sources
+
+
+def _file_stats(source) -> list[int] | None:
+    """``[size in bytes, modification time in ns]`` of a gallery file (what tells an index update that it
+    changed), None for an in-memory image or a file that cannot be read."""
+    if not isinstance(source, (str, Path)):
+        return None
+    try:
+        status = os.stat(source)
+    except OSError:
+        return None
+    return [status.st_size, status.st_mtime_ns]
 
 
 def _identifier(source, position: int) -> str:
@@ -207,20 +220,36 @@ class PersonSearchPipeline(Pipeline):
         batch_size: int = DEFAULT_BATCH_SIZE,
         progress: bool | None = None,
         recursive: bool = False,
+        update: GalleryIndex | None = None,
     ) -> GalleryIndex:
         """Detect and embed every person of the gallery (a folder, paths or images) once. Files that cannot be
-        read are skipped (a warning each, listed in the index's ``skipped``); none readable is an error."""
+        read are skipped (a warning each, listed in the index's ``skipped``); none readable is an error.
+
+        Args:
+            update: an index made earlier by this model at these settings (``threshold`` included): an image
+                file it holds whose size and modification time are unchanged is taken from it instead of being
+                embedded again; new and changed files are embedded, files gone from the gallery are left out and
+                files skipped before are tried again. The result is the index a full build would give (the
+                images' order, persons and skipped files).
+        """
         from tqdm.auto import tqdm
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         sources = gallery_sources(gallery, recursive=recursive)
-        show = len(sources) >= PROGRESS_MIN_IMAGES if progress is None else progress
-        embeddings, boxes, scores, image_index, images, skipped = [], [], [], [], [], []
-        bar = tqdm(total=len(sources), desc="embedding gallery", unit="image", disable=not show)
-        for start in range(0, len(sources), batch_size):
-            batch = []
-            for position, source in enumerate(sources[start : start + batch_size], start):
+        fingerprint = model_fingerprint(self.model)
+        stats = {position: _file_stats(source) for position, source in enumerate(sources)}
+        reused = self._reusable_images(update, sources, stats, fingerprint, threshold) if update is not None else {}
+        to_embed = [position for position in range(len(sources)) if position not in reused]
+        show = len(to_embed) >= PROGRESS_MIN_IMAGES if progress is None else progress
+        found: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # position -> embeddings, boxes, scores
+        skipped = []
+        bar = tqdm(total=len(to_embed), desc="embedding gallery", unit="image", disable=not show)
+        for start in range(0, len(to_embed), batch_size):
+            chunk = to_embed[start : start + batch_size]
+            batch, read = [], []
+            for position in chunk:
+                source = sources[position]
                 try:
                     batch.append(image_from_source(source, f"gallery image {position}"))
                 except (OSError, ValueError) as error:
@@ -229,31 +258,49 @@ class PersonSearchPipeline(Pipeline):
                     logger.warning("skipped %s", error)
                     skipped.append({"image": os.path.abspath(source), "reason": str(error)})
                     continue
-                images.append(_identifier(source, position))
-            for offset, detections in enumerate(self.detect(batch, threshold=threshold) if batch else []):
-                embeddings.append(detections["embeddings"].float().cpu())
-                boxes.append(detections["boxes"].float().cpu())
-                scores.append(detections["scores"].float().cpu())
-                row = len(images) - len(batch) + offset
-                image_index.append(torch.full((len(detections["scores"]),), row, dtype=torch.long))
-            bar.update(len(sources[start : start + batch_size]))
+                read.append(position)
+            for position, detections in zip(read, self.detect(batch, threshold=threshold) if batch else []):
+                found[position] = tuple(detections[key].float().cpu() for key in ("embeddings", "boxes", "scores"))
+            bar.update(len(chunk))
         bar.close()
-        if not images:
+        for position, old_position in reused.items():
+            rows = update.image_index == old_position
+            found[position] = (update.embeddings[rows], update.boxes[rows], update.scores[rows])
+        if not found:
             raise ValueError(
                 f"none of the {len(sources)} gallery images could be read: "
                 + "; ".join(item["reason"] for item in skipped[:3])
             )
+        positions = sorted(found)
+        image_index = [torch.full((len(found[p][2]),), row, dtype=torch.long) for row, p in enumerate(positions)]
         return GalleryIndex(
-            embeddings=torch.cat(embeddings),
-            boxes=torch.cat(boxes),
-            scores=torch.cat(scores),
+            embeddings=torch.cat([found[p][0] for p in positions]),
+            boxes=torch.cat([found[p][1] for p in positions]),
+            scores=torch.cat([found[p][2] for p in positions]),
             image_index=torch.cat(image_index),
-            images=images,
+            images=[_identifier(sources[p], p) for p in positions],
             model_id=self.model_id(),
-            model_fingerprint=model_fingerprint(self.model),
+            model_fingerprint=fingerprint,
             settings=self.settings(threshold),
             skipped=skipped,
+            image_files={_identifier(sources[p], p): stats[p] for p in positions if stats[p] is not None},
         )
+
+    def _reusable_images(self, update, sources, stats, fingerprint, threshold) -> dict[int, int]:
+        """``{position in sources: position in update.images}`` of the unchanged files ``update`` holds."""
+        update.check_compatible(self.model_id(), fingerprint, self.settings(threshold))
+        if update.settings.get("threshold") != threshold:
+            raise ValueError(
+                f"the gallery index to update was made at detection threshold {update.settings.get('threshold')}, "
+                f"not {threshold}: update it at its threshold, or build a new index"
+            )
+        held = {path: position for position, path in enumerate(update.images)}
+        reusable = {}
+        for position, source in enumerate(sources):
+            path = os.path.abspath(source) if isinstance(source, (str, Path)) else None
+            if path in held and stats[position] is not None and update.image_files.get(path) == stats[position]:
+                reusable[position] = held[path]
+        return reusable
 
     def search(
         self,

@@ -310,3 +310,62 @@ def test_faiss_backend_returns_the_torch_matches(setup, direct_matches):
     with_faiss = search(str(gallery[1]), query_box=query_box, index=index, top_k=5, backend="faiss")
     assert [(m["image"], m["box"]) for m in with_faiss] == [(m["image"], m["box"]) for m in with_torch]
     np.testing.assert_allclose([m["similarity"] for m in with_faiss], [m["similarity"] for m in with_torch], atol=1e-5)
+
+
+def _assert_same_index(updated: GalleryIndex, full: GalleryIndex) -> None:
+    assert updated.images == full.images and updated.skipped == full.skipped
+    assert updated.image_files == full.image_files and updated.settings == full.settings
+    assert torch.equal(updated.image_index, full.image_index)
+    for name in ("embeddings", "boxes", "scores"):
+        torch.testing.assert_close(getattr(updated, name), getattr(full, name))
+
+
+def test_update_embeds_only_new_changed_and_retried_files_and_equals_a_full_build(setup, tmp_path, monkeypatch):
+    _, _, _, search, _, gallery = setup
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in gallery:
+        shutil.copy(path, folder / path.name)
+    (folder / "late.png").write_bytes(gallery[0].read_bytes()[:300])  # still being copied: skipped
+    first = search.build_index(str(folder), threshold=0.0, batch_size=2)
+    assert [Path(p).name for p in first.images] == ["scene_000.png", "scene_001.png", "scene_002.png"]
+    # Since then: one image changed (other content, later time), one deleted, one added, the late one complete.
+    shutil.copy(gallery[0], folder / "scene_001.png")
+    os.utime(folder / "scene_001.png", ns=(first.image_files[str(folder / "scene_001.png")][1] + 10**9,) * 2)
+    (folder / "scene_002.png").unlink()
+    shutil.copy(gallery[2], folder / "new.png")
+    shutil.copy(gallery[1], folder / "late.png")
+
+    embedded = []
+    detect = PersonSearchPipeline.detect
+
+    def counting_detect(self, images, threshold=0.5):
+        embedded.extend(image.size for image in images)
+        return detect(self, images, threshold=threshold)
+
+    monkeypatch.setattr(PersonSearchPipeline, "detect", counting_detect)
+    updated = search.build_index(str(folder), threshold=0.0, batch_size=2, update=first)
+    assert len(embedded) == 3  # late.png, new.png, scene_001.png; scene_000.png taken from the index
+    assert first.same_files(updated) == [str(folder / "scene_000.png")]
+    embedded.clear()
+    full = search.build_index(str(folder), threshold=0.0, batch_size=2)
+    assert len(embedded) == 4
+    _assert_same_index(updated, full)
+    assert [Path(p).name for p in updated.images] == ["late.png", "new.png", "scene_000.png", "scene_001.png"]
+
+    # Saved and loaded, the file records survive; an index without them (saved before updates) embeds everything.
+    updated.save(tmp_path / "index")
+    assert GalleryIndex.load(tmp_path / "index").image_files == updated.image_files
+    embedded.clear()
+    old_style = dataclasses.replace(updated, image_files={})
+    _assert_same_index(search.build_index(str(folder), threshold=0.0, batch_size=2, update=old_style), full)
+    assert len(embedded) == 4
+
+
+def test_update_refuses_another_threshold_or_model(setup, tmp_path):
+    root, _, _, search, index, _ = setup
+    with pytest.raises(ValueError, match="made at detection threshold 0.0, not 0.5"):
+        search.build_index(str(root / "gallery"), threshold=0.5, update=index)
+    other = dataclasses.replace(index, model_fingerprint="0123456789abcdef")
+    with pytest.raises(ValueError, match="made with another model"):
+        search.build_index(str(root / "gallery"), threshold=0.0, update=other)
