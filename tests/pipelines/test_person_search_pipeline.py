@@ -145,12 +145,17 @@ def test_progress_bar_when_asked_and_by_default_from_four_images(setup, capsys):
     assert "4/4" in bar and ("image/s" in bar or "s/image" in bar)  # counted in images, with a rate for the ETA
 
 
-def test_unreadable_gallery_files_are_skipped_named_and_counted(setup, tmp_path, caplog):
-    _, _, boxes, search, index, gallery = setup
-    folder = tmp_path / "photos"
+def _copy_of(gallery: list[Path], folder: Path) -> Path:
+    """``folder`` holding a copy of the gallery's images (a photo folder a test may change)."""
     folder.mkdir()
     for path in gallery:
         shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_unreadable_gallery_files_are_skipped_named_and_counted(setup, tmp_path, caplog):
+    _, _, boxes, search, index, gallery = setup
+    folder = _copy_of(gallery, tmp_path / "photos")
     (folder / "scene_001.png").write_bytes((folder / "scene_001.png").read_bytes()[:200])  # truncated
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "moved.jpg").symlink_to(tmp_path / "nowhere.jpg")  # a dangling link is counted, not dropped unseen
@@ -322,10 +327,7 @@ def _assert_same_index(updated: GalleryIndex, full: GalleryIndex) -> None:
 
 def test_update_embeds_only_new_changed_and_retried_files_and_equals_a_full_build(setup, tmp_path, monkeypatch):
     _, _, _, search, _, gallery = setup
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for path in gallery:
-        shutil.copy(path, folder / path.name)
+    folder = _copy_of(gallery, tmp_path / "photos")
     (folder / "late.png").write_bytes(gallery[0].read_bytes()[:300])  # still being copied: skipped
     first = search.build_index(str(folder), threshold=0.0, batch_size=2)
     assert [Path(p).name for p in first.images] == ["scene_000.png", "scene_001.png", "scene_002.png"]
