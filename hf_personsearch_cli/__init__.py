@@ -236,6 +236,11 @@ def index_command(args: argparse.Namespace) -> int:
     if args.update:
         if (Path(args.out) / METADATA_FILE).is_file():
             previous = GalleryIndex.load(args.out)
+            if previous.images and not previous.image_files:
+                print(
+                    f"note: the index in {args.out} predates updates (no file records): every image is embedded",
+                    file=sys.stderr,
+                )
         else:
             print(f"note: no gallery index in {args.out} yet: every image is embedded", file=sys.stderr)
     index = search.build_index(
