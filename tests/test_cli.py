@@ -155,6 +155,12 @@ def test_index_update_embeds_only_what_changed(workspace, tmp_path, capsys):
     ]
     assert cli.main([*index, "--update", "--threshold", "0.5"]) == 2  # another threshold: refused, index kept
     assert "made at detection threshold 0.0, not 0.5" in capsys.readouterr().err
+    metadata_file = tmp_path / "i" / "gallery_index.json"
+    metadata = json.loads(metadata_file.read_text())
+    metadata_file.write_text(json.dumps({key: value for key, value in metadata.items() if key != "image_files"}))
+    assert cli.main([*index, "--update"]) == 0  # an index saved before file records: everything embedded again
+    captured = capsys.readouterr()
+    assert "predates updates" in captured.err and "(0 taken from the index, 3 embedded, 0 gone" in captured.out
 
 
 def test_broken_files_are_skipped_and_reported(workspace, tmp_path, capsys):
