@@ -107,12 +107,13 @@ def _run_usage_snippets(card: ModelCard, repo_id: str, folder: Path, work: Path,
 
 
 def test_card_of_a_pretraining_checkpoint_folder(tmp_path, monkeypatch):
-    """run_pretrain's pretrain_model/ folder: no training_info kind, no image processor saved. Its card is a
-    pre-trained card whose snippets load it as a PersonSearchModel with the default processor, and run."""
+    """A bare PersonSearchPretrainModel folder: no training record, no image processor saved. Its card is a
+    pre-trained card (that claims no training) whose snippets load it as a PersonSearchModel with the default
+    processor, and run."""
     folder = tmp_path / "pretrain_model"
     PersonSearchPretrainModel(PersonSearchPretrainConfig(person_search=tiny_config())).save_pretrained(folder)
     card = ModelCard.load(refresh_model_card(folder, repo_id="org/prtps-pre"))
-    assert "pretrained" in card.data.tags and "pre-trained with the hybrid pre-training" in card.content
+    assert "pretrained" in card.data.tags and "built for the hybrid pre-training" in card.content
     assert "AutoImageProcessor" not in card.content and "PersonSearchImageProcessor()" in card.content
     namespace = _run_usage_snippets(card, "org/prtps-pre", folder, tmp_path / "user", monkeypatch)
     assert namespace["processor"].min_size == 900
@@ -139,6 +140,18 @@ def test_card_says_what_the_model_was_trained_on(tmp_path):
     (folder / "training_info.json").write_text(json.dumps({**training, "synthetic_data": "yes"}))
     with pytest.raises(ValueError, match="'synthetic_data' must be true or false, got 'yes'"):
         refresh_model_card(folder)
+
+
+@pytest.mark.parametrize("kind", ["pretrained", "finetuned"])
+def test_card_without_training_record_or_results_claims_no_training(kind):
+    config = PersonSearchPretrainConfig(person_search=tiny_config()) if kind == "pretrained" else tiny_config()
+    bare = render_model_card(config, kind=kind, repo_id="org/untrained").content
+    assert "No training record and no evaluation come with this model" in bare
+    assert "fine-tuned on" not in bare and "pre-trained with the hybrid" not in bare
+    for recorded in ({"training": {"data": "PRW"}}, {"eval_results": RESULTS[:1]}):
+        text = render_model_card(config, kind=kind, repo_id="org/trained", **recorded).content
+        assert "No training record and no evaluation" not in text
+        assert ("fine-tuned on" if kind == "finetuned" else "pre-trained with the hybrid") in text
 
 
 def test_results_on_own_data_are_not_presented_as_a_benchmark():
