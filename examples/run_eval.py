@@ -39,6 +39,7 @@ from hf_personsearch.evaluation.model_inference import evaluate_on_target, resol
 from hf_personsearch.hub import load_search_model
 from hf_personsearch.image_loading import load_image
 from hf_personsearch.pipelines.visualization import BACKGROUND, render_search_result
+from hf_personsearch.training.config import exit_status
 
 logger = logging.getLogger("run_eval")
 
@@ -220,6 +221,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     try:
-        main()
+        sys.exit(exit_status(main, "run_eval"))
     except UsageError as error:
         sys.exit(f"error: {error}")

@@ -92,6 +92,7 @@ from hf_personsearch.training.config import (
     check_output_dir,
     check_training_section,
     config_from_args,
+    exit_status,
     save_resolved_config,
 )
 from hf_personsearch.training.loop import (
@@ -468,4 +469,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main, "run_finetune"))

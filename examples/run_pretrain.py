@@ -40,6 +40,7 @@ from hf_personsearch.training.config import (
     PRETRAIN_DEFAULTS,
     build_argument_parser,
     config_from_args,
+    exit_status,
     save_resolved_config,
 )
 from hf_personsearch.training.hub import push_folder_to_hub
@@ -254,4 +255,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main, "run_pretrain"))

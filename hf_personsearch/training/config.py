@@ -22,7 +22,8 @@ import copy
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -239,6 +240,20 @@ FINETUNE_DEFAULTS: dict = {
 
 class ConfigError(ValueError):
     """A configuration that cannot be run; the message names the file/override/key and what was expected."""
+
+
+def exit_status(main: Callable[[], object], script: str) -> int:
+    """The exit status of a script's ``main()`` (0 when it returns no status). A data error, a dataset file
+    missing (``FileNotFoundError``) or malformed (:class:`~hf_personsearch.data.errors.DataFormatError`), prints
+    its one-line message, which names the file and what was expected, instead of a traceback, and gives 2."""
+    from ..data.errors import DataFormatError
+
+    try:
+        status = main()
+    except (FileNotFoundError, DataFormatError) as error:
+        print(f"{script}: data error: {error}", file=sys.stderr)
+        return 2
+    return status if isinstance(status, int) else 0
 
 
 OPEN_SECTIONS = ("model", "data.synthetic_sizes")

@@ -108,3 +108,13 @@ def test_missing_model_and_unwritable_output_are_reported(model_dir, tmp_path):
     blocker.write_text("x")
     with pytest.raises(run_eval.UsageError, match="is not writable"):
         run_eval.main(["--model", str(model_dir), "--dataset", "prw", "--output_dir", str(blocker / "out")])
+
+
+def test_a_dataset_folder_of_another_format_is_one_line_with_status_2(model_dir, tmp_path, capsys):
+    # The scripts' __main__ runs main through exit_status: a data error names the file, without a traceback.
+    (tmp_path / "prw_folder").mkdir()
+    args = ["--model", str(model_dir), "--dataset", "cuhk_sysu", "--data_dir", str(tmp_path / "prw_folder"), "--cpu"]
+    status = run_eval.exit_status(lambda: run_eval.main([*args, "--output_dir", str(tmp_path / "eval")]), "run_eval")
+    assert status == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("run_eval: data error: cuhk_sysu: expected file") and "Images.mat" in error

@@ -138,3 +138,21 @@ def test_loop_settings_are_checked_for_both_scripts(override, message):
     for defaults in (PRETRAIN_DEFAULTS, FINETUNE_DEFAULTS):
         with pytest.raises(ConfigError, match=re.escape(message)):
             check_training_section(load_config(None, [override], defaults))
+
+
+def test_exit_status_turns_data_errors_into_one_line_and_status_2(capsys):
+    from hf_personsearch.data.errors import DataFormatError
+    from hf_personsearch.training.config import exit_status
+
+    def failing(error):
+        def main():
+            raise error
+
+        return main
+
+    assert exit_status(failing(FileNotFoundError("prw: expected file 'x.mat' is missing")), "run_x") == 2
+    assert capsys.readouterr().err == "run_x: data error: prw: expected file 'x.mat' is missing\n"
+    assert exit_status(failing(DataFormatError("a.odgt:3: bad box")), "run_x") == 2
+    assert exit_status(lambda: 3, "run_x") == 3 and exit_status(lambda: {"mAP": 0.5}, "run_x") == 0
+    with pytest.raises(KeyError):  # anything else keeps its traceback
+        exit_status(failing(KeyError("bug")), "run_x")
