@@ -43,7 +43,7 @@ from hf_personsearch.training.config import (
     exit_status,
     save_resolved_config,
 )
-from hf_personsearch.training.hub import push_folder_to_hub
+from hf_personsearch.training.hub import push_command, push_folder_to_hub
 from hf_personsearch.training.loop import (
     LoopSettings,
     TrainingData,
@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         accelerator.end_training()
         return 0
 
+    status = 0  # 1: trained and saved, but the push to the Hub failed
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         model_config = unwrapped.config
@@ -245,13 +246,26 @@ def main(argv: list[str] | None = None) -> int:
         )
         logger.info("saved %s", ", ".join(str(p) for p in folders.values()))
         if config["hub"]["push_to_hub"]:
-            url = push_folder_to_hub(
-                folders["person_search_model"], config["hub"]["hub_model_id"], private=bool(config["hub"]["private"])
+            folder, repo_id, private = (
+                folders["person_search_model"],
+                config["hub"]["hub_model_id"],
+                config["hub"]["private"],
             )
-            logger.info("pushed to %s", url)
+            try:
+                logger.info("pushed to %s", push_folder_to_hub(folder, repo_id, private=bool(private)))
+            except Exception as error:  # the run's outputs are saved: say how to push them, do not lose them
+                logger.error(
+                    "the push to %s failed (%s: %s); the model is saved in %s: push it with\n    %s",
+                    repo_id,
+                    type(error).__name__,
+                    error,
+                    folder,
+                    push_command(folder, repo_id, bool(private)),
+                )
+                status = 1
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -27,10 +27,35 @@ def push_folder_to_hub(
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ValueError(f"push_folder_to_hub: {folder} is not a saved model folder (no config.json)")
-    parts = repo_id.split("/")
-    if len(parts) != 2 or not all(parts):
-        raise ValueError(f"push_folder_to_hub: hub_model_id must be 'org/name', got {repo_id!r}")
+    _check_repo_id(repo_id)
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message=commit_message)
     return str(commit.commit_url)
+
+
+def _check_repo_id(repo_id) -> None:
+    parts = str(repo_id).split("/")
+    if not isinstance(repo_id, str) or len(parts) != 2 or not all(parts):
+        raise ValueError(f"push_folder_to_hub: hub_model_id must be 'org/name', got {repo_id!r}")
+
+
+def check_push_possible(repo_id, token: str | None = None) -> None:
+    """Raise ValueError, before a training run whose end pushes to ``repo_id``, for what would make that push
+    fail for certain: an id that is not "org/name", offline mode (``HF_HUB_OFFLINE``), or no token (``HF_TOKEN``
+    or ``hf auth login``). No network call: rights on the repository are only known when pushing."""
+    from huggingface_hub import constants, get_token
+
+    _check_repo_id(repo_id)
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError("HF_HUB_OFFLINE is set: the push at the end of the run could not reach the Hub")
+    if (token or get_token()) is None:
+        raise ValueError("no Hugging Face token (set HF_TOKEN or run `hf auth login`): the push would be refused")
+
+
+def push_command(folder: str | Path, repo_id: str, private: bool = False) -> str:
+    """The command that pushes ``folder`` later, as the run would have (said when its push failed)."""
+    import shlex
+
+    command = f"hf upload {shlex.quote(repo_id)} {shlex.quote(str(folder))} . --repo-type model"
+    return command + (" --private" if private else "")

@@ -146,8 +146,15 @@ def validate_pretrain_config(config: Mapping) -> None:
                 "model_init: give backbone_weights or pretrained_model, not both (the pre-trained model already "
                 "holds its backbone)"
             )
-    if config["hub"]["push_to_hub"] and not config["hub"]["hub_model_id"]:
-        raise ConfigError("hub.push_to_hub is on but hub.hub_model_id is not set (expected 'org/name')")
+    if config["hub"]["push_to_hub"]:
+        from .hub import check_push_possible
+
+        if not config["hub"]["hub_model_id"]:
+            raise ConfigError("hub.push_to_hub is on but hub.hub_model_id is not set (expected 'org/name')")
+        try:
+            check_push_possible(config["hub"]["hub_model_id"])
+        except ValueError as error:
+            raise ConfigError(f"hub.push_to_hub is on, but {error}") from error
     from .optim import lr_factor
 
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -325,3 +326,25 @@ def test_continuation_loads_the_first_stage_under_new_switches(tmp_path):
     assert any(not torch.allclose(fresh[name], before[name], rtol=0, atol=1e-9) for name in parameters)
     info = json.loads((continued / "person_search_model" / "training_info.json").read_text())
     assert info["continued from"] == str(first / "pretrain_model")
+
+
+def test_a_failed_push_keeps_the_saved_model_and_says_how_to_push_it(tmp_path, monkeypatch, caplog):
+    from huggingface_hub import constants
+
+    script = load_script()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: "hf_token")
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("the Hub is unreachable")
+
+    monkeypatch.setattr(script, "push_folder_to_hub", unreachable)
+    output = tmp_path / "run"
+    argv = ["--config", str(DEMO), "--max_steps", "1", "--output_dir", str(output)]
+    argv += ["--push_to_hub", "--hub_model_id", "org/prtps-demo", *sum((["-o", o] for o in TINY), [])]
+    with caplog.at_level(logging.ERROR):
+        assert script.main(argv) == 1
+    folder = output / "person_search_model"
+    assert (folder / "model.safetensors").is_file() and (folder / "README.md").is_file()
+    assert "the push to org/prtps-demo failed (ConnectionError: the Hub is unreachable)" in caplog.text
+    assert f"hf upload org/prtps-demo {folder} . --repo-type model" in caplog.text
