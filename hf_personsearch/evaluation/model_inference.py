@@ -84,6 +84,14 @@ def _batches(count: int, batch_size: int) -> list[range]:
     return [range(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
 
 
+def _counted(batches: list[range], desc: str, unit: str, progress: bool):
+    """``batches``, one by one, with a progress bar that counts their items (images, queries), not batches."""
+    with tqdm(total=sum(map(len, batches)), desc=desc, unit=unit, disable=not progress) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch))
+
+
 def shard_indices(count: int, batch_size: int, process_index: int, num_processes: int) -> list[int]:
     """The item indices process ``process_index`` runs: those of batches ``process_index``,
     ``process_index + num_processes``, ... Re-batched by ``batch_size``, they form the same batches as in
@@ -178,7 +186,7 @@ def detect_gallery(
     embedding_dim = getattr(getattr(model, "config", None), "embedding_dim", 0)  # of the empty results
     detections = []
     with eval_mode(model):
-        for batch in tqdm(_batches(len(records), batch_size), desc="gallery", disable=not progress):
+        for batch in _counted(_batches(len(records), batch_size), "gallery", "image", progress):
             batch_records = [records[i] for i in batch]
             readable, images = _readable_images(batch_records, lambda record: record["image"], "gallery image")
             found = {
@@ -233,7 +241,7 @@ def embed_queries(
     device, dtype = _model_device_dtype(model)
     out = []
     with eval_mode(model):
-        for batch in tqdm(_batches(len(queries), batch_size), desc="queries", disable=not progress):
+        for batch in _counted(_batches(len(queries), batch_size), "queries", "query", progress):
             batch_queries = [queries[i] for i in batch]
             readable, images = _readable_images(
                 batch_queries, lambda query: image_of[str(query["image_id"])], "query image"

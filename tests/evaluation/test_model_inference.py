@@ -56,6 +56,17 @@ def prw_dir(tmp_path_factory):
     return folder
 
 
+def test_progress_bars_count_images_and_queries_not_batches(prw_dir, capsys):
+    records = load_target_records("prw", prw_dir, "test")
+    queries = load_target_queries("prw", prw_dir)
+    processor = PersonSearchImageProcessor(min_size=64, max_size=100)
+    run_search_inference(RelativeBoxModel(), processor, records, queries, batch_size=3, progress=True)
+    bars = capsys.readouterr().err
+    assert "gallery: 100%" in bars and f"{len(records)}/{len(records)}" in bars
+    assert f"{len(queries)}/{len(queries)}" in bars and len(queries) > 3
+    assert ("image/s" in bars or "s/image" in bars) and ("query/s" in bars or "s/query" in bars)
+
+
 def test_boxes_map_back_to_original_pixels_and_queries_use_the_gt_box(prw_dir):
     records = load_target_records("prw", prw_dir, "test")
     queries = load_target_queries("prw", prw_dir)
