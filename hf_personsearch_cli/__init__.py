@@ -88,6 +88,50 @@ def _parse_box(text: str) -> list[float]:
     return values
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return value
+
+
+def _check_device(device: str | None) -> None:
+    """A ``--device`` this machine has, or one clear error before the model loads (not a CUDA traceback later)."""
+    import torch
+
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise ValueError(f"--device {device!r}: not a torch device ({error})") from error
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: no CUDA GPU is available on this machine (use --device cpu)")
+    if (
+        kind == "cuda"
+        and torch.device(device).index is not None
+        and torch.device(device).index >= torch.cuda.device_count()
+    ):
+        raise ValueError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device!r}: MPS is not available on this machine (use --device cpu)")
+
+
+def _check_output_file(path: str | None, flag: str, picture: bool = False) -> None:
+    """An output file whose folder exists (and, for a picture, whose suffix PIL writes), checked before any work."""
+    if path is None:
+        return
+    from PIL import Image
+
+    if not Path(path).parent.is_dir():
+        raise ValueError(f"{flag} {path}: the folder {Path(path).parent} does not exist")
+    if picture and Path(path).suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"{flag} {path}: unknown picture format {Path(path).suffix!r} (use .png or .jpg)")
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", required=True, help="saved model folder (fine-tuned or pre-training checkpoint) or Hub id"
@@ -96,7 +140,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-size", type=int, default=None, help="override the image processor's min_size")
     parser.add_argument("--max-size", type=int, default=None, help="override the image processor's max_size")
     parser.add_argument("--threshold", type=float, default=0.5, help="gallery detection score threshold (0.5)")
-    parser.add_argument("--batch-size", type=int, default=4, help="gallery images per forward pass (4)")
+    parser.add_argument("--batch-size", type=_positive_int, default=4, help="gallery images per forward pass (4)")
 
 
 def _add_gallery_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -128,6 +172,7 @@ def _pipeline(args):
     from hf_personsearch import pipelines as _  # noqa: F401  (registers the "person-search" task)
     from hf_personsearch.hub.model_card import read_training_record, trained_on_synthetic_data
 
+    _check_device(args.device)
     model, notes = _load_model(args.model)
     overrides = {key: value for key, value in (("min_size", args.min_size), ("max_size", args.max_size)) if value}
     try:
@@ -263,7 +308,7 @@ def _search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box", required=True, type=_parse_box, help="query person box x1,y1,x2,y2 in pixels")
     _add_gallery_arguments(parser, required=False)
     parser.add_argument("--index", help="gallery index folder written by `hf-personsearch index` (or --gallery)")
-    parser.add_argument("--top-k", type=int, default=10, help="matches to show (10)")
+    parser.add_argument("--top-k", type=_positive_int, default=10, help="matches to show (10)")
     parser.add_argument("--best-per-image", action="store_true", help="one match per gallery image (its best person)")
     parser.add_argument("--out", default=None, help="write the picture of the query and the matches here (.png)")
     parser.add_argument(
@@ -271,7 +316,7 @@ def _search_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="picture: whole gallery images with every detection and its score (default: a window on the match)",
     )
-    parser.add_argument("--columns", type=int, default=5, help="picture: tiles per row (5)")
+    parser.add_argument("--columns", type=_positive_int, default=5, help="picture: tiles per row (5)")
     parser.add_argument("--json", default=None, help="write the ranked matches as JSON here")
     parser.add_argument(
         "--backend",
@@ -299,6 +344,8 @@ def search_command(args: argparse.Namespace) -> int:
 
     if (args.gallery is None) == (args.index is None):
         raise ValueError("give one of --gallery (a folder of images) and --index (a folder written by `index`)")
+    _check_output_file(args.json, "--json")
+    _check_output_file(args.out, "--out", picture=True)
     search = _pipeline(args)
     if args.index is not None:
         index = GalleryIndex.load(args.index)

@@ -275,6 +275,38 @@ def test_search_errors(workspace, tmp_path, capsys):
     assert "give one of --gallery" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["--json", "no_such_folder/m.json"],
+            "--json no_such_folder/m.json: the folder no_such_folder does not exist",
+        ),
+        (["--out", "result.xyz"], "--out result.xyz: unknown picture format '.xyz'"),
+        (["--device", "banana"], "--device 'banana': not a torch device"),
+    ],
+)
+def test_search_refuses_what_would_fail_before_any_work(workspace, arguments, message, capsys, monkeypatch):
+    root, model, _ = workspace
+    monkeypatch.setattr("hf_personsearch.hub.load_search_model", lambda *a: pytest.fail("the model was loaded"))
+    query = ["--query", str(root / "gallery" / "scene_000.png"), "--box", "1,1,5,5"]
+    assert cli.main(["search", "--model", str(model), *query, "--gallery", str(root / "gallery"), *arguments]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unavailable_gpu_and_counts_below_one_are_one_line_errors(workspace, capsys, monkeypatch):
+    root, model, _ = workspace
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    base = ["search", "--model", str(model), "--query", str(root / "gallery" / "scene_000.png"), "--box", "1,1,5,5"]
+    base += ["--gallery", str(root / "gallery")]
+    assert cli.main([*base, "--device", "cuda"]) == 2
+    assert "--device 'cuda': no CUDA GPU is available on this machine" in capsys.readouterr().err
+    for flag in ("--top-k", "--batch-size", "--columns"):
+        with pytest.raises(SystemExit):
+            cli.main([*base, flag, "0"])
+        assert f"argument {flag}: '0': expected a whole number >= 1" in capsys.readouterr().err
+
+
 def test_console_script_is_installed():
     script = Path(sys.executable).parent / "hf-personsearch"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
