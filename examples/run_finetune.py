@@ -71,6 +71,7 @@ from hf_personsearch import (
 )
 from hf_personsearch.data.augmentation import ShortestSideResize, SingleViewAugmentation
 from hf_personsearch.data.collate import collate_search
+from hf_personsearch.data.formats import get_spec
 from hf_personsearch.data.sampler import HybridSampler
 from hf_personsearch.data.search_dataset import (
     SearchTrainingDataset,
@@ -135,6 +136,11 @@ def check_config(config: dict) -> None:
             ) from error
     if data["data_dir"] is not None and not Path(data["data_dir"]).is_dir():
         raise ConfigError(f"data.data_dir {data['data_dir']!r} is not a folder (the raw {data['dataset']} dataset)")
+    if data["data_dir"] is None:
+        try:
+            get_spec(data["dataset"]).check_synthetic_sizes(data["synthetic_sizes"] or {})
+        except ValueError as error:
+            raise ConfigError(f"data.synthetic_sizes (no data_dir: synthetic {data['dataset']}): {error}") from error
     model_type = config["model"].get("type", MODEL_TYPES[0])
     if model_type not in MODEL_TYPES:
         raise ConfigError(f"model.type must be one of {MODEL_TYPES}, got {model_type!r}")

@@ -88,6 +88,15 @@ def validate_pretrain_config(config: Mapping) -> None:
             f"data.sources: {missing} have no data_dir while other sources have one; give every source its "
             f"folder, or none of them to run on the synthetic data"
         )
+    if not given:
+        sizes = config["data"].get("synthetic_sizes") or {}
+        for name, arguments in sizes.items():
+            if name not in names:
+                raise ConfigError(f"data.synthetic_sizes: {name!r} is not one of the sources {names}")
+            try:
+                get_spec(name).check_synthetic_sizes(arguments or {})
+            except ValueError as error:
+                raise ConfigError(f"data.synthetic_sizes.{name}: {error}") from error
     for index, source in enumerate(given):
         if not Path(source["data_dir"]).is_dir():
             raise ConfigError(

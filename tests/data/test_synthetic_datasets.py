@@ -193,3 +193,9 @@ def test_benchmark_data_set_has_the_documented_sizes(tmp_path):
     for query in queries:  # 2 gallery matches per query (the frames other than the query's)
         frames = [r["image_id"] for r in prw_test if query["person_id"] in r["person_ids"]]
         assert len(frames) == 3 and query["image_id"] in frames
+
+
+def test_unknown_sizes_are_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match=r"prw: unknown synthetic size\(s\) \['num_frames'\]; its writer takes \["):
+        generate("prw", tmp_path / "prw", seed=0, num_frames=3)
+    assert not (tmp_path / "prw").exists()

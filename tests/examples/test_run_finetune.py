@@ -150,6 +150,8 @@ def test_pretrained_init_gets_a_fresh_models_weight_norms_by_default(scratch_run
         ("training.learning_rate=1", "unknown key 'training.learning_rate'"),
         ("data.train_min_sizes=[400, 2000]", "data.train_min_sizes / data.train_max_size"),
         ("data.train_max_size=[667, 1000]", "one per min_sizes entry"),
+        # the demo config's sizes are PRW's: another synthetic dataset needs its own
+        ("data.dataset=custom", "custom: unknown synthetic size(s) ['num_test_frames', 'num_train_frames']"),
     ],
 )
 def test_bad_input_fails_before_any_compute(tmp_path, capsys, override, message):

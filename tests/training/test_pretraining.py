@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,19 @@ def test_pretraining_warmup_must_be_a_step_count():
     config["schedule"]["warmup_steps"] = None
     with pytest.raises(ConfigError, match=r"schedule.warmup_steps must be an integer >= 0 \(null, one epoch"):
         validate_pretrain_config(config)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "message"),
+    [
+        ({"crowdhumann": {"num_train": 3}}, "data.synthetic_sizes: 'crowdhumann' is not one of the sources"),
+        ({"crowdhuman": {"num_images": 3}}, "data.synthetic_sizes.crowdhuman: crowdhuman: unknown synthetic size(s)"),
+    ],
+)
+def test_synthetic_sizes_must_name_sources_and_their_writers_arguments(sizes, message):
+    config = copy.deepcopy(PRETRAIN_DEFAULTS)
+    config["data"]["synthetic_sizes"] = sizes
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_pretrain_config(config)
+    config["data"]["synthetic_sizes"] = {"crowdhuman": {"num_train": 3, "width": 160}}
+    validate_pretrain_config(config)

@@ -9,7 +9,8 @@ parser module and one line there (or :func:`hf_personsearch.data.formats.registe
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,8 +106,26 @@ class DatasetSpec:
             raise ValueError(f"{self.name} is not a target dataset: it has no evaluation protocol")
         return self.read_protocol(data_dir) if self.read_protocol is not None else self.protocol
 
+    def synthetic_size_names(self) -> list[str]:
+        """The size arguments (numbers of images, identities, ...) :attr:`synthetic_writer`'s ``write`` takes."""
+        parameters = inspect.signature(importlib.import_module(self.synthetic_writer).write).parameters
+        return [
+            name
+            for name, parameter in parameters.items()
+            if parameter.kind is parameter.KEYWORD_ONLY and name != "seed"
+        ]
+
+    def check_synthetic_sizes(self, sizes: Mapping) -> None:
+        """Raise ValueError naming the keys of ``sizes`` this format's synthetic writer does not take."""
+        unknown = sorted(set(sizes) - set(self.synthetic_size_names()))
+        if unknown:
+            raise ValueError(
+                f"{self.name}: unknown synthetic size(s) {unknown}; its writer takes {self.synthetic_size_names()}"
+            )
+
     def write_synthetic(self, out_dir: str | Path, seed: int = 0, **sizes) -> dict:
         """Write synthetic data of this format under ``out_dir`` with :attr:`synthetic_writer` (its truth)."""
+        self.check_synthetic_sizes(sizes)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         return importlib.import_module(self.synthetic_writer).write(out_dir, seed=seed, **sizes)
