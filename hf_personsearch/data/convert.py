@@ -12,11 +12,13 @@ use (the default), and check the dataset's licence before anything else.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import datasets
 from datasets.table import embed_table_storage
 
+from .errors import DataFormatError
 from .formats import dataset_names, get_spec
 from .loading import load_person_search_dataset
 
@@ -46,7 +48,7 @@ def convert(
     return datasets.DatasetDict(result)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hf_personsearch.data.convert", description=__doc__.split("\n")[0])
     parser.add_argument("name", choices=dataset_names())
     parser.add_argument("data_dir", help="your local copy of the raw dataset")
@@ -59,9 +61,20 @@ def main(argv: list[str] | None = None) -> None:
         "--public", action="store_true", help="make the pushed repo public (only if the licence allows it)"
     )
     args = parser.parse_args(argv)
-    converted = convert(
-        args.name, args.data_dir, args.out, splits=args.splits, strict=args.strict, cache_dir=args.cache_dir
-    )
+    if args.push_to_hub:
+        from ..training.hub import check_push_possible
+
+        try:
+            check_push_possible(args.push_to_hub)
+        except ValueError as error:
+            parser.error(f"--push-to-hub {args.push_to_hub}: {error}")  # before the conversion, not after it
+    try:
+        converted = convert(
+            args.name, args.data_dir, args.out, splits=args.splits, strict=args.strict, cache_dir=args.cache_dir
+        )
+    except (FileNotFoundError, DataFormatError) as error:  # a missing folder or file, a bad annotation (strict)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     for split, dataset in converted.items():
         print(
             f"{args.name}/{split}: {len(dataset)} records -> {Path(args.out) / 'data' / split}-00000-of-00001.parquet"
@@ -69,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.push_to_hub:
         converted.push_to_hub(args.push_to_hub, private=not args.public)
         print(f"pushed to {args.push_to_hub} ({'public' if args.public else 'private'})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

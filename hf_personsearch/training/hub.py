@@ -37,18 +37,19 @@ def push_folder_to_hub(
 def _check_repo_id(repo_id) -> None:
     parts = str(repo_id).split("/")
     if not isinstance(repo_id, str) or len(parts) != 2 or not all(parts):
-        raise ValueError(f"push_folder_to_hub: hub_model_id must be 'org/name', got {repo_id!r}")
+        raise ValueError(f"a Hub repository id must be 'org/name', got {repo_id!r}")
 
 
 def check_push_possible(repo_id, token: str | None = None) -> None:
-    """Raise ValueError, before a training run whose end pushes to ``repo_id``, for what would make that push
-    fail for certain: an id that is not "org/name", offline mode (``HF_HUB_OFFLINE``), or no token (``HF_TOKEN``
-    or ``hf auth login``). No network call: rights on the repository are only known when pushing."""
+    """Raise ValueError, before the work whose result is pushed to ``repo_id`` (a training run, a conversion), for
+    what would make that push fail for certain: an id that is not "org/name", offline mode (``HF_HUB_OFFLINE``), or
+    no token (``HF_TOKEN`` or ``hf auth login``). No network call: rights on the repository are only known when
+    pushing."""
     from huggingface_hub import constants, get_token
 
     _check_repo_id(repo_id)
     if constants.HF_HUB_OFFLINE:
-        raise ValueError("HF_HUB_OFFLINE is set: the push at the end of the run could not reach the Hub")
+        raise ValueError("HF_HUB_OFFLINE is set: the push could not reach the Hub")
     if (token or get_token()) is None:
         raise ValueError("no Hugging Face token (set HF_TOKEN or run `hf auth login`): the push would be refused")
 

@@ -66,9 +66,23 @@ def test_convert_writes_self_contained_parquet(tmp_path):
 
 def test_convert_cli(tmp_path, capsys):
     generate("luperson", tmp_path / "raw", seed=0, num_crops=3)
-    main(["luperson", str(tmp_path / "raw"), str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")])
+    assert main(["luperson", str(tmp_path / "raw"), str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")]) == 0
     assert "luperson/train: 3 records" in capsys.readouterr().out
     assert (tmp_path / "out" / "data" / "train-00000-of-00001.parquet").is_file()
+
+
+def test_convert_cli_errors_are_one_line_and_a_push_that_cannot_happen_is_refused_first(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    assert main(["prw", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: prw: data_dir") and "does not exist" in error
+    generate("luperson", tmp_path / "raw", seed=0, num_crops=3)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SystemExit):
+        main(["luperson", str(tmp_path / "raw"), str(tmp_path / "pushed"), "--push-to-hub", "me/luperson"])
+    assert "--push-to-hub me/luperson: HF_HUB_OFFLINE is set" in capsys.readouterr().err
+    assert not (tmp_path / "pushed").exists()  # refused before converting
 
 
 def test_cache_follows_edits_of_the_raw_files(tmp_path):

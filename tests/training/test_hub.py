@@ -34,7 +34,7 @@ def test_a_push_that_must_fail_is_refused_before_training(monkeypatch):
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
     with pytest.raises(ConfigError, match="no Hugging Face token"):
         validate_pretrain_config(_pushing_config())
-    with pytest.raises(ConfigError, match="hub_model_id must be 'org/name', got 'prtps'"):
+    with pytest.raises(ConfigError, match="a Hub repository id must be 'org/name', got 'prtps'"):
         validate_pretrain_config(_pushing_config("prtps"))
     check_push_possible("org/prtps", token="hf_given")  # a token given directly is enough
     monkeypatch.setattr("huggingface_hub.get_token", lambda: "hf_from_login")
