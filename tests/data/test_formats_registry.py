@@ -197,3 +197,26 @@ def test_a_registered_format_reaches_every_consumer(csv_boxes, tmp_path, capsys)
 
     sources = [{"name": CSV_NAME}, {"name": "msmt17"}, {"name": "ecp"}]
     assert domain_counts({"data": {"sources": sources}}) == {"detection": 2, "reid": 1}
+
+
+def test_synthetic_sizes_are_checked_against_any_writer_signature(tmp_path, monkeypatch):
+    writers = {
+        "writer_keyword_only": "def write(out_dir, *, seed=0, num_images=2):\n    return {}\n",
+        "writer_positional": "def write(out_dir, seed=0, num_images=2, width=64):\n    return {}\n",
+        "writer_any_keyword": "def write(out_dir, seed=0, **sizes):\n    return {}\n",
+    }
+    for module, source in writers.items():
+        (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = formats.get_spec("msmt17")
+
+    def spec(module):
+        return dataclasses.replace(base, synthetic_writer=module)
+
+    assert spec("writer_keyword_only").synthetic_size_names() == ["num_images"]
+    assert spec("writer_positional").synthetic_size_names() == ["num_images", "width"]
+    assert spec("writer_any_keyword").synthetic_size_names() is None
+    spec("writer_positional").check_synthetic_sizes({"num_images": 3, "width": 8})
+    spec("writer_any_keyword").check_synthetic_sizes({"anything": 1})
+    with pytest.raises(ValueError, match=r"msmt17: unknown synthetic size\(s\) \['height'\]; its writer takes"):
+        spec("writer_keyword_only").check_synthetic_sizes({"num_images": 3, "height": 8})

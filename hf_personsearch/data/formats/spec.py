@@ -106,22 +106,21 @@ class DatasetSpec:
             raise ValueError(f"{self.name} is not a target dataset: it has no evaluation protocol")
         return self.read_protocol(data_dir) if self.read_protocol is not None else self.protocol
 
-    def synthetic_size_names(self) -> list[str]:
-        """The size arguments (numbers of images, identities, ...) :attr:`synthetic_writer`'s ``write`` takes."""
-        parameters = inspect.signature(importlib.import_module(self.synthetic_writer).write).parameters
-        return [
-            name
-            for name, parameter in parameters.items()
-            if parameter.kind is parameter.KEYWORD_ONLY and name != "seed"
-        ]
+    def synthetic_size_names(self) -> list[str] | None:
+        """The size arguments (numbers of images, identities, ...) :attr:`synthetic_writer`'s
+        ``write(out_dir, seed=..., **sizes)`` takes; None when it takes any keyword (``**kwargs``)."""
+        parameters = list(inspect.signature(importlib.import_module(self.synthetic_writer).write).parameters.values())
+        if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+            return None
+        keywords = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return [p.name for p in parameters[1:] if p.kind in keywords and p.name != "seed"]  # [0]: out_dir
 
     def check_synthetic_sizes(self, sizes: Mapping) -> None:
         """Raise ValueError naming the keys of ``sizes`` this format's synthetic writer does not take."""
-        unknown = sorted(set(sizes) - set(self.synthetic_size_names()))
+        names = self.synthetic_size_names()
+        unknown = sorted(set(sizes) - set(names)) if names is not None else []
         if unknown:
-            raise ValueError(
-                f"{self.name}: unknown synthetic size(s) {unknown}; its writer takes {self.synthetic_size_names()}"
-            )
+            raise ValueError(f"{self.name}: unknown synthetic size(s) {unknown}; its writer takes {names}")
 
     def write_synthetic(self, out_dir: str | Path, seed: int = 0, **sizes) -> dict:
         """Write synthetic data of this format under ``out_dir`` with :attr:`synthetic_writer` (its truth)."""

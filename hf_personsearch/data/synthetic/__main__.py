@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..formats import dataset_names
+from ..formats import dataset_names, get_spec
 from . import generate
 
 
@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> None:
         if not sep or not value.lstrip("-").isdigit():
             parser.error(f"--size expects KEY=INT, got {item!r}")
         sizes[key] = int(value)
+    try:
+        get_spec(args.fmt).check_synthetic_sizes(sizes)
+    except ValueError as error:
+        parser.error(f"--size: {error}")
     truth = generate(args.fmt, args.out, seed=args.seed, **sizes)
     line = f"{args.fmt}: wrote {len(truth['records'])} records"
     if "queries" in truth:
