@@ -17,6 +17,7 @@ counted in ``GalleryIndex.skipped``; only a gallery where nothing can be read is
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Iterable
@@ -263,9 +264,13 @@ class PersonSearchPipeline(Pipeline):
                 found[position] = tuple(detections[key].float().cpu() for key in ("embeddings", "boxes", "scores"))
             bar.update(len(chunk))
         bar.close()
-        for position, old_position in reused.items():
-            rows = update.image_index == old_position
-            found[position] = (update.embeddings[rows], update.boxes[rows], update.scores[rows])
+        if reused:  # each held image's rows, found once for all (a mask per image is quadratic on 100k images)
+            order = torch.argsort(update.image_index, stable=True)
+            counts = torch.bincount(update.image_index, minlength=len(update.images)).tolist()
+            starts = [total - count for total, count in zip(itertools.accumulate(counts), counts)]
+            for position, old_position in reused.items():
+                rows = order[starts[old_position] : starts[old_position] + counts[old_position]]
+                found[position] = (update.embeddings[rows], update.boxes[rows], update.scores[rows])
         if not found:
             raise ValueError(
                 f"none of the {len(sources)} gallery images could be read: "
