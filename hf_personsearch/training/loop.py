@@ -391,6 +391,34 @@ class TrainingData:
     on_device: Callable[[dict], dict] | None = None
 
 
+RESUME_NEUTRAL_KEYS = frozenset(
+    {
+        "training.output_dir",
+        "training.log_every",
+        "training.report_to",
+        "checkpointing.every",
+        "checkpointing.keep_last",
+        "hub.push_to_hub",
+        "hub.hub_model_id",
+        "hub.private",
+        "training.hub_model_id",
+    }
+)
+"""Config keys that may change on resume without a warning: where and how often the run logs, saves and pushes,
+not what it computes."""
+
+
+def config_changes(saved: Mapping[str, object], current: Mapping[str, object]) -> list[str]:
+    """``"key: saved -> current"`` for each flattened config key whose value differs (a key only one side has
+    counts as ``missing``), :data:`RESUME_NEUTRAL_KEYS` left out, in key order."""
+    missing = "missing"
+    return [
+        f"{key}: {saved.get(key, missing)} -> {current.get(key, missing)}"
+        for key in sorted(set(saved) | set(current))
+        if key not in RESUME_NEUTRAL_KEYS and saved.get(key, missing) != current.get(key, missing)
+    ]
+
+
 @dataclass
 class LoopSettings:
     """What :func:`run_training` needs from the config; :meth:`from_config` reads the ``training``,
@@ -488,7 +516,9 @@ def run_training(
 
     Args:
         name: the tracker project and the progress bar's label ("pretrain", "finetune").
-        tracker_config: the resolved config, logged as hyper-parameters when trackers are on.
+        tracker_config: the resolved config, logged as hyper-parameters when trackers are on and saved in
+            every checkpoint: a resume with other values (but those of :data:`RESUME_NEUTRAL_KEYS`) says which,
+            in a warning, since the run then no longer continues as it would have.
         script_state: the script's own JSON-serialisable state (e.g. the history of periodic evaluations),
             saved in every checkpoint and updated in place on resume.
         before_step: called with the step's micro-batches before the forward passes (e.g. to record keys).
@@ -525,6 +555,15 @@ def run_training(
         guard.load_state_dict(state.get("nonfinite", {}))
         script_state.update(state.get("script_state", {}))
         logger.info("resumed from %s at step %d", resume_from, start_step)
+        if tracker_config is not None and "config" in state:
+            changed = config_changes(state["config"], flatten_config(tracker_config))
+            if changed and accelerator.is_main_process:
+                logger.warning(
+                    "resuming %s with settings other than the checkpoint's run: %s; training goes on with the new "
+                    "ones, no longer as the interrupted run would have",
+                    resume_from,
+                    "; ".join(changed),
+                )
 
     accumulation = settings.gradient_accumulation_steps
     samples_per_step = settings.batch_size * accumulation
@@ -590,6 +629,8 @@ def run_training(
                 "nonfinite": guard.state_dict(),
                 "script_state": script_state,
             }
+            if tracker_config is not None:
+                trainer_state["config"] = flatten_config(tracker_config)
             save_checkpoint(accelerator, output_dir, step, trainer_state, keep_last=settings.keep_last)
     progress.close()
     if step < settings.max_steps:

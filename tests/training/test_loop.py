@@ -311,3 +311,20 @@ def test_check_processes_agree_passes_on_one_process_and_names_every_difference(
         "'b': process 0 has x, process 1 has y, process 2 has <missing>",
     ]
     assert describe_disagreement([{"a": 1}, {"a": 1}]) == []
+
+
+def test_resume_with_other_settings_says_which_and_neutral_ones_are_quiet(tmp_path, caplog):
+    config = {"optimizer": {"lr": 0.01}, "training": {"batch_size": 2, "log_every": 10}, "checkpointing": {"every": 2}}
+    train_tiny(tmp_path / "run", max_steps=4, stop_after_steps=2, tracker_config=config)
+    latest = tmp_path / "run" / "checkpoint-00000002"
+    quiet = {**config, "training": {"batch_size": 2, "log_every": 1}, "checkpointing": {"every": 1}}
+    with caplog.at_level(logging.WARNING):
+        train_tiny(tmp_path / "run", max_steps=4, resume_from=latest, tracker_config=quiet, stop_after_steps=3)
+    assert "settings other than" not in caplog.text  # how often it logs and saves changes nothing computed
+    changed = {**config, "optimizer": {"lr": 0.02, "momentum": 0.5}}
+    with caplog.at_level(logging.WARNING):
+        train_tiny(tmp_path / "run", max_steps=4, resume_from=latest, tracker_config=changed)
+    assert (
+        "settings other than the checkpoint's run: optimizer.lr: 0.01 -> 0.02; optimizer.momentum: missing -> 0.5"
+        in (caplog.text)
+    )
