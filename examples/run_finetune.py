@@ -83,6 +83,7 @@ from hf_personsearch.data.search_dataset import (
 from hf_personsearch.data.synthetic import is_synthetic
 from hf_personsearch.evaluation.model_inference import evaluate_on_target, resolve_gallery_size
 from hf_personsearch.hub import is_timm_tag, load_backbone_weights, load_checkpoint_backbone, summarise_keys
+from hf_personsearch.hub.export import timm_weights_offline_problem
 from hf_personsearch.training.checkpoints import prepare_run
 from hf_personsearch.training.config import (
     FINETUNE_DEFAULTS,
@@ -161,6 +162,10 @@ def check_config(config: dict) -> None:
                 f"init.path {init['path']!r} is neither a file nor a timm tag such as resnet50.tv_in1k "
                 "(ImageNet backbone weights)"
             )
+        if init["from"] == "imagenet" and is_timm_tag(init["path"]):
+            problem = timm_weights_offline_problem(init["path"])
+            if problem is not None:
+                raise ConfigError(f"init.path: {problem}")
         looks_local = path.is_absolute() or init["path"].startswith(".") or path.exists()
         if init["from"] != "imagenet" and looks_local and not (path / "config.json").is_file():
             raise ConfigError(f"init.path {init['path']!r} is not a saved model folder (no config.json there)")

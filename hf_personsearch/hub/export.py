@@ -251,6 +251,35 @@ def is_timm_tag(source: str | Path) -> bool:
     return "." in source and Path(source).suffix.lower() not in _WEIGHTS_FILE_SUFFIXES
 
 
+class WeightsUnavailableError(OSError):
+    """Starting weights that cannot be had here (a timm tag offline and not in the cache, a failed download)."""
+
+
+def timm_weights_offline_problem(source: str) -> str | None:
+    """Why timm's pretrained tag ``source`` cannot be loaded in this process, known without a network call: offline
+    (``HF_HUB_OFFLINE``) and not in the Hugging Face cache. None otherwise (online, only the download tells)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    if not constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        repo_id = getattr(get_pretrained_cfg(source), "hf_hub_id", None)
+    except RuntimeError:  # not a timm tag: the loader's own checks say so
+        return None
+    if not repo_id or any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in TIMM_WEIGHT_FILES):
+        return None
+    return (
+        f"HF_HUB_OFFLINE is set and timm's weights {source!r} are not in the Hugging Face cache: run "
+        f"timm.create_model({source!r}, pretrained=True) once where there is internet (it fills the cache), or pass "
+        "a local weights file"
+    )
+
+
+TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+"""The files timm loads from a tag's Hub repository, in its order of preference."""
+
+
 def _fetch_timm_weights(model, source: str) -> dict[str, torch.Tensor]:
     """The weights of timm pretrained tag ``source``, fetched by timm (Hugging Face Hub cache, or a download
     when online) into the same ``features_only`` network the backbone was built from."""
@@ -283,7 +312,7 @@ def _fetch_timm_weights(model, source: str) -> dict[str, torch.Tensor]:
     try:
         network = timm_feature_network(source, pretrained=True)
     except Exception as error:  # huggingface_hub / torch.hub raise many types (offline, HTTP, cache errors)
-        raise OSError(
+        raise WeightsUnavailableError(
             f"could not fetch the timm weights {source!r} ({type(error).__name__}: {error}). Offline? Run "
             f"timm.create_model({source!r}, pretrained=True) once where there is internet (it fills the Hugging "
             "Face cache, which works offline afterwards), or pass a local weights file (torchvision/timm/paper "

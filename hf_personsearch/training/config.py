@@ -244,14 +244,19 @@ class ConfigError(ValueError):
 
 def exit_status(main: Callable[[], object], script: str) -> int:
     """The exit status of a script's ``main()`` (0 when it returns no status). A data error, a dataset file
-    missing (``FileNotFoundError``) or malformed (:class:`~hf_personsearch.data.errors.DataFormatError`), prints
-    its one-line message, which names the file and what was expected, instead of a traceback, and gives 2."""
+    missing (``FileNotFoundError``) or malformed (:class:`~hf_personsearch.data.errors.DataFormatError`), or
+    starting weights that cannot be had (:class:`~hf_personsearch.hub.export.WeightsUnavailableError`) prints its
+    one-line message, which names the file or weights and what to do, instead of a traceback, and gives 2."""
     from ..data.errors import DataFormatError
+    from ..hub.export import WeightsUnavailableError
 
     try:
         status = main()
     except (FileNotFoundError, DataFormatError) as error:
         print(f"{script}: data error: {error}", file=sys.stderr)
+        return 2
+    except WeightsUnavailableError as error:
+        print(f"{script}: weights error: {error}", file=sys.stderr)
         return 2
     return status if isinstance(status, int) else 0
 

@@ -19,7 +19,7 @@ import torch
 
 from ..data.formats import dataset_names, get_spec
 from ..data.identity import IdentitySpace, alignment_task
-from ..hub.export import is_timm_tag
+from ..hub.export import is_timm_tag, timm_weights_offline_problem
 from .config import ConfigError, check_training_section
 
 logger = logging.getLogger(__name__)
@@ -170,6 +170,12 @@ def validate_pretrain_config(config: Mapping) -> None:
         lr_factor(0, config["schedule"], training["max_steps"])
     except ValueError as error:
         raise ConfigError(f"schedule: {error}") from error
+    # Last: what the environment lacks, once the config itself is right.
+    backbone_weights = config["model_init"]["backbone_weights"]
+    if backbone_weights is not None and is_timm_tag(backbone_weights):
+        problem = timm_weights_offline_problem(backbone_weights)
+        if problem is not None:
+            raise ConfigError(f"model_init.backbone_weights: {problem}")
 
 
 def _check_keys(values: Mapping, config_class, where: str) -> None:

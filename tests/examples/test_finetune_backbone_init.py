@@ -40,13 +40,22 @@ def test_imagenet_init_from_a_local_file_loads_the_backbone(tmp_path):
     assert "backbone_weights_path" not in model.config.to_dict()
 
 
-def test_imagenet_init_accepts_a_timm_tag_and_names_what_is_wrong(tmp_path):
+def test_imagenet_init_accepts_a_timm_tag_and_names_what_is_wrong(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     config = load_config(
         None,
         [f"training.output_dir={tmp_path / 'out'}", "init.from=imagenet", "init.path=resnet50.tv_in1k"],
         defaults=FINETUNE_DEFAULTS,
     )
-    run_finetune.check_config(config)  # a tag passes the checks (fetched when the model is built)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    run_finetune.check_config(config)  # online, a tag passes the checks (fetched when the model is built)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(run_finetune.ConfigError, match="init.path: HF_HUB_OFFLINE is set and timm's weights"):
+        run_finetune.check_config(config)  # offline and not in the cache: refused before any compute
+    cached = {("timm/resnet50.tv_in1k", "pytorch_model.bin"): str(tmp_path / "cached.bin")}
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda repo, name: cached.get((repo, name)))
+    run_finetune.check_config(config)  # offline, from the cache
     config["init"]["path"] = str(tmp_path / "missing.pth")
     with pytest.raises(run_finetune.ConfigError, match="is neither a file nor a timm tag"):
         run_finetune.check_config(config)

@@ -63,10 +63,15 @@ def test_flatten_gives_tracker_friendly_scalars():
 
 
 @pytest.mark.parametrize("name", ["pretrain_r50", "pretrain_r18", "pretrain_shufflenet", "pretrain_demo_cpu"])
-def test_shipped_configs_load_and_validate(name):
+def test_shipped_configs_load_and_validate(name, monkeypatch):
     from pathlib import Path
 
+    from huggingface_hub import constants
+
+    from hf_personsearch.hub.export import is_timm_tag
     from hf_personsearch.training.pretraining import validate_pretrain_config
+
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda repo, name: None)  # nothing cached
 
     path = Path(__file__).resolve().parents[2] / "examples" / "configs" / f"{name}.yaml"
     config = load_config(path)
@@ -75,6 +80,12 @@ def test_shipped_configs_load_and_validate(name):
             validate_pretrain_config(config)
         for source in config["data"]["sources"]:
             source["data_dir"] = None
+    weights = config["model_init"]["backbone_weights"]
+    if weights is not None and is_timm_tag(weights):  # the recipes start from ImageNet weights, fetched by timm
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+        with pytest.raises(ConfigError, match="not in the Hugging Face cache"):
+            validate_pretrain_config(config)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     validate_pretrain_config(config)
     assert [s["name"] for s in config["data"]["sources"]] == ["crowdhuman", "ecp", "msmt17", "cuhk03", "luperson"]
 
@@ -142,6 +153,7 @@ def test_loop_settings_are_checked_for_both_scripts(override, message):
 
 def test_exit_status_turns_data_errors_into_one_line_and_status_2(capsys):
     from hf_personsearch.data.errors import DataFormatError
+    from hf_personsearch.hub.export import WeightsUnavailableError
     from hf_personsearch.training.config import exit_status
 
     def failing(error):
@@ -153,6 +165,9 @@ def test_exit_status_turns_data_errors_into_one_line_and_status_2(capsys):
     assert exit_status(failing(FileNotFoundError("prw: expected file 'x.mat' is missing")), "run_x") == 2
     assert capsys.readouterr().err == "run_x: data error: prw: expected file 'x.mat' is missing\n"
     assert exit_status(failing(DataFormatError("a.odgt:3: bad box")), "run_x") == 2
+    capsys.readouterr()
+    assert exit_status(failing(WeightsUnavailableError("could not fetch 'resnet50.tv_in1k'")), "run_x") == 2
+    assert capsys.readouterr().err == "run_x: weights error: could not fetch 'resnet50.tv_in1k'\n"
     assert exit_status(lambda: 3, "run_x") == 3 and exit_status(lambda: {"mAP": 0.5}, "run_x") == 0
     with pytest.raises(KeyError):  # anything else keeps its traceback
         exit_status(failing(KeyError("bug")), "run_x")

@@ -114,3 +114,16 @@ def test_synthetic_sizes_must_name_sources_and_their_writers_arguments(sizes, me
         validate_pretrain_config(config)
     config["data"]["synthetic_sizes"] = {"crowdhuman": {"num_train": 3, "width": 160}}
     validate_pretrain_config(config)
+
+
+def test_timm_tag_offline_and_not_cached_is_refused_before_training(monkeypatch):
+    from huggingface_hub import constants
+
+    config = copy.deepcopy(PRETRAIN_DEFAULTS)
+    config["model_init"]["backbone_weights"] = "resnet18.tv_in1k"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda repo, name: None)
+    with pytest.raises(ConfigError, match=r"model_init.backbone_weights: HF_HUB_OFFLINE is set .* not in the Hugging"):
+        validate_pretrain_config(config)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    validate_pretrain_config(config)  # online: only the download tells
