@@ -93,9 +93,12 @@ def test_bad_model_type_or_init_fails_before_any_compute(nae_checkpoint, tmp_pat
 
 
 @pytest.mark.parametrize("name", ["finetune_alignps_prw", "finetune_alignps_cuhk_sysu"])
-def test_published_recipes_resolve_with_multi_scale_training_and_doubled_bias_lr(name, tmp_path):
+def test_published_recipes_resolve_with_multi_scale_training_and_doubled_bias_lr(name, tmp_path, monkeypatch):
     """The shipped AlignPS recipes: every key known, the check passes, and a model of the recipe gets its six
     (shortest, longest) training sizes and biases at twice the lr."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the recipes' ImageNet tag is fetched online
     config = load_config(
         ROOT / "examples" / "configs" / f"{name}.yaml", [f"data.data_dir={tmp_path}"], FINETUNE_DEFAULTS
     )
