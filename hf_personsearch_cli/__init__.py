@@ -105,18 +105,14 @@ def _check_device(device: str | None) -> None:
     if device is None:
         return
     try:
-        kind = torch.device(device).type
+        parsed = torch.device(device)
     except RuntimeError as error:
         raise ValueError(f"--device {device!r}: not a torch device ({error})") from error
-    if kind == "cuda" and not torch.cuda.is_available():
+    if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device!r}: no CUDA GPU is available on this machine (use --device cpu)")
-    if (
-        kind == "cuda"
-        and torch.device(device).index is not None
-        and torch.device(device).index >= torch.cuda.device_count()
-    ):
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
         raise ValueError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    if kind == "mps" and not torch.backends.mps.is_available():
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"--device {device!r}: MPS is not available on this machine (use --device cpu)")
 
 

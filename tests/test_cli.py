@@ -301,6 +301,10 @@ def test_unavailable_gpu_and_counts_below_one_are_one_line_errors(workspace, cap
     base += ["--gallery", str(root / "gallery")]
     assert cli.main([*base, "--device", "cuda"]) == 2
     assert "--device 'cuda': no CUDA GPU is available on this machine" in capsys.readouterr().err
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    assert cli.main([*base, "--device", "cuda:3"]) == 2
+    assert "--device 'cuda:3': this machine has 1 CUDA GPU(s)" in capsys.readouterr().err
     for flag in ("--top-k", "--batch-size", "--columns"):
         with pytest.raises(SystemExit):
             cli.main([*base, flag, "0"])
