@@ -162,10 +162,9 @@ def check_config(config: dict) -> None:
                 f"init.path {init['path']!r} is neither a file nor a timm tag such as resnet50.tv_in1k "
                 "(ImageNet backbone weights)"
             )
-        if init["from"] == "imagenet" and is_timm_tag(init["path"]):
-            problem = timm_weights_offline_problem(init["path"])
-            if problem is not None:
-                raise ConfigError(f"init.path: {problem}")
+        problem = timm_weights_offline_problem(init["path"]) if init["from"] == "imagenet" else None
+        if problem is not None:
+            raise ConfigError(f"init.path: {problem}")
         looks_local = path.is_absolute() or init["path"].startswith(".") or path.exists()
         if init["from"] != "imagenet" and looks_local and not (path / "config.json").is_file():
             raise ConfigError(f"init.path {init['path']!r} is not a saved model folder (no config.json there)")

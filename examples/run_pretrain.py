@@ -245,14 +245,11 @@ def main(argv: list[str] | None = None) -> int:
             unwrapped, output_dir, config, training_info, repo_id=config["hub"]["hub_model_id"]
         )
         logger.info("saved %s", ", ".join(str(p) for p in folders.values()))
-        if config["hub"]["push_to_hub"]:
-            folder, repo_id, private = (
-                folders["person_search_model"],
-                config["hub"]["hub_model_id"],
-                config["hub"]["private"],
-            )
+        hub = config["hub"]
+        if hub["push_to_hub"]:
+            folder, repo_id, private = folders["person_search_model"], hub["hub_model_id"], bool(hub["private"])
             try:
-                logger.info("pushed to %s", push_folder_to_hub(folder, repo_id, private=bool(private)))
+                logger.info("pushed to %s", push_folder_to_hub(folder, repo_id, private=private))
             except Exception as error:  # the run's outputs are saved: say how to push them, do not lose them
                 logger.error(
                     "the push to %s failed (%s: %s); the model is saved in %s: push it with\n    %s",
@@ -260,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                     type(error).__name__,
                     error,
                     folder,
-                    push_command(folder, repo_id, bool(private)),
+                    push_command(folder, repo_id, private),
                 )
                 status = 1
     accelerator.wait_for_everyone()

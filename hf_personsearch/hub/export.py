@@ -257,11 +257,12 @@ class WeightsUnavailableError(OSError):
 
 def timm_weights_offline_problem(source: str) -> str | None:
     """Why timm's pretrained tag ``source`` cannot be loaded in this process, known without a network call: offline
-    (``HF_HUB_OFFLINE``) and not in the Hugging Face cache. None otherwise (online, only the download tells)."""
+    (``HF_HUB_OFFLINE``) and not in the Hugging Face cache. None otherwise: online (only the download tells), or
+    ``source`` is no timm tag (:func:`is_timm_tag`; a weights file)."""
     from huggingface_hub import constants, try_to_load_from_cache
     from timm.models import get_pretrained_cfg
 
-    if not constants.HF_HUB_OFFLINE:
+    if not constants.HF_HUB_OFFLINE or not is_timm_tag(source):
         return None
     try:
         repo_id = getattr(get_pretrained_cfg(source), "hf_hub_id", None)

@@ -171,11 +171,9 @@ def validate_pretrain_config(config: Mapping) -> None:
     except ValueError as error:
         raise ConfigError(f"schedule: {error}") from error
     # Last: what the environment lacks, once the config itself is right.
-    backbone_weights = config["model_init"]["backbone_weights"]
-    if backbone_weights is not None and is_timm_tag(backbone_weights):
-        problem = timm_weights_offline_problem(backbone_weights)
-        if problem is not None:
-            raise ConfigError(f"model_init.backbone_weights: {problem}")
+    problem = timm_weights_offline_problem(backbone_weights) if backbone_weights is not None else None
+    if problem is not None:
+        raise ConfigError(f"model_init.backbone_weights: {problem}")
 
 
 def _check_keys(values: Mapping, config_class, where: str) -> None:
