@@ -119,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         augmentation_sizes["min_sizes"] = [int(s) for s in data_config["min_sizes"]]
     if data_config["max_size"]:
         augmentation_sizes["max_size"] = int(data_config["max_size"])
-    # The photometric augmentation runs on the batch in the training step (on the GPU, next to free); its
-    # parameters are drawn in the data workers with the rest of the sample's seeded randomness.
+    # The photometric augmentation runs on the batch in the training step (on the GPU, next to free), and so does
+    # the painting of the re-ID canvases with data.canvas_in_step; their parameters are drawn in the data workers
+    # with the rest of the sample's seeded randomness.
     augmentation = TwoViewAugmentation(
         **augmentation_sizes, **photometric_options(data_config), photometric_in_step=True
     )
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         reid_operation=data_config["reid_operation"],
         canvas_size=tuple(data_config["canvas_size"]),
         crops_per_canvas=int(data_config["crops_per_canvas"]),
+        canvas_in_step=data_config["canvas_in_step"],
     )
     weights = [s.get("weight") for s in config["data"]["sources"]]
     sampler = HybridSampler(
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         model,
         optimizer,
         scheduler,
-        TrainingData(dataset, sampler, collate_pretrain, on_device=augmentation.photometric),
+        TrainingData(dataset, sampler, collate_pretrain, on_device=augmentation.in_step),
         LoopSettings.from_config(config, max_steps),
         output_dir,
         name="pretrain",

@@ -30,7 +30,8 @@ without random scale is the tensor the processor gives at evaluation and search,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ from torchvision.transforms import v2
 
 from ..image_processing_person_search import PersonSearchImageProcessor, normalize, resize, resized_size
 from .photometric import PhotometricAugmentation
+from .unification import CanvasPlan
 
 PRETRAIN_MIN_SIZES = tuple(range(480, 801, 32))
 PRETRAIN_MAX_SIZE = 1333
@@ -219,6 +221,21 @@ _CLAMPING = "soft"
 axis-aligned boxes "soft" and "hard" are the same clip)."""
 
 
+@dataclass(frozen=True)
+class ViewParams:
+    """The drawn geometry of one view: what :class:`ViewGeometry` does to the pixels.
+
+    Attributes:
+        crop: ``(top, left, height, width)`` of the IoU crop, ``None`` when the view keeps the whole image.
+        size: ``(height, width)`` of the view after the resize.
+        flip: the view is flipped horizontally.
+    """
+
+    crop: tuple[int, int, int, int] | None
+    size: tuple[int, int]
+    flip: bool
+
+
 class ViewGeometry:
     """The geometric half of a view, on a uint8 (3, H, W) image and plain box tensors: an SSD IoU crop chosen on
     the persons (with probability ``crop_p``; ``None``: no crop step), a shortest-side resize drawn from
@@ -232,6 +249,11 @@ class ViewGeometry:
     Written out because that pipeline's per-call machinery (flattening the sample, wrapping every tensor, for each
     of its transforms) cost 1-2 ms a view on a CPU core, more than the resize of a re-ID canvas itself
     (``benchmarks/bench_data.py``).
+
+    The draws need only the image size and the persons, never the pixels: :meth:`draw_and_move_boxes` gives the
+    view's boxes and its :class:`ViewParams`, and :meth:`apply_to_image` does the pixel work, in the same call
+    (:meth:`__call__`) or later, elsewhere (a re-ID canvas painted in the training step, on the training device:
+    :class:`~.unification.CanvasPlan`).
     """
 
     def __init__(self, min_sizes: Sequence[int], max_size: int | Sequence[int], crop_p: float | None, flip_p: float):
@@ -240,42 +262,67 @@ class ViewGeometry:
         self.crop_p = crop_p
         self.flip_p = flip_p
 
-    def __call__(
-        self, image: torch.Tensor, boxes: torch.Tensor, regions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(image, boxes, regions)`` of the view: the uint8 image, the persons (n, 4) and the ignore regions
-        (k, 4), float32 xyxy on it. A person whose centre the crop leaves out becomes an all-zero box (removed
-        with :func:`kept_persons`, as ``RandomIoUCrop`` leaves it to ``SanitizeBoundingBoxes``); regions are only
-        moved and clipped. Without persons there is no crop step (``RandomIoUCrop`` needs a box)."""
+    def draw_and_move_boxes(
+        self, image_size: tuple[int, int], boxes: torch.Tensor, regions: torch.Tensor
+    ) -> tuple[ViewParams, torch.Tensor, torch.Tensor]:
+        """The view's parameters drawn for an image of ``image_size`` = (height, width), and the persons (n, 4) and
+        the ignore regions (k, 4), float32 xyxy, moved onto the view. A person whose centre the crop leaves out
+        becomes an all-zero box (removed with :func:`kept_persons`, as ``RandomIoUCrop`` leaves it to
+        ``SanitizeBoundingBoxes``); regions are only moved and clipped. Without persons there is no crop step
+        (``RandomIoUCrop`` needs a box)."""
         F = v2.functional
-        height, width = image.shape[-2:]
+        height, width = image_size
         # Persons and regions go through every box kernel together (elementwise: the same values as one by one).
         count = len(boxes)
         both = torch.cat([boxes, regions])
+        crop_rect = None
         if self.crop is not None and count and torch.rand(1) < self.crop_p:
             crop = self.crop.draw_crop(height, width, boxes)
             if crop:
                 top, left, height, width = crop["top"], crop["left"], crop["height"], crop["width"]
-                # Copied to (H, W, 3) order: a crop is a strided view, on which the uint8 resize takes its slow path
-                # (3.5x; the same pixels either way).
-                image = F.crop_image(image, top, left, height, width).permute(1, 2, 0).contiguous().permute(2, 0, 1)
+                crop_rect = (top, left, height, width)
                 both, _ = F.crop_bounding_boxes(both, _XYXY, top, left, height, width, _CLAMPING)
                 both[:count][~crop["is_within_crop_area"]] = 0  # persons only: regions are moved and clipped
         size = self.resize.draw_size(height, width)
-        image = resize(image, size)
         both, _ = F.resize_bounding_boxes(both, (height, width), list(size), format=_XYXY, clamping_mode=_CLAMPING)
-        if torch.rand(1) < self.flip_p:
-            image = F.horizontal_flip_image(image)
+        flip = bool(torch.rand(1) < self.flip_p)
+        if flip:
             both = F.horizontal_flip_bounding_boxes(both, _XYXY, size)
         both = F.clamp_bounding_boxes(both, format=_XYXY, canvas_size=size, clamping_mode=_CLAMPING)
-        boxes, regions = both[:count], both[count:]
-        return image, boxes, regions
+        return ViewParams(crop=crop_rect, size=tuple(size), flip=flip), both[:count], both[count:]
+
+    @staticmethod
+    def apply_to_image(image: torch.Tensor, params: ViewParams) -> torch.Tensor:
+        """The view's pixels: the uint8 (3, H, W) ``image`` cropped, resized and flipped as ``params`` say, on the
+        image's device."""
+        F = v2.functional
+        if params.crop is not None:
+            # Copied to (H, W, 3) order: a crop is a strided view, on which the uint8 resize takes its slow path
+            # (3.5x on a CPU core; the same pixels either way).
+            image = F.crop_image(image, *params.crop).permute(1, 2, 0).contiguous().permute(2, 0, 1)
+        image = resize(image, params.size)
+        return F.horizontal_flip_image(image) if params.flip else image
+
+    def __call__(
+        self, image: torch.Tensor, boxes: torch.Tensor, regions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(image, boxes, regions)`` of the view: the uint8 image, the persons (n, 4) and the ignore regions
+        (k, 4), float32 xyxy on it (see :meth:`draw_and_move_boxes`)."""
+        params, boxes, regions = self.draw_and_move_boxes(tuple(image.shape[-2:]), boxes, regions)
+        return self.apply_to_image(image, params), boxes, regions
 
 
 def _augment(geometry: ViewGeometry, min_box_size: float, image, boxes, person_ids, person_index, ignore_regions):
     """One view: :class:`ViewGeometry`, then the persons smaller than ``min_box_size`` (or cut away by the crop)
-    dropped with their ids and indices, and the regions left without area dropped. uint8 pixels."""
-    tensor = image.as_subclass(torch.Tensor) if isinstance(image, torch.Tensor) else to_image_tensor(image)
+    dropped with their ids and indices, and the regions left without area dropped. uint8 pixels; for a
+    :class:`~.unification.CanvasPlan` no pixels yet: the view carries the plan (``canvas_plan``), its drawn
+    geometry (``view_params``, :class:`ViewParams`) and its ``image_size`` for the training step to paint it."""
+    planned = isinstance(image, CanvasPlan)
+    if planned:
+        image_size = image.size
+    else:
+        image = image.as_subclass(torch.Tensor) if isinstance(image, torch.Tensor) else to_image_tensor(image)
+        image_size = tuple(image.shape[-2:])
     boxes = torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4))
     person_ids = torch.as_tensor(np.asarray(person_ids, np.int64).reshape(-1))
     if person_index is None:
@@ -287,17 +334,19 @@ def _augment(geometry: ViewGeometry, min_box_size: float, image, boxes, person_i
             f"{len(boxes)} boxes, {len(person_ids)} person ids and {len(person_index)} person indices: "
             "they must have the same length"
         )
-    pixels, boxes, regions = geometry(tensor, boxes, _as_regions(ignore_regions))
-    keep = kept_persons(boxes, tuple(pixels.shape[-2:]), min_box_size)
+    params, boxes, regions = geometry.draw_and_move_boxes(image_size, boxes, _as_regions(ignore_regions))
+    keep = kept_persons(boxes, params.size, min_box_size)
     # Clipped to the view; a region wholly outside it is left with no area.
     regions = regions[(regions[:, 2] > regions[:, 0]) & (regions[:, 3] > regions[:, 1])]
-    return {
-        "pixel_values": pixels,
+    view = {
         "boxes": boxes[keep],
         "person_ids": person_ids[keep],
         "person_index": person_index[keep],
         "ignore_regions": regions,
     }
+    if planned:
+        return {"canvas_plan": image, "view_params": params, "image_size": params.size, **view}
+    return {"pixel_values": geometry.apply_to_image(image, params), **view}
 
 
 class TwoViewAugmentation:
@@ -361,8 +410,44 @@ class TwoViewAugmentation:
         return view
 
     def __call__(self, image, boxes, person_ids, person_index=None, ignore_regions=None) -> tuple[dict, dict]:
-        tensor = to_image_tensor(image)
-        return tuple(self._view(tensor, boxes, person_ids, person_index, ignore_regions) for _ in range(2))
+        if isinstance(image, CanvasPlan):
+            if not self.photometric_in_step:
+                raise ValueError(
+                    "a CanvasPlan (a re-ID canvas painted in the training step) needs photometric_in_step=True: its "
+                    "views get their pixels in the step, after the collate"
+                )
+            source = image
+        else:
+            source = to_image_tensor(image)
+        return tuple(self._view(source, boxes, person_ids, person_index, ignore_regions) for _ in range(2))
+
+    def in_step(self, batch: Mapping) -> dict:
+        """The training-step hook (``TrainingData.on_device``): the planned views of the batch painted on its
+        device (:func:`paint_planned_views`), then the photometric augmentation and the normalisation
+        (:meth:`~.photometric.PhotometricAugmentation.__call__`)."""
+        return self.photometric(paint_planned_views(batch))
+
+
+def paint_planned_views(batch: Mapping) -> dict:
+    """A :func:`~.collate.collate_pretrain` batch with its planned views painted: for each ``planned_views`` /
+    ``planned_views_2`` entry ``(index, plan, params)`` the canvas is painted once per sample on the device of
+    the batch's ``pixel_values`` (:meth:`~.unification.CanvasPlan.paint`, from the plan's seed: the same pixels
+    whenever the same batch is painted), the view cut from it (:meth:`ViewGeometry.apply_to_image`) and written
+    into the view's zero area of the uint8 batch. A batch without planned views is returned as it is."""
+    out = dict(batch)
+    canvases = {}
+    for suffix in ("", "_2"):
+        planned = out.pop("planned_views" + suffix, None)
+        if not planned:
+            continue
+        pixel_values = out["pixel_values" + suffix].clone()
+        for index, plan, params in planned:
+            if index not in canvases:  # both views of a sample come from its one canvas
+                canvases[index] = plan.paint(pixel_values.device)
+            height, width = params.size
+            pixel_values[index, :, :height, :width] = ViewGeometry.apply_to_image(canvases[index], params)
+        out["pixel_values" + suffix] = pixel_values
+    return out
 
 
 class SingleViewAugmentation:

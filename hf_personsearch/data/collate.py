@@ -15,6 +15,9 @@ the same index in both views; persons lost by a view's augmentation are absent f
 part to the training step (``TwoViewAugmentation(photometric_in_step=True)``), the views are uint8 and the
 batch also has ``photometric`` and ``photometric_2``: B :class:`~.photometric.PhotometricParams` each, which
 the step's :class:`~.photometric.PhotometricAugmentation` applies (and removes) before the model's forward.
+When re-ID canvases are painted in the step too (``canvas_in_step``), their views' areas are zero and the batch
+has ``planned_views`` / ``planned_views_2``: ``(index, CanvasPlan, ViewParams)`` per such view, which
+:meth:`~.augmentation.TwoViewAugmentation.in_step` paints (and removes) first.
 
 Corrupt images met during training never stop the run: :class:`HybridPretrainDataset` counts the
 image in its :class:`~hf_personsearch.data.errors.SkipCounter` (logging a warning naming it) and
@@ -40,15 +43,24 @@ from .unification import DEFAULT_CANVAS_SIZE, DEFAULT_RATIO_RANGE, unify_record
 logger = logging.getLogger(__name__)
 
 
-def pad_images(images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack (3, h, w) images into (B, 3, H, W) zero-padded at the bottom/right; return the sizes."""
+def pad_images(images: Sequence[torch.Tensor | tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (3, h, w) images into (B, 3, H, W) zero-padded at the bottom/right; return the sizes.
+
+    An entry may be a ``(height, width)`` size instead of an image: its area is left zero, for a view painted
+    later on the training device (a uint8 batch when no entry is an image)."""
     if not images:
         raise ValueError("cannot collate an empty batch (every item was None)")
-    sizes = torch.tensor([tuple(image.shape[-2:]) for image in images], dtype=torch.int64)
+    sizes = torch.tensor(
+        [tuple(image.shape[-2:]) if isinstance(image, torch.Tensor) else tuple(image) for image in images],
+        dtype=torch.int64,
+    )
     height, width = sizes.max(dim=0).values.tolist()
-    batch = images[0].new_zeros((len(images), images[0].shape[0], height, width))
+    tensors = [image for image in images if isinstance(image, torch.Tensor)]
+    dtype = tensors[0].dtype if tensors else torch.uint8
+    batch = torch.zeros((len(images), 3, height, width), dtype=dtype)
     for out, image in zip(batch, images):
-        out[:, : image.shape[-2], : image.shape[-1]].copy_(image)
+        if isinstance(image, torch.Tensor):
+            out[:, : image.shape[-2], : image.shape[-1]].copy_(image)
     return batch, sizes
 
 
@@ -79,10 +91,18 @@ def collate_pretrain(batch: Sequence[dict | None]) -> dict:
     items = [item for item in batch if item is not None]
     out = {}
     for suffix, key in (("", "view1"), ("_2", "view2")):
-        pixel_values, image_sizes = pad_images([item[key]["pixel_values"] for item in items])
+        views = [item[key] for item in items]
+        pixel_values, image_sizes = pad_images([view.get("pixel_values", view.get("image_size")) for view in views])
         out["pixel_values" + suffix] = pixel_values
         out["image_sizes" + suffix] = image_sizes
-        out["labels" + suffix] = [_labels(item[key], with_index=True) for item in items]
+        out["labels" + suffix] = [_labels(view, with_index=True) for view in views]
+        planned = [
+            (index, view["canvas_plan"], view["view_params"])
+            for index, view in enumerate(views)
+            if "canvas_plan" in view
+        ]
+        if planned:
+            out["planned_views" + suffix] = planned
         if "photometric" in items[0][key]:
             out["photometric" + suffix] = [item[key]["photometric"] for item in items]
     out["domain_ids"] = torch.tensor([item["domain_id"] for item in items], dtype=torch.int64)
@@ -115,6 +135,10 @@ class HybridPretrainDataset(Dataset):
         reid_operation / ratio_range / canvas_size: see :func:`~.unification.unify_record`.
         crops_per_canvas: re-ID crops per canvas (1, the paper; more is the throughput option), the
             extra crops drawn at random from the same source.
+        canvas_in_step: re-ID canvases are planned here and painted in the training step
+            (:func:`~.unification.unify_record`; the augmentation must leave its photometric half to the step
+            too, and the step must run :meth:`~.augmentation.TwoViewAugmentation.in_step`). False (default):
+            painted here.
         max_attempts: consecutive unreadable images tolerated before raising (10: a few corrupt files
             are expected in 100k images, ten in a row means the data is broken).
         strict: raise on the first unreadable image instead of skipping it.
@@ -133,6 +157,7 @@ class HybridPretrainDataset(Dataset):
         ratio_range: tuple[float, float] = DEFAULT_RATIO_RANGE,
         canvas_size: tuple[int, int] = DEFAULT_CANVAS_SIZE,
         crops_per_canvas: int = 1,
+        canvas_in_step: bool = False,
         max_attempts: int = 10,
         strict: bool = False,
     ):
@@ -155,6 +180,12 @@ class HybridPretrainDataset(Dataset):
             raise ValueError(f"crops_per_canvas must be >= 1, got {crops_per_canvas}")
         self.identity_space = identity_space
         self.augmentation = augmentation if augmentation is not None else TwoViewAugmentation()
+        if canvas_in_step and not self.augmentation.photometric_in_step:
+            raise ValueError(
+                "canvas_in_step needs TwoViewAugmentation(photometric_in_step=True): the planned views get their "
+                "pixels in the training step, before the photometric half"
+            )
+        self.canvas_in_step = canvas_in_step
         self.reid_operation = reid_operation
         self.ratio_range = ratio_range
         self.canvas_size = canvas_size
@@ -194,6 +225,7 @@ class HybridPretrainDataset(Dataset):
             ratio_range=self.ratio_range,
             canvas_size=self.canvas_size,
             extra_crops=extra,
+            canvas_in_step=self.canvas_in_step,
         )
         view1, view2 = self.augmentation(
             unified["image"],

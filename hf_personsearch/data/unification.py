@@ -19,15 +19,25 @@ The noise is drawn by inverse-CDF sampling from :data:`FILL_NOISE_LEVELS` equipr
 Gaussian (its CDF is matched to 1/65536), which turns the fill into one table look-up per pixel: the
 uint8 colour of each noise level is computed once per canvas. Drawing float noise for a 512 x 512 canvas
 and converting it cost more than decoding, unifying and resizing the crop together.
+
+Painting a canvas and cutting its two views (two resizes of ~700 x 700 px) cost a CPU core 3-4x what decoding the
+crop and resizing it once do (``benchmarks/bench_data.py``). With ``plan_only`` (``canvas_in_step`` in
+pre-training) the worker draws everything random as it would for a painted canvas and returns a
+:class:`CanvasPlan`, which the training step paints on the training device: on a GPU that work costs next to
+nothing. The plan draws one seed in place of the noise, so its samples differ from the painted path's while
+following the same distribution (the same noise table, the same persons' sizes and places).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from PIL import Image
 from scipy.special import ndtri
+from torchvision.transforms.v2 import functional as TF
 
 from ..image_loading import load_image
 from .identity import IdentitySpace, alignment_task
@@ -51,16 +61,28 @@ FILL_NOISE_LEVELS = 2**16
 _FILL_NOISE = (FILL_NOISE_STD * ndtri((np.arange(FILL_NOISE_LEVELS) + 0.5) / FILL_NOISE_LEVELS)).astype(np.float32)
 
 
+FILLS = ("mean_noise", "mean", "zero")
+"""Canvas fills (see the module docstring); "mean_noise" is the default of every operation."""
+
+
+def _check_fill(fill: str) -> None:
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+
+
+def _border_mean(crop: np.ndarray) -> np.ndarray:
+    """(3,) float32 mean colour of the crop's border pixels."""
+    return np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]]).astype(np.float32).mean(axis=0)
+
+
 def fill_canvas(crop: np.ndarray, size: tuple[int, int], fill: str, rng: np.random.Generator) -> np.ndarray:
     """A ``size`` = (height, width) uint8 canvas filled for ``crop`` (H, W, 3) uint8: "mean_noise", "mean" or "zero"
     (see the module docstring); the noise is drawn from ``rng``."""
+    _check_fill(fill)
     height, width = size
     if fill == "zero":
         return np.zeros((height, width, 3), np.uint8)
-    if fill not in ("mean", "mean_noise"):
-        raise ValueError(f"fill must be 'mean_noise', 'mean' or 'zero', got {fill!r}")
-    border = np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]]).astype(np.float32)
-    mean = border.mean(axis=0)
+    mean = _border_mean(crop)
     if fill == "mean":
         return np.broadcast_to(np.clip(mean, 0, 255).astype(np.uint8), (height, width, 3)).copy()
     # The same noise on the three channels (grey noise), truncated to uint8 as a float canvas would be; one channel
@@ -71,6 +93,72 @@ def fill_canvas(crop: np.ndarray, size: tuple[int, int], fill: str, rng: np.rand
     return np.take(colours, rng.integers(0, FILL_NOISE_LEVELS, size=(height, width), dtype=np.uint16), axis=0)
 
 
+@dataclass
+class CanvasPlan:
+    """A re-ID canvas drawn in the data worker, painted later on the training device (:meth:`paint`).
+
+    Attributes:
+        size: (height, width) of the canvas.
+        fill: one of :data:`FILLS`.
+        fill_mean: (3,) float32 mean colour of the (first) crop's border.
+        noise_seed: seed of the fill noise, drawn in place of the noise; None unless ``fill`` is "mean_noise".
+        crops: the crops, (h, w, 3) uint8 each, at their own size.
+        boxes: the place of each crop on the canvas, (4,) float32 xyxy with integer corners, in crop order.
+    """
+
+    size: tuple[int, int]
+    fill: str
+    fill_mean: np.ndarray
+    noise_seed: int | None = None
+    crops: list = field(default_factory=list)
+    boxes: list = field(default_factory=list)
+
+    @classmethod
+    def draw(cls, crop: np.ndarray, size: tuple[int, int], fill: str, rng: np.random.Generator) -> CanvasPlan:
+        """The plan of an empty canvas for ``crop``: :func:`fill_canvas`'s counterpart, one draw of ``rng`` (the
+        noise seed) for "mean_noise", none otherwise."""
+        _check_fill(fill)
+        seed = int(rng.integers(0, 2**62)) if fill == "mean_noise" else None
+        return cls(size=tuple(int(side) for side in size), fill=fill, fill_mean=_border_mean(crop), noise_seed=seed)
+
+    def paint(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """The canvas, uint8 (3, H, W) on ``device`` (default CPU), in (H, W, 3) memory order like
+        :func:`~.augmentation.to_image_tensor`.
+
+        The fill is :func:`fill_canvas`'s: the same colour table of the noise levels (float32 sums truncated to
+        uint8), indexed by a uniform draw of a torch generator on ``device`` seeded with ``noise_seed``, so a plan
+        paints the same canvas every time on a given device. Each crop is resized to its box with torchvision's
+        antialiased bilinear kernel (the painted path resizes with PIL's bilinear filter, which that kernel
+        follows to about a grey level) and pasted."""
+        device = torch.device(device or "cpu")
+        height, width = self.size
+        if self.fill == "zero":
+            canvas = torch.zeros((height, width, 3), dtype=torch.uint8, device=device)
+        else:
+            mean = torch.from_numpy(np.asarray(self.fill_mean, np.float32)).to(device)
+            if self.fill == "mean":
+                canvas = mean.clamp(0, 255).to(torch.uint8).expand(height, width, 3).contiguous()
+            else:
+                noise = torch.from_numpy(_FILL_NOISE).to(device)
+                colours = (noise[:, None] + mean[None, :]).clamp_(0, 255).to(torch.uint8)
+                generator = torch.Generator(device=device).manual_seed(self.noise_seed)
+                levels = torch.randint(0, FILL_NOISE_LEVELS, (height, width), generator=generator, device=device)
+                canvas = colours[levels]
+        canvas = canvas.permute(2, 0, 1)
+        for crop, box in zip(self.crops, self.boxes):
+            left, top, right, bottom = (int(value) for value in box)
+            pixels = torch.from_numpy(np.array(crop, np.uint8, order="C")).to(device).permute(2, 0, 1)  # own memory
+            if (bottom - top, right - left) != tuple(pixels.shape[-2:]):
+                pixels = TF.resize(pixels, [bottom - top, right - left], antialias=True)
+            canvas[:, top:bottom, left:right] = pixels
+        return canvas
+
+
+def _new_canvas(crop: np.ndarray, size: tuple[int, int], fill: str, rng, plan_only: bool):
+    """A filled canvas (ndarray), or with ``plan_only`` its :class:`CanvasPlan`."""
+    return CanvasPlan.draw(crop, size, fill, rng) if plan_only else fill_canvas(crop, size, fill, rng)
+
+
 def _as_array(crop) -> np.ndarray:
     array = np.asarray(load_image(crop, "crop") if isinstance(crop, Image.Image) else crop)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8 or 0 in array.shape[:2]:
@@ -78,16 +166,23 @@ def _as_array(crop) -> np.ndarray:
     return array
 
 
-def _paste(canvas: np.ndarray, crop: np.ndarray, person_size: tuple[int, int], rng, origin=(0, 0), area=None):
-    """Resize ``crop`` to ``person_size`` and paste it at a uniform random position of ``area``."""
-    area_h, area_w = area if area is not None else canvas.shape[:2]
+def _paste(canvas, crop: np.ndarray, person_size: tuple[int, int], rng, origin=(0, 0), area=None):
+    """Resize ``crop`` to ``person_size`` and paste it at a uniform random position of ``area`` of ``canvas`` (an
+    ndarray, or a :class:`CanvasPlan`, which records the crop and its place to paint later)."""
+    planned = isinstance(canvas, CanvasPlan)
+    area_h, area_w = area if area is not None else (canvas.size if planned else canvas.shape[:2])
     person_h, person_w = person_size
     top = origin[0] + int(rng.integers(0, area_h - person_h + 1))
     left = origin[1] + int(rng.integers(0, area_w - person_w + 1))
+    box = np.array([left, top, left + person_w, top + person_h], dtype=np.float32)
+    if planned:
+        canvas.crops.append(crop)
+        canvas.boxes.append(box)
+        return box
     if (person_h, person_w) != crop.shape[:2]:
         crop = np.asarray(Image.fromarray(crop).resize((person_w, person_h), Image.BILINEAR))
     canvas[top : top + person_h, left : left + person_w] = crop
-    return np.array([left, top, left + person_w, top + person_h], dtype=np.float32)
+    return box
 
 
 def _expanded_person_size(crop_hw, out_hw, rng, ratio_range, keep_aspect) -> tuple[int, int]:
@@ -116,7 +211,8 @@ def expand_resize(
     out_size: tuple[int, int] = DEFAULT_CANVAS_SIZE,
     keep_aspect: bool = True,
     fill: str = "mean_noise",
-) -> tuple[np.ndarray, np.ndarray]:
+    plan_only: bool = False,
+) -> tuple[np.ndarray | CanvasPlan, np.ndarray]:
     """The paper's "expand_resize": a crop at a random place of a canvas of random proportions to
     the crop, the canvas resized to ``out_size`` (height, width).
 
@@ -128,10 +224,11 @@ def expand_resize(
     final size and pasted on an ``out_size`` canvas (cheaper, same geometry).
 
     Returns:
-        (canvas (out_h, out_w, 3) uint8, box (4,) float32 xyxy of the person on it).
+        (canvas (out_h, out_w, 3) uint8 or, with ``plan_only``, its :class:`CanvasPlan`; box (4,) float32 xyxy of
+        the person on it).
     """
     array = _as_array(crop)
-    canvas = fill_canvas(array, out_size, fill, rng)
+    canvas = _new_canvas(array, out_size, fill, rng, plan_only)
     person_size = _expanded_person_size(array.shape[:2], out_size, rng, ratio_range, keep_aspect)
     return canvas, _paste(canvas, array, person_size, rng)
 
@@ -142,14 +239,15 @@ def random_paste(
     *,
     canvas_size: tuple[int, int] = DEFAULT_CANVAS_SIZE,
     fill: str = "mean_noise",
-) -> tuple[np.ndarray, np.ndarray]:
+    plan_only: bool = False,
+) -> tuple[np.ndarray | CanvasPlan, np.ndarray]:
     """The Table 4 ablation: paste the crop at its own size at a random place of a fixed canvas.
 
     A crop larger than the canvas is first shrunk (keeping its aspect) to fit. Returns
-    (canvas (h, w, 3) uint8, box (4,) float32 xyxy).
+    (canvas (h, w, 3) uint8 or, with ``plan_only``, its :class:`CanvasPlan`; box (4,) float32 xyxy).
     """
     array = _as_array(crop)
-    canvas = fill_canvas(array, canvas_size, fill, rng)
+    canvas = _new_canvas(array, canvas_size, fill, rng, plan_only)
     crop_h, crop_w = array.shape[:2]
     shrink = min(1.0, canvas_size[0] / crop_h, canvas_size[1] / crop_w)
     person_size = (max(1, int(crop_h * shrink)), max(1, int(crop_w * shrink)))
@@ -164,11 +262,13 @@ def expand_resize_many(
     out_size: tuple[int, int] = DEFAULT_CANVAS_SIZE,
     keep_aspect: bool = True,
     fill: str = "mean_noise",
-) -> tuple[np.ndarray, np.ndarray]:
+    plan_only: bool = False,
+) -> tuple[np.ndarray | CanvasPlan, np.ndarray]:
     """Several crops on one canvas (beyond the paper, for throughput: one image, several persons).
 
     The canvas is split into ``len(crops)`` equal vertical strips and each crop is expand_resized into
-    its own strip, so persons never overlap. Returns (canvas, boxes (k, 4) float32 in crop order).
+    its own strip, so persons never overlap. Returns (canvas or, with ``plan_only``, its :class:`CanvasPlan`;
+    boxes (k, 4) float32 in crop order).
     """
     arrays = [_as_array(c) for c in crops]
     if not arrays:
@@ -176,7 +276,7 @@ def expand_resize_many(
     out_h, out_w = out_size
     if out_w < len(arrays):
         raise ValueError(f"cannot split a canvas {out_w} px wide into {len(arrays)} strips")
-    canvas = fill_canvas(arrays[0], out_size, fill, rng)
+    canvas = _new_canvas(arrays[0], out_size, fill, rng, plan_only)
     edges = np.linspace(0, out_w, len(arrays) + 1).round().astype(int)
     boxes = []
     for array, left, right in zip(arrays, edges[:-1], edges[1:]):
@@ -207,6 +307,7 @@ def unify_record(
     ratio_range: tuple[float, float] = DEFAULT_RATIO_RANGE,
     canvas_size: tuple[int, int] = DEFAULT_CANVAS_SIZE,
     extra_crops: Sequence[tuple[int, dict]] = (),
+    canvas_in_step: bool = False,
 ) -> dict:
     """Turn one record of any source into a unified pre-training sample.
 
@@ -220,9 +321,11 @@ def unify_record(
             both operations).
         extra_crops: ``(record_index, record)`` of more crops of the same re-ID source to place on the
             same canvas (:func:`expand_resize_many`); empty by default (the paper's one crop per canvas).
+        canvas_in_step: a re-ID canvas is returned as its :class:`CanvasPlan` (``image``), painted later in the
+            training step (module docstring); detection images are unaffected.
 
     Returns:
-        ``{"image": (H, W, 3) uint8, "boxes": (n, 4) float32, "person_ids": (n,) int64 global ids,
+        ``{"image": (H, W, 3) uint8 (or a CanvasPlan), "boxes": (n, 4) float32, "person_ids": (n,) int64 global ids,
         "person_index": (n,) int64 index of the person in the source record(s), "ignore_regions": (k, 4)
         float32 xyxy (the record's; a re-ID canvas has none), "domain_id": int,
         "task": the IAM task ("detection" | "reid"), "has_identity": bool (a labeled person is present),
@@ -243,12 +346,16 @@ def unify_record(
         if len(crops) > 1:
             if reid_operation != "expand_resize":
                 raise ValueError("several crops per canvas is only defined for reid_operation='expand_resize'")
-            image, boxes = expand_resize_many(crops, rng, ratio_range=ratio_range, out_size=canvas_size)
+            image, boxes = expand_resize_many(
+                crops, rng, ratio_range=ratio_range, out_size=canvas_size, plan_only=canvas_in_step
+            )
         elif reid_operation == "expand_resize":
-            image, box = expand_resize(image, rng, ratio_range=ratio_range, out_size=canvas_size)
+            image, box = expand_resize(
+                image, rng, ratio_range=ratio_range, out_size=canvas_size, plan_only=canvas_in_step
+            )
             boxes = box[None]
         elif reid_operation == "random_paste":
-            image, box = random_paste(image, rng, canvas_size=canvas_size)
+            image, box = random_paste(image, rng, canvas_size=canvas_size, plan_only=canvas_in_step)
             boxes = box[None]
         else:
             raise ValueError(f"reid_operation must be 'expand_resize' or 'random_paste', got {reid_operation!r}")

@@ -66,6 +66,14 @@ PRETRAIN_DEFAULTS: dict = {
         "reid_operation": "expand_resize",
         "canvas_size": [512, 512],
         "crops_per_canvas": 1,
+        # Where a re-ID canvas is painted and its two views cut (two resizes of ~700 x 700 px for a 512 canvas):
+        # false, in the DataLoader workers; true, in the training step on the training device (only the draws stay
+        # in the workers, hf_personsearch.data.unification.CanvasPlan). On one CPU core the painting and the views
+        # cost 3-4x decoding and resizing the crop (benchmarks/bench_data.py); on a GPU next to nothing, so the
+        # GPU recipes (pretrain_r50/r18/shufflenet.yaml) say true. False here: the embedded default trains on the
+        # CPU, where the step runs on the same cores and the workers work in parallel with it. The fill noise is
+        # drawn from a per-sample seed when true: other samples of the same distribution.
+        "canvas_in_step": False,
         # Two-view augmentation sizes (shortest side drawn from min_sizes, longest <= max_size); None keeps
         # the augmentation's detection defaults (480-800 / 1333).
         "min_sizes": None,

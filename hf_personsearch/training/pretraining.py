@@ -112,6 +112,8 @@ def validate_pretrain_config(config: Mapping) -> None:
         value = config["data"][key]
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
             raise ConfigError(f"data.{key} must be a probability in [0, 1], got {value!r}")
+    if not isinstance(config["data"]["canvas_in_step"], bool):
+        raise ConfigError(f"data.canvas_in_step must be true or false, got {config['data']['canvas_in_step']!r}")
 
     model = dict(config["model"])
     counts = domain_counts(config)

@@ -476,3 +476,56 @@ def test_kept_persons_is_sanitize_bounding_boxes():
         expected = sanitize(image, target)[1]["person_index"]
         keep = kept_persons(boxes, (50, 60), min_size)
         assert torch.equal(torch.arange(400)[keep], expected) and 0 < keep.sum() < 400
+
+
+def _pretrain_item(view1, view2):
+    return {"view1": view1, "view2": view2, "domain_id": 0, "is_reid": False, "has_identity": False, "source": ""}
+
+
+def test_planned_views_are_the_views_of_the_painted_canvas_exactly():
+    """A CanvasPlan through the two views draws what its painted canvas does (same seed: the same boxes, ids,
+    indices, sizes and torch RNG after), and the step paints those views bit for bit, in a batch mixed with
+    ordinary views; the batch then goes through the photometric half as before."""
+    from hf_personsearch.data.augmentation import paint_planned_views
+    from hf_personsearch.data.collate import collate_pretrain
+    from hf_personsearch.data.unification import expand_resize
+
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (64 + 8 * i, 32 + 4 * i, 3), dtype=np.uint8) for i in range(6)]
+    scene, scene_boxes = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8), [[10, 10, 40, 80], [50, 20, 75, 85]]
+    augmentation = TwoViewAugmentation(min_sizes=(48, 64, 96), max_size=160, photometric_in_step=True)
+    for seed, crop in enumerate(crops):
+        plan, box = expand_resize(crop, np.random.default_rng(seed), out_size=(96, 96), plan_only=True)
+        canvas = plan.paint().permute(1, 2, 0).numpy()
+        torch.manual_seed(seed)
+        painted = [augmentation(scene, scene_boxes, [1, 2]), augmentation(canvas, box[None], [7])]
+        after = torch.rand(1)
+        torch.manual_seed(seed)
+        planned = [augmentation(scene, scene_boxes, [1, 2]), augmentation(plan, box[None], [7])]
+        assert torch.rand(1) == after
+        for view, reference in zip(planned[1], painted[1]):
+            assert view["canvas_plan"] is plan and "pixel_values" not in view
+            assert view["image_size"] == tuple(reference["pixel_values"].shape[-2:])
+            for key in ("boxes", "person_ids", "person_index", "ignore_regions", "photometric"):
+                assert view[key] == reference[key] if key == "photometric" else torch.equal(view[key], reference[key])
+        expected = collate_pretrain([_pretrain_item(*views) for views in painted])
+        batch = collate_pretrain([_pretrain_item(*views) for views in planned])
+        assert (
+            [entry[0] for entry in batch["planned_views"]] == [1] == [entry[0] for entry in batch["planned_views_2"]]
+        )
+        assert not batch["pixel_values"][1].any()  # the planned view's area waits for the step
+        out = paint_planned_views(batch)
+        assert "planned_views" not in out and "planned_views_2" not in out
+        for key in ("pixel_values", "pixel_values_2", "image_sizes", "image_sizes_2"):
+            assert torch.equal(out[key], expected[key]), key
+        stepped, reference = augmentation.in_step(batch), augmentation.photometric(expected)
+        assert torch.equal(stepped["pixel_values"], reference["pixel_values"])
+        assert "photometric" not in stepped and "planned_views" not in stepped
+
+
+def test_a_canvas_plan_needs_the_photometric_half_in_the_step():
+    from hf_personsearch.data.unification import expand_resize
+
+    plan, box = expand_resize(np.zeros((8, 4, 3), np.uint8), np.random.default_rng(0), plan_only=True)
+    with pytest.raises(ValueError, match="needs photometric_in_step=True"):
+        TwoViewAugmentation()(plan, box[None], [0])

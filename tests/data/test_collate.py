@@ -195,3 +195,61 @@ def test_ignore_regions_reach_every_labels_dict():
             scene["ignore_regions"], torch.tensor([[0.0, 0.0, width, height]]), atol=1e-3, rtol=0
         )
         assert reid["ignore_regions"].shape == (0, 4)
+
+
+@pytest.mark.parametrize("crops_per_canvas", [1, 2])
+def test_canvas_in_step_plans_reid_items_only_and_the_step_paints_them(crops_per_canvas):
+    """Detection items are the same whether re-ID canvases are painted in the step or not (same seed: same pixels,
+    labels and torch RNG); re-ID items carry their plan, keep their labels' form, and the step gives float views
+    of the planned sizes with zero padding, through a DataLoader worker (the plans cross a process boundary)."""
+    augmentation = TwoViewAugmentation(photometric_in_step=True, **SMALL)
+    options = dict(augmentation=augmentation, canvas_size=(64, 48), crops_per_canvas=crops_per_canvas)
+    painted = HybridPretrainDataset(_sources(), **options)
+    planned = HybridPretrainDataset(_sources(), canvas_in_step=True, **options)
+    keys = [(0, 0), (1, 0), (2, 2), (3, 1), (0, 2)]
+    # One seed per item: a re-ID canvas' persons are placed after its noise (painted) or its noise seed (planned),
+    # so elsewhere, and the IoU crop's trials on them draw from torch's RNG a different number of times.
+    reference, items = [], []
+    for seed, key in enumerate(keys):
+        torch.manual_seed(seed)
+        reference.append(painted[key])
+        torch.manual_seed(seed)
+        items.append(planned[key])
+    for item, expected, (source, _) in zip(items, reference, keys):
+        for view, expected_view in ((item["view1"], expected["view1"]), (item["view2"], expected["view2"])):
+            own = {"canvas_plan", "view_params", "image_size", "pixel_values"}
+            assert view.keys() - own == expected_view.keys() - own
+            if source < 2:  # detection
+                assert torch.equal(view["pixel_values"], expected_view["pixel_values"])
+                for key in ("boxes", "person_ids", "person_index", "ignore_regions"):
+                    assert torch.equal(view[key], expected_view[key])
+            else:
+                assert view["canvas_plan"].size == (64, 48) and len(view["canvas_plan"].crops) == crops_per_canvas
+                assert set(view["person_index"].tolist()) <= set(range(crops_per_canvas))
+    loader = DataLoader([items], batch_size=None, num_workers=1, collate_fn=collate_pretrain)
+    batch = next(iter(loader))
+    assert [index for index, _, _ in batch["planned_views"]] == [2, 3]
+    stepped = augmentation.in_step(batch)
+    assert not {"planned_views", "planned_views_2", "photometric", "photometric_2"} & stepped.keys()
+    for suffix in ("", "_2"):
+        pixel_values, sizes = stepped["pixel_values" + suffix], stepped["image_sizes" + suffix]
+        assert pixel_values.dtype == torch.float32
+        for b, (height, width) in enumerate(sizes.tolist()):
+            assert pixel_values[b, :, :height, :width].abs().sum() > 0
+            assert not pixel_values[b, :, height:].any() and not pixel_values[b, :, :, width:].any()
+
+
+def test_canvas_in_step_needs_the_photometric_half_in_the_step():
+    with pytest.raises(ValueError, match="canvas_in_step needs TwoViewAugmentation"):
+        HybridPretrainDataset(_sources(), canvas_in_step=True)
+
+
+def test_pad_images_leaves_a_planned_view_zero():
+    from hf_personsearch.data.collate import pad_images
+
+    image = torch.full((3, 4, 5), 7, dtype=torch.uint8)
+    batch, sizes = pad_images([(6, 2), image])
+    assert batch.dtype == torch.uint8 and batch.shape == (2, 3, 6, 5) and sizes.tolist() == [[6, 2], [4, 5]]
+    assert not batch[0].any() and (batch[1, :, :4, :5] == 7).all() and not batch[1, :, 4:].any()
+    only_planned, _ = pad_images([(3, 3)])
+    assert only_planned.dtype == torch.uint8 and only_planned.shape == (1, 3, 3, 3)

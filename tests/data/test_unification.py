@@ -1,13 +1,19 @@
+import io
+
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from hf_personsearch.data.identity import IdentitySpace
 from hf_personsearch.data.schema import NO_IDENTITY, make_record
 from hf_personsearch.data.unification import (
+    CanvasPlan,
     expand_resize,
     expand_resize_many,
+    fill_canvas,
     random_paste,
     unify_record,
 )
@@ -276,3 +282,107 @@ def test_fill_is_the_broadcast_formula_exactly():
         levels = np.random.default_rng(seed).integers(0, FILL_NOISE_LEVELS, size=(37, 53), dtype=np.uint16)
         expected = np.take(colours, levels, axis=0)
         assert np.array_equal(fill_canvas(crop, (37, 53), "mean_noise", np.random.default_rng(seed)), expected)
+
+
+def _jpeg(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def _textured_crop(seed, height=256, width=128):
+    small = np.random.default_rng(seed).integers(0, 256, (17, 9, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR))
+
+
+@pytest.mark.parametrize("fill", ["mean", "zero"])
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda crop, rng, **kw: expand_resize(crop, rng, **kw),
+        lambda crop, rng, **kw: random_paste(crop, rng, canvas_size=(200, 300), **kw),
+        lambda crop, rng, **kw: expand_resize_many([crop, crop[::2, ::-1]], rng, out_size=(300, 400), **kw),
+    ],
+    ids=["expand_resize", "random_paste", "expand_resize_many"],
+)
+def test_a_canvas_plan_places_the_persons_as_painting_does_and_paints_the_same_canvas(operation, fill):
+    """Without noise the plan draws exactly what painting draws: the same boxes; painted, the same fill everywhere
+    and the same person up to the resize kernel (torchvision's antialiased bilinear vs PIL's, <= 2 grey levels)."""
+    crop = _textured_crop(0)
+    for seed in range(6):
+        canvas, boxes = operation(crop, np.random.default_rng(seed), fill=fill)
+        plan, plan_boxes = operation(crop, np.random.default_rng(seed), fill=fill, plan_only=True)
+        assert isinstance(plan, CanvasPlan) and np.array_equal(plan_boxes, boxes)
+        painted = plan.paint()
+        assert painted.dtype == torch.uint8 and painted.shape == (3, *canvas.shape[:2])
+        painted = painted.permute(1, 2, 0).numpy()
+        outside = np.ones(canvas.shape[:2], bool)
+        for x1, y1, x2, y2 in np.asarray(boxes).reshape(-1, 4).astype(int):
+            outside[y1:y2, x1:x2] = False
+        assert np.array_equal(painted[outside], canvas[outside])
+        difference = np.abs(painted.astype(int) - canvas.astype(int))
+        assert difference.max() <= 2 and difference.mean() < 0.05
+
+
+def test_a_canvas_plan_paints_the_fill_noise_of_painting_from_its_seed():
+    """The plan's noise: one draw (its seed) in place of the canvas' noise; the same seed paints the same canvas,
+    and the fill follows painting's distribution (the same table of Gaussian levels, the same grey noise)."""
+    crop = _textured_crop(1)
+    size = (512, 512)
+    rng = np.random.default_rng(5)
+    plan = CanvasPlan.draw(crop, size, "mean_noise", rng)
+    assert plan.noise_seed is not None
+    follower = np.random.default_rng(5)
+    follower.integers(0, 2**62)
+    assert rng.integers(0, 2**62) == follower.integers(0, 2**62)  # exactly one draw of the worker's generator
+    again = CanvasPlan.draw(crop, size, "mean_noise", np.random.default_rng(5))
+    first = plan.paint()
+    assert torch.equal(first, again.paint()) and torch.equal(first, plan.paint())
+    other = CanvasPlan.draw(crop, size, "mean_noise", np.random.default_rng(6)).paint()
+    assert not torch.equal(first, other)
+    reference = fill_canvas(crop, size, "mean_noise", np.random.default_rng(0)).astype(np.int64)
+    painted = first.permute(1, 2, 0).numpy().astype(np.int64)
+    for channel in range(3):
+        expected = np.bincount(reference[..., channel].ravel(), minlength=256) / reference[..., 0].size
+        observed = np.bincount(painted[..., channel].ravel(), minlength=256) / painted[..., 0].size
+        # 262,144 pixels per canvas: a level of frequency f has a standard error of sqrt(f / 262144) <= 0.0009.
+        assert np.abs(observed - expected).max() < 0.005
+    np.testing.assert_allclose(painted.mean(axis=(0, 1)), reference.mean(axis=(0, 1)), atol=0.1)
+    np.testing.assert_allclose(painted.std(axis=(0, 1)), reference.std(axis=(0, 1)), atol=0.1)
+    # grey noise: the channels' differences take the same one or two values in both
+    assert set(np.unique(painted[..., 1] - painted[..., 0])) == set(np.unique(reference[..., 1] - reference[..., 0]))
+
+
+def test_unify_record_plans_reid_canvases_only():
+    crop = make_record(
+        image={"bytes": _jpeg(_textured_crop(2)), "path": None},
+        image_id="c0",
+        width=128,
+        height=256,
+        boxes=[[0, 0, 128, 256]],
+        person_ids=[3],
+        source="msmt17",
+        task="reid",
+        split="train",
+    )
+    scene = make_record(
+        image={"bytes": _jpeg(_textured_crop(3, 120, 160)), "path": None},
+        image_id="s0",
+        width=160,
+        height=120,
+        boxes=[[10, 10, 40, 90]],
+        person_ids=[NO_IDENTITY],
+        source="crowdhuman",
+        task="detection",
+        split="train",
+    )
+    space = IdentitySpace.from_records([("crowdhuman", "detection", [scene]), ("msmt17", "reid", [crop])])
+    painted = unify_record(crop, space, 1, 0, np.random.default_rng(0))
+    planned = unify_record(crop, space, 1, 0, np.random.default_rng(0), canvas_in_step=True)
+    assert isinstance(planned["image"], CanvasPlan) and planned["image"].size == (512, 512)
+    assert planned["boxes"].shape == painted["boxes"].shape == (1, 4)
+    assert planned.keys() == painted.keys()
+    for key in ("person_ids", "person_index"):
+        assert np.array_equal(planned[key], painted[key])
+    scene_planned = unify_record(scene, space, 0, 0, np.random.default_rng(0), canvas_in_step=True)
+    assert isinstance(scene_planned["image"], np.ndarray)  # a detection image is decoded as always
