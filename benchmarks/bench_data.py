@@ -9,23 +9,27 @@ the unification and the two augmented views cost over just reading the images.
 The data path is what ``examples/run_pretrain.py`` runs: in the DataLoader worker, decoding, unification
 and the geometric half of the two views (uint8), with the photometric parameters drawn; in the training
 step, the photometric half (the pre-training default: blur only; ``--simsiam_jitter`` adds SimSiam's colour jitter
-and grayscale) and the normalisation, on the batch. Here the
-step's part runs on the CPU too and is counted in the same timing, so the ratio holds for training on
+and grayscale) and the normalisation, on the batch. Re-ID crops are measured twice: ``msmt17``, their canvas
+painted and their two views cut in the worker (``data.canvas_in_step: false``, the CPU default), and
+``msmt17/step``, the worker only drawing the canvas and the views (:class:`~hf_personsearch.data.unification.CanvasPlan`)
+and the step painting them (``data.canvas_in_step: true``, the GPU recipes). Here the
+step's part runs on the CPU too and is counted in the same timing, so the ``full`` column holds for training on
 CPU cores alone; on a GPU that part leaves the cores (see the ``worker`` column).
 
 One thread (torch.set_num_threads(1)), so the numbers are per core: a DataLoader with k workers
 scales them by about k. Columns, all images per second: ``decode``, ``unify`` (decode + unification),
 ``worker`` (+ the geometric half of the two views: what a DataLoader worker does when the step runs on a
-GPU), ``full`` (+ collate and the photometric step on the batch, on this CPU), and ``bound``: decode, for a re-ID
-crop the fill of its 512 x 512 canvas (:func:`~hf_personsearch.data.unification.fill_canvas`: a noise draw per
-pixel), and the two views' resizes (the unified image resized to each view's drawn multi-scale size), nothing
-else: a ceiling on ``worker`` for any implementation that keeps the views' sizes and the canvas' distribution. A
-re-ID crop becomes two views of ~700 x 700 px, each about as many pixels as the floor's one resize (1280 x 640), so
-the resizes alone take about twice the floor's.
+GPU), ``full`` (+ collate and the step's augmentation on the batch, on this CPU), and ``bound``: decode, for a
+re-ID crop the fill of its 512 x 512 canvas (:func:`~hf_personsearch.data.unification.fill_canvas`: a noise draw
+per pixel), and the two views' resizes (the unified image resized to each view's drawn multi-scale size), nothing
+else: a ceiling on ``worker`` for any implementation that keeps the views' sizes and the canvas' distribution in
+the worker (decode alone for ``msmt17/step``). A re-ID crop becomes two views of ~700 x 700 px, each about as many
+pixels as the floor's one resize (1280 x 640), so in the worker the resizes alone take about twice the floor's.
 
-The last line gives the per-core ratio of the worker part (the pipeline's CPU cost when the photometric step
-runs on the training GPU, as ``examples/run_pretrain.py`` does); the line before it, of ``full``, the cost
-when everything runs on CPU cores.
+The last line gives the per-core ratio of the worker part (the pipeline's CPU cost when the step's augmentation
+runs on the training GPU, as the GPU recipes run ``examples/run_pretrain.py``: re-ID crops painted in the step);
+the lines before it, that of crops painted in the workers, and of ``full``, the cost when everything runs on CPU
+cores.
 """
 
 from __future__ import annotations
@@ -177,8 +181,14 @@ def main() -> None:
     )
     header = ["baseline", "decode", "unify", "worker", "bound", "full", "ratio", "cpu-only"]
     print(f"{'source':<12}" + "".join(f"{name:>10}" for name in header))
+    (_, _, scenes), (_, _, crops) = sources
+    rows = [  # label, source index, task, records, canvas_in_step
+        ("crowdhuman", 0, "detection", scenes, False),
+        ("msmt17", 1, "reid", crops, False),
+        ("msmt17/step", 1, "reid", crops, True),
+    ]
     ratios, bounds, cpu_only = {}, {}, {}
-    for source_index, (name, task, records) in enumerate(sources):
+    for label, source_index, task, records, canvas_in_step in rows:
 
         def baseline(index, record):
             resize(to_image_tensor(load_image(record["image"])))
@@ -186,10 +196,10 @@ def main() -> None:
         def decode(index, record):
             load_image(record["image"])
 
-        def unify(index, record, source_index=source_index):
-            return unify_record(record, space, source_index, index, rng)
+        def unify(index, record, source_index=source_index, canvas_in_step=canvas_in_step):
+            return unify_record(record, space, source_index, index, rng, canvas_in_step=canvas_in_step)
 
-        def worker(index, record):
+        def worker(index, record, unify=unify):
             unified = unify(index, record)
             view1, view2 = augmentation(
                 unified["image"], unified["boxes"], unified["person_ids"], unified["person_index"]
@@ -204,20 +214,24 @@ def main() -> None:
             }
 
         def step(items):
-            augmentation.photometric(collate_pretrain(items))
+            augmentation.in_step(collate_pretrain(items))
 
         # The bound's inputs, prepared untimed: each record's unified image and its two views' drawn sizes.
         unified_images, view_sizes = [], []
         for index, record in enumerate(records):
-            image = to_image_tensor(unify(index, record)["image"])
+            image = to_image_tensor(unify_record(record, space, source_index, index, rng)["image"])
             height, width = image.shape[-2:]
             unified_images.append(image)
             view_sizes.append(
                 [resized_size(height, width, int(rng.choice(PRETRAIN_MIN_SIZES)), PRETRAIN_MAX_SIZE) for _ in range(2)]
             )
 
-        def bound(index, record, unified_images=unified_images, view_sizes=view_sizes, task=task):
+        def bound(
+            index, record, unified_images=unified_images, view_sizes=view_sizes, task=task, deferred=canvas_in_step
+        ):
             crop = load_image(record["image"])
+            if deferred:  # the canvas and its views are the step's: the worker decodes
+                return
             if task == "reid":
                 fill_canvas(np.asarray(crop), DEFAULT_CANVAS_SIZE, "mean_noise", rng)
             for size in view_sizes[index]:
@@ -236,11 +250,11 @@ def main() -> None:
                 args.repeats,
             ).values()
         )
-        ratios[name], bounds[name], cpu_only[name] = (rate / rates[0] for rate in rates[3:])
+        ratios[label], bounds[label], cpu_only[label] = (rate / rates[0] for rate in rates[3:])
         print(
-            f"{name:<12}"
+            f"{label:<12}"
             + "".join(f"{rate:>10.1f}" for rate in rates)
-            + f"{ratios[name]:>10.2f}{cpu_only[name]:>10.2f}"
+            + f"{ratios[label]:>10.2f}{cpu_only[label]:>10.2f}"
         )
     print(
         f"ceiling of the worker ratio (decode, a crop's canvas fill, the two view resizes): "
@@ -248,10 +262,11 @@ def main() -> None:
         f"crops {bounds['msmt17']:.2f}"
     )
     print(
-        f"on CPU cores alone (photometric step included): scenes {cpu_only['crowdhuman']:.2f}, "
-        f"crops {cpu_only['msmt17']:.2f}"
+        f"on CPU cores alone (the step's augmentation included): scenes {cpu_only['crowdhuman']:.2f}, "
+        f"crops {cpu_only['msmt17']:.2f}, crops painted in the step {cpu_only['msmt17/step']:.2f}"
     )
-    print(f"ratio to the decode floor: scenes {ratios['crowdhuman']:.2f}, crops {ratios['msmt17']:.2f}")
+    print(f"crops painted in the workers (data.canvas_in_step false, the CPU default): {ratios['msmt17']:.2f}")
+    print(f"ratio to the decode floor: scenes {ratios['crowdhuman']:.2f}, crops {ratios['msmt17/step']:.2f}")
 
 
 if __name__ == "__main__":

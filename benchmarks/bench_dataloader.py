@@ -6,17 +6,18 @@ Data: the five sub-task datasets of the paper's recipe written by ``hf_personsea
 real raw formats (CrowdHuman scenes 1200 x 800, EuroCity Persons 1920 x 1024, MSMT17 / CUHK03 / LUPerson
 crops) and read back by the real parsers. The loader is the training loop's own: HybridSampler with equal
 mixing weights, per-sample seeds (SeededSampleStream), collate_pretrain, the two-view augmentation with its
-photometric half left to the step, as ``examples/run_pretrain.py`` runs it.
+photometric half left to the step, as ``examples/run_pretrain.py`` runs it, and the re-ID canvases painted in the
+step too when ``--config`` says ``data.canvas_in_step: true`` (the GPU recipes: the default config does).
 
 Rows: the DataLoader with 0, 1 and 2 workers (persistent workers; pinned memory when a GPU is present),
 images per second (an image is its two views) over ``--batches`` batches after the first one (worker
-start-up excluded); then the step's photometric half run on this CPU on the same batches (what a CPU-only
+start-up excluded); then the step's augmentation (canvas painting, photometric half) run on this CPU on the same batches (what a CPU-only
 run adds to the step); then the model's consumption: train steps (forward, backward, SGD) of the
 pre-training model of ``--config`` (default: the paper's ResNet-50 recipe, random weights) on the first
 ``--model_batch_size`` images of this loader's batches, images per second.
 
 On a GPU (``--device cuda``, the default when one is present) the model step is the training loop's: the
-batch is moved to the GPU (``move_to_device``), the photometric half runs there, forward and backward run
+batch is moved to the GPU (``move_to_device``), the step's augmentation runs there, forward and backward run
 under the config's ``training.mixed_precision`` autocast, and the whole batch (``--model_batch_size``
 defaults to ``--batch_size`` there) is timed with the GPU synchronised; the peak GPU memory is printed, and
 the last line says how many workers per GPU keep up: model img/s / the best per-worker loader rate. Every
@@ -25,7 +26,7 @@ cuDNN's algorithm choice, so the same batches are then run again (shapes seen be
 long run) with the GPU synchronised after each part of the step, which splits the step's time.
 
 Everything else runs on one thread per process (torch.set_num_threads(1), as DataLoader workers do), so
-each figure is per core: the main process's rows (0 workers, the photometric step, the CPU model step) use
+each figure is per core: the main process's rows (0 workers, the augmentation step, the CPU model step) use
 one core, a loader with k workers k cores.
 
 Without the ``datasets`` package (e.g. a bare GPU image) the sources are the parsers' record lists instead
@@ -100,8 +101,11 @@ def loader_for(dataset, sampler, batch_size: int, workers: int) -> DataLoader:
 
 
 def _first_images(batch: dict, count: int) -> dict:
-    """The first ``count`` images of a collated pre-training batch (both views, labels and flags)."""
-    return {key: value[:count] for key, value in batch.items()}
+    """The first ``count`` images of a collated pre-training batch (both views, labels, flags and planned views)."""
+    return {
+        key: [entry for entry in value if entry[0] < count] if key.startswith("planned_views") else value[:count]
+        for key, value in batch.items()
+    }
 
 
 def main() -> None:
@@ -135,17 +139,21 @@ def main() -> None:
     if datasets is not None:
         datasets.disable_progress_bars()
 
+    config = yaml.safe_load(args.config.read_text())
+    canvas_in_step = bool(
+        (config.get("data") or {}).get("canvas_in_step", PRETRAIN_DEFAULTS["data"]["canvas_in_step"])
+    )
     with tempfile.TemporaryDirectory() as tmp:
         sources = load_sources(Path(tmp))
         photometric = photometric_options(PRETRAIN_DEFAULTS["data"])  # what run_pretrain.py uses by default
         augmentation = TwoViewAugmentation(**photometric, photometric_in_step=True)
-        dataset = HybridPretrainDataset(sources, augmentation=augmentation)
+        dataset = HybridPretrainDataset(sources, augmentation=augmentation, canvas_in_step=canvas_in_step)
         space = dataset.identity_space
         sampler = HybridSampler(dataset.source_sizes, [1.0] * len(sources), seed=0)
         kind = "Arrow datasets" if datasets is not None else "parsed record lists (no `datasets` package)"
         print(f"sources ({kind}): {', '.join(f'{name} {len(data)}' for name, _, data in sources)}")
         print(f"batches of {args.batch_size} images (two views each); pinned memory: {torch.cuda.is_available()}")
-        print(f"photometric probabilities: {photometric}")
+        print(f"photometric probabilities: {photometric}; re-ID canvases painted in the step: {canvas_in_step}")
         print(f"{'data loader':<34}{'img/s':>10}")
         batches = []
         best_rate_per_worker = 0.0
@@ -162,11 +170,10 @@ def main() -> None:
             del iterator
 
         start = time.perf_counter()
-        stepped = [augmentation.photometric(batch) for batch in batches]
+        stepped = [augmentation.in_step(batch) for batch in batches]
         rate = len(batches) * args.batch_size / (time.perf_counter() - start)
-        print(f"{'photometric step on the CPU':<34}{rate:>10.1f}")
+        print(f"{'augmentation step on the CPU':<34}{rate:>10.1f}")
 
-        config = yaml.safe_load(args.config.read_text())
         model_section = config["model"]
         model = PersonSearchPretrainModel(build_pretrain_model_config(model_section, space)).to(device).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
@@ -192,11 +199,11 @@ def main() -> None:
                     marks.append(time.perf_counter())
                     parts[name] = parts.get(name, 0.0) + marks[-1] - marks[-2]
 
-            if device.type == "cuda":  # the training loop's step: to the GPU, photometric half there
+            if device.type == "cuda":  # the training loop's step: to the GPU, the step's augmentation there
                 batch = move_to_device(batch, device)
                 mark("copy to the GPU")
-                batch = augmentation.photometric(batch)
-                mark("photometric step")
+                batch = augmentation.in_step(batch)
+                mark("augmentation step")
             inputs = {key: value for key, value in batch.items() if key not in ("sources", "sample_keys")}
             with autocast():
                 loss = model(**inputs).loss

@@ -1,5 +1,6 @@
-"""benchmarks/bench_dataloader.py: the whole pre-training DataLoader, the photometric step and a model step run, on
-Arrow datasets and, without the ``datasets`` package (a bare GPU image), on the parsers' record lists."""
+"""benchmarks/bench_dataloader.py: the whole pre-training DataLoader, the step's augmentation and a model step run, on
+Arrow datasets and, without the ``datasets`` package (a bare GPU image), on the parsers' record lists, with the re-ID
+canvases painted in the workers and in the step."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 @pytest.mark.parametrize("with_datasets", [True, False])
 def test_every_row_is_printed(tmp_path, with_datasets):
     config = tmp_path / "model.yaml"
-    config.write_text(TINY_MODEL)
+    canvas_in_step = not with_datasets  # each case covers one of the two places the canvases are painted
+    config.write_text(TINY_MODEL + f"data: {{canvas_in_step: {str(canvas_in_step).lower()}}}\n")
     arguments = [str(SCRIPT), "--batches", "3", "--workers", "0", "1", "--model_steps", "1", "--config", str(config)]
     arguments += ["--device", "cpu", "--model_batch_size", "1"]
     command = [sys.executable, *arguments] if with_datasets else [sys.executable, "-c", WITHOUT_DATASETS, *arguments]
@@ -42,12 +44,13 @@ def test_every_row_is_printed(tmp_path, with_datasets):
     assert lines[0].startswith(f"sources ({kind}"), lines[0]
     assert "crowdhuman 24" in lines[0] and "luperson 40" in lines[0]
     assert "'color_jitter_p': 0.0" in result.stdout  # the pre-training default augmentation
-    rows = [line for line in lines if line[:1].isdigit() or line.startswith(("photometric step", "model train step"))]
+    assert f"re-ID canvases painted in the step: {canvas_in_step}" in result.stdout
+    rows = [line for line in lines if line[:1].isdigit() or line.startswith(("augmentation step", "model train step"))]
     rates = {label.strip(): float(rate) for label, rate in (line.rsplit(maxsplit=1) for line in rows)}
     assert set(rates) == {
         "0 worker(s) (main process)",
         "1 worker(s), persistent",
-        "photometric step on the CPU",
+        "augmentation step on the CPU",
         "model train step (test_resnet, CPU)",
     }
     assert all(rate > 0 for rate in rates.values())

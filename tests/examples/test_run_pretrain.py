@@ -18,6 +18,7 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
+from hf_personsearch.data.unification import CanvasPlan
 from tests.support.fake_hub import FakeHub
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +47,13 @@ def losses(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "loss_log.jsonl").read_text().splitlines()]
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("canvas_in_step", [False, True])
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, monkeypatch, canvas_in_step):
+    """Also with the re-ID canvases painted in the training step (the GPU recipes' data.canvas_in_step): the plans
+    drawn in the workers and painted from their seeds in the step resume exactly too."""
+    painted = []
+    paint = CanvasPlan.paint
+    monkeypatch.setattr(CanvasPlan, "paint", lambda plan, device=None: painted.append(device) or paint(plan, device))
     script = load_script()
     base = [
         "--config",
@@ -55,6 +62,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
         "4",
         "-o",
         "checkpointing.every=2",
+        "-o",
+        f"data.canvas_in_step={str(canvas_in_step).lower()}",
         *sum((["-o", o] for o in TINY), []),
     ]
     assert script.main([*base, "--output_dir", str(tmp_path / "straight")]) == 0
@@ -63,6 +72,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     assert not (interrupted / "pretrain_model").exists()  # a stopped session exports nothing
     assert script.main([*base, "--output_dir", str(interrupted), "--resume_from_checkpoint", "latest"]) == 0
 
+    assert bool(painted) == canvas_in_step  # the step painted the canvases, or the workers did
     straight, resumed = losses(tmp_path / "straight"), losses(interrupted)
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     assert resumed == straight  # every loss term and lr, bit for bit
@@ -100,6 +110,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
         (["model.person_search.backbone_name=resnet50"], "model.person_search: unknown keys ['backbone_name']"),
         (["model_init.backbone_weights=/nonexistent/r50.pth"], "is neither a file nor a timm tag"),
         (["data.grayscale_p=1.5"], "data.grayscale_p must be a probability in [0, 1], got 1.5"),
+        (["data.canvas_in_step=gpu"], "data.canvas_in_step must be true or false, got 'gpu'"),
     ],
 )
 def test_bad_input_is_reported_before_any_compute(tmp_path, capsys, overrides, message):

@@ -81,6 +81,13 @@ def test_paper_recipes_pretrain_on_luperson30k():
         assert luperson["max_images"] == 30000 and luperson["subset_seed"] == 0, recipe
 
 
+def test_gpu_recipes_paint_reid_canvases_in_the_step_and_the_cpu_default_in_the_workers():
+    for recipe in ("pretrain_r50", "pretrain_r18", "pretrain_shufflenet"):
+        data = yaml.safe_load((ROOT / "examples" / "configs" / f"{recipe}.yaml").read_text())["data"]
+        assert data["canvas_in_step"] is True, recipe
+    assert PRETRAIN_DEFAULTS["data"]["canvas_in_step"] is False
+
+
 def test_pretrained_model_must_be_a_saved_folder_and_excludes_backbone_weights(tmp_path):
     config = copy.deepcopy(PRETRAIN_DEFAULTS)
     config["model_init"]["pretrained_model"] = str(tmp_path)
