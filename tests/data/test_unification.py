@@ -1,5 +1,3 @@
-import io
-
 import numpy as np
 import pytest
 import torch
@@ -284,12 +282,6 @@ def test_fill_is_the_broadcast_formula_exactly():
         assert np.array_equal(fill_canvas(crop, (37, 53), "mean_noise", np.random.default_rng(seed)), expected)
 
 
-def _jpeg(array):
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
-
-
 def _textured_crop(seed, height=256, width=128):
     small = np.random.default_rng(seed).integers(0, 256, (17, 9, 3), dtype=np.uint8)
     return np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR))
@@ -354,28 +346,8 @@ def test_a_canvas_plan_paints_the_fill_noise_of_painting_from_its_seed():
 
 
 def test_unify_record_plans_reid_canvases_only():
-    crop = make_record(
-        image={"bytes": _jpeg(_textured_crop(2)), "path": None},
-        image_id="c0",
-        width=128,
-        height=256,
-        boxes=[[0, 0, 128, 256]],
-        person_ids=[3],
-        source="msmt17",
-        task="reid",
-        split="train",
-    )
-    scene = make_record(
-        image={"bytes": _jpeg(_textured_crop(3, 120, 160)), "path": None},
-        image_id="s0",
-        width=160,
-        height=120,
-        boxes=[[10, 10, 40, 90]],
-        person_ids=[NO_IDENTITY],
-        source="crowdhuman",
-        task="detection",
-        split="train",
-    )
+    crop = _crop_record(3, (200, 30, 90), 0)
+    scene = {**_crop_record(NO_IDENTITY, (90, 90, 90), 1), "source": "crowdhuman", "task": "detection"}
     space = IdentitySpace.from_records([("crowdhuman", "detection", [scene]), ("msmt17", "reid", [crop])])
     painted = unify_record(crop, space, 1, 0, np.random.default_rng(0))
     planned = unify_record(crop, space, 1, 0, np.random.default_rng(0), canvas_in_step=True)
