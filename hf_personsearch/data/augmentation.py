@@ -373,7 +373,9 @@ class TwoViewAugmentation:
     Call with ``(image, boxes, person_ids, person_index=None, ignore_regions=None)``; returns two dicts
     with ``pixel_values`` float32 (3, H, W) normalised (uint8 with ``photometric_in_step``), ``boxes`` float32
     (n, 4) xyxy on that view, ``person_ids`` int64 (n,), ``person_index`` int64 (n,) and ``ignore_regions``
-    float32 (k, 4) xyxy on that view (see the module docstring).
+    float32 (k, 4) xyxy on that view (see the module docstring). ``image`` may be a
+    :class:`~.unification.CanvasPlan` (``photometric_in_step`` only): the views then carry the plan, their drawn
+    :class:`ViewParams` and their ``image_size`` instead of ``pixel_values``, and :meth:`in_step` paints them.
     """
 
     def __init__(
