@@ -27,8 +27,6 @@ def test_bench_data_prints_the_stages_and_ends_with_the_ratio_line(monkeypatch, 
         # The bound (decode + the two view resizes; decode alone when the step paints) is a part of the worker's work.
         assert bound > worker and (decode > bound or name == "msmt17/step")
         assert abs(ratio - worker / baseline) < 0.01 and abs(cpu_only - full / baseline) < 0.01
-    # Painting a crop's canvas in the step takes the fill and the two views' resizes off the worker.
-    assert rows["msmt17/step"][3] > 2 * rows["msmt17"][3]
     ceiling = re.fullmatch(r"ceiling of the worker ratio \(.*\): scenes (\d+\.\d\d), crops (\d+\.\d\d)", lines[-4])
     assert ceiling and float(ceiling[1]) > rows["crowdhuman"][-2] and float(ceiling[2]) > rows["msmt17"][-2]
     cpu = re.fullmatch(
