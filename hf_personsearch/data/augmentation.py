@@ -3,12 +3,12 @@
 The paper applies "two data augmentations to each image, resulting in two different views" and
 trains the contrastive loss on the persons seen in both. Each view is the torchvision ``transforms.v2``
 pipeline IoU crop -> shortest-side resize -> flip -> clamp -> sanitize over a ``tv_tensors.Image`` and
-``tv_tensors.BoundingBoxes``, written out with torchvision's kernels on plain tensors (:class:`ViewGeometry`, bit
-for bit the pipeline, draw for draw, at a fraction of its per-call cost), so boxes follow every geometric change;
-the person ids and the ``person_index`` (position of the person in the unified record) are sanitized together with
-the boxes, so the three stay in correspondence. A person
-whose box is lost in a view (cropped out, or shrunk below ``min_box_size``) is dropped from that
-view only; the model matches the two views by ``person_index``.
+``tv_tensors.BoundingBoxes``, written out with torchvision's image kernels on plain tensors and its box arithmetic on
+numpy arrays (:class:`ViewGeometry`, bit for bit the pipeline, draw for draw, at a fraction of its per-call cost), so
+boxes follow every geometric change; the person ids and the ``person_index`` (position of the person in the unified
+record) are sanitized together with the boxes, so the three stay in correspondence. A person whose box is lost
+in a view (cropped out, or shrunk below ``min_box_size``) is dropped from that view only; the model matches the two
+views by ``person_index``.
 
 Ignore regions (crowds, depictions: areas whose persons are not annotated) ride along as boxes of their
 own (:class:`IgnoreRegions`): flip, resize and crop move them exactly as person boxes, they are clipped to
@@ -199,11 +199,22 @@ def to_image_tensor(image) -> torch.Tensor:
 def kept_persons(boxes: torch.Tensor, canvas_size: tuple[int, int], min_size: float) -> torch.Tensor:
     """(n,) bool: the persons of a view that are kept, those whose box (n, 4) xyxy is at least ``min_size`` wide
     and high, ``min_size ** 2`` in area and inside the ``canvas_size`` = (height, width) view: torchvision's
-    ``SanitizeBoundingBoxes(min_size=min_size, min_area=min_size ** 2)`` rule (tested against it)."""
-    widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    keep = (widths >= min_size) & (heights >= min_size) & (boxes >= 0).all(dim=-1) & (widths * heights >= min_size**2)
+    ``SanitizeBoundingBoxes(min_size=min_size, min_area=min_size ** 2)`` rule (tested against it). In numpy: a
+    handful of boxes costs a torch call more than its arithmetic (a fifth of a re-ID view's draws)."""
+    array = boxes.numpy() if isinstance(boxes, torch.Tensor) else np.asarray(boxes, np.float32)
+    widths, heights = array[:, 2] - array[:, 0], array[:, 3] - array[:, 1]
+    keep = (widths >= min_size) & (heights >= min_size) & (array >= 0).all(axis=-1) & (widths * heights >= min_size**2)
     height, width = canvas_size
-    return keep & (boxes[:, 0::2] <= width).all(dim=-1) & (boxes[:, 1::2] <= height).all(dim=-1)
+    keep &= (array[:, 0::2] <= width).all(axis=-1) & (array[:, 1::2] <= height).all(axis=-1)
+    return torch.from_numpy(keep)
+
+
+def _clamp_boxes(boxes: np.ndarray, canvas_size: tuple[int, int]) -> None:
+    """In place: xyxy ``boxes`` clipped to the ``canvas_size`` = (height, width) canvas, ``clamp_bounding_boxes``'
+    two ``clamp_`` calls on a float32 array."""
+    height, width = canvas_size
+    np.clip(boxes[:, 0::2], 0, width, out=boxes[:, 0::2])
+    np.clip(boxes[:, 1::2], 0, height, out=boxes[:, 1::2])
 
 
 def _as_regions(ignore_regions) -> torch.Tensor:
@@ -213,12 +224,6 @@ def _as_regions(ignore_regions) -> torch.Tensor:
     if regions.size and (regions.ndim != 2 or regions.shape[1] != 4):
         raise ValueError(f"ignore_regions must be a (k, 4) xyxy array, got shape {regions.shape}")
     return torch.as_tensor(regions.reshape(-1, 4))
-
-
-_XYXY = tv_tensors.BoundingBoxFormat.XYXY
-_CLAMPING = "soft"
-"""``tv_tensors.BoundingBoxes``' default clamping mode, the one the transforms.v2 pipeline would use (for
-axis-aligned boxes "soft" and "hard" are the same clip)."""
 
 
 @dataclass(frozen=True)
@@ -245,7 +250,8 @@ class ViewGeometry:
     ``RandomHorizontalFlip(flip_p)`` -> ``ClampBoundingBoxes()`` on a ``tv_tensors.Image``, persons as
     ``BoundingBoxes`` and ignore regions as :class:`IgnoreRegions`, bit for bit and draw for draw from torch's
     RNG (tested against it): the same parameter draws (:meth:`PersonIoUCrop.draw_crop`,
-    :meth:`ShortestSideResize.draw_size`, ``torch.rand(1)`` per random application) and torchvision's own kernels.
+    :meth:`ShortestSideResize.draw_size`, ``torch.rand(1)`` per random application), torchvision's own image kernels
+    and its box kernels' arithmetic.
     Written out because that pipeline's per-call machinery (flattening the sample, wrapping every tensor, for each
     of its transforms) cost 1-2 ms a view on a CPU core, more than the resize of a re-ID canvas itself
     (``benchmarks/bench_data.py``).
@@ -270,26 +276,32 @@ class ViewGeometry:
         becomes an all-zero box (removed with :func:`kept_persons`, as ``RandomIoUCrop`` leaves it to
         ``SanitizeBoundingBoxes``); regions are only moved and clipped. Without persons there is no crop step
         (``RandomIoUCrop`` needs a box)."""
-        F = v2.functional
         height, width = image_size
-        # Persons and regions go through every box kernel together (elementwise: the same values as one by one).
+        # Persons and regions go through every box operation together (elementwise: the same values as one by one),
+        # in numpy: torchvision's box kernels (crop_bounding_boxes, resize_bounding_boxes,
+        # horizontal_flip_bounding_boxes, clamp_bounding_boxes) with their float32 arithmetic, step for step, without
+        # their per-call cost (about half of a re-ID view's draws on a CPU core). Tested bit for bit against them.
         count = len(boxes)
-        both = torch.cat([boxes, regions])
+        both = np.concatenate([boxes.numpy(), regions.numpy()]).astype(np.float32).reshape(-1, 4)
         crop_rect = None
         if self.crop is not None and count and torch.rand(1) < self.crop_p:
             crop = self.crop.draw_crop(height, width, boxes)
             if crop:
                 top, left, height, width = crop["top"], crop["left"], crop["height"], crop["width"]
                 crop_rect = (top, left, height, width)
-                both, _ = F.crop_bounding_boxes(both, _XYXY, top, left, height, width, _CLAMPING)
-                both[:count][~crop["is_within_crop_area"]] = 0  # persons only: regions are moved and clipped
+                both -= np.array([left, top, left, top], np.float32)
+                _clamp_boxes(both, (height, width))
+                both[:count][~crop["is_within_crop_area"].numpy()] = 0  # persons only: regions are moved and clipped
         size = self.resize.draw_size(height, width)
-        both, _ = F.resize_bounding_boxes(both, (height, width), list(size), format=_XYXY, clamping_mode=_CLAMPING)
+        if size != (height, width):
+            width_ratio, height_ratio = size[1] / width, size[0] / height
+            both *= np.array([width_ratio, height_ratio, width_ratio, height_ratio], np.float32)
         flip = bool(torch.rand(1) < self.flip_p)
         if flip:
-            both = F.horizontal_flip_bounding_boxes(both, _XYXY, size)
-        both = F.clamp_bounding_boxes(both, format=_XYXY, canvas_size=size, clamping_mode=_CLAMPING)
-        return ViewParams(crop=crop_rect, size=tuple(size), flip=flip), both[:count], both[count:]
+            both[:, [2, 0]] = -(both[:, [0, 2]] - np.float32(size[1]))
+        _clamp_boxes(both, size)
+        moved = torch.from_numpy(both)
+        return ViewParams(crop=crop_rect, size=tuple(size), flip=flip), moved[:count], moved[count:]
 
     @staticmethod
     def apply_to_image(image: torch.Tensor, params: ViewParams) -> torch.Tensor:
