@@ -200,7 +200,7 @@ def kept_persons(boxes: torch.Tensor, canvas_size: tuple[int, int], min_size: fl
     """(n,) bool: the persons of a view that are kept, those whose box (n, 4) xyxy is at least ``min_size`` wide
     and high, ``min_size ** 2`` in area and inside the ``canvas_size`` = (height, width) view: torchvision's
     ``SanitizeBoundingBoxes(min_size=min_size, min_area=min_size ** 2)`` rule (tested against it). In numpy: a
-    handful of boxes costs a torch call more than its arithmetic (a fifth of a re-ID view's draws)."""
+    handful of boxes costs a torch call more than its arithmetic (in torch, 14% of a re-ID view's draws)."""
     array = boxes.numpy() if isinstance(boxes, torch.Tensor) else np.asarray(boxes, np.float32)
     widths, heights = array[:, 2] - array[:, 0], array[:, 3] - array[:, 1]
     keep = (widths >= min_size) & (heights >= min_size) & (array >= 0).all(axis=-1) & (widths * heights >= min_size**2)
@@ -280,7 +280,7 @@ class ViewGeometry:
         # Persons and regions go through every box operation together (elementwise: the same values as one by one),
         # in numpy: torchvision's box kernels (crop_bounding_boxes, resize_bounding_boxes,
         # horizontal_flip_bounding_boxes, clamp_bounding_boxes) with their float32 arithmetic, step for step, without
-        # their per-call cost (about half of a re-ID view's draws on a CPU core). Tested bit for bit against them.
+        # their per-call cost (a quarter of a re-ID view's draws on a CPU core, profiled). Tested bit for bit against them.
         count = len(boxes)
         both = np.concatenate([boxes.numpy(), regions.numpy()]).astype(np.float32).reshape(-1, 4)
         crop_rect = None
