@@ -408,9 +408,16 @@ RESUME_NEUTRAL_KEYS = frozenset(
 not what it computes."""
 
 
+KEYS_ADDED_SINCE = {"data.canvas_in_step": False}
+"""Config keys added after checkpoints began to save their config, each with the value the runs before it computed
+with: a checkpoint that lacks such a key was made at that value (no warning when a resume keeps it)."""
+
+
 def config_changes(saved: Mapping[str, object], current: Mapping[str, object]) -> list[str]:
     """``"key: saved -> current"`` for each flattened config key whose value differs (a key only one side has
-    counts as ``missing``), :data:`RESUME_NEUTRAL_KEYS` left out, in key order."""
+    counts as ``missing``, unless it is in :data:`KEYS_ADDED_SINCE`), :data:`RESUME_NEUTRAL_KEYS` left out, in key
+    order."""
+    saved = {**{key: value for key, value in KEYS_ADDED_SINCE.items() if key in current}, **saved}
     missing = "missing"
     return [
         f"{key}: {saved.get(key, missing)} -> {current.get(key, missing)}"

@@ -328,3 +328,14 @@ def test_resume_with_other_settings_says_which_and_neutral_ones_are_quiet(tmp_pa
         "settings other than the checkpoint's run: optimizer.lr: 0.01 -> 0.02; optimizer.momentum: missing -> 0.5"
         in (caplog.text)
     )
+
+
+def test_a_key_added_since_the_checkpoint_is_no_change_at_the_value_older_runs_used():
+    from hf_personsearch.training.loop import config_changes
+
+    saved = {"optimizer.lr": 0.01}  # a checkpoint from before data.canvas_in_step existed
+    assert config_changes(saved, {"optimizer.lr": 0.01, "data.canvas_in_step": False}) == []
+    assert config_changes(saved, {"optimizer.lr": 0.01, "data.canvas_in_step": True}) == [
+        "data.canvas_in_step: False -> True"
+    ]
+    assert config_changes(saved, {"optimizer.lr": 0.01}) == []  # fine-tuning's config has no such key
