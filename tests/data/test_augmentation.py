@@ -529,3 +529,38 @@ def test_a_canvas_plan_needs_the_photometric_half_in_the_step():
     plan, box = expand_resize(np.zeros((8, 4, 3), np.uint8), np.random.default_rng(0), plan_only=True)
     with pytest.raises(ValueError, match="needs photometric_in_step=True"):
         TwoViewAugmentation()(plan, box[None], [0])
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))],
+)
+def test_planned_views_paint_on_the_batch_device(device):
+    """The step paints on the device the batch was moved to: without noise the views painted there are the CPU's up
+    to the resize kernels' rounding (a GPU resizes uint8 in float and rounds), and a noisy plan paints the same
+    canvas every time on that device, grey noise around the crop's border colour."""
+    from hf_personsearch.data.augmentation import paint_planned_views
+    from hf_personsearch.data.collate import collate_pretrain
+    from hf_personsearch.data.unification import expand_resize
+    from hf_personsearch.training.loop import move_to_device
+
+    rng = np.random.default_rng(3)
+    augmentation = TwoViewAugmentation(min_sizes=(48, 64, 96), max_size=160, photometric_in_step=True)
+    items = []
+    for seed in range(4):
+        crop = rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)
+        plan, box = expand_resize(crop, np.random.default_rng(seed), out_size=(96, 96), fill="mean", plan_only=True)
+        torch.manual_seed(seed)
+        items.append(_pretrain_item(*augmentation(plan, box[None], [seed])))
+    batch = collate_pretrain(items)
+    on_cpu = paint_planned_views(batch)
+    on_device = paint_planned_views(move_to_device(batch, torch.device(device)))
+    for key in ("pixel_values", "pixel_values_2"):
+        assert on_device[key].device.type == device
+        difference = (on_device[key].cpu().int() - on_cpu[key].int()).abs()
+        assert difference.max() <= 3 and difference.float().mean() < 0.1
+    noisy, _ = expand_resize(np.full((40, 20, 3), 120, np.uint8), np.random.default_rng(0), plan_only=True)
+    canvas = noisy.paint(device)
+    assert canvas.device.type == device and torch.equal(canvas, noisy.paint(device))
+    channels = canvas.cpu().int()
+    assert (channels[1] == channels[0]).all() and abs(channels.float().mean().item() - 119.5) < 0.5
