@@ -14,7 +14,8 @@ painted and their two views cut in the worker (``data.canvas_in_step: false``, t
 ``msmt17/step``, the worker only drawing the canvas and the views (:class:`~hf_personsearch.data.unification.CanvasPlan`)
 and the step painting them (``data.canvas_in_step: true``, the GPU recipes). Here the
 step's part runs on the CPU too and is counted in the same timing, so the ``full`` column holds for training on
-CPU cores alone; on a GPU that part leaves the cores (see the ``worker`` column).
+CPU cores alone; on a GPU that part leaves the cores (see the ``worker`` column). The two crop rows share one
+baseline and one decode pass, timed in the same interleaved set as both rows' columns.
 
 One thread (torch.set_num_threads(1)), so the numbers are per core: a DataLoader with k workers
 scales them by about k. Columns, all images per second: ``decode``, ``unify`` (decode + unification),
@@ -149,6 +150,47 @@ def best_rates(passes: dict[str, Callable[[], int]], repeats: int) -> dict[str, 
     return best
 
 
+def _row_passes(records, space, source_index, task, canvas_in_step, augmentation, rng, batch_size) -> dict:
+    """The ``unify``, ``worker``, ``bound`` and ``full`` passes of one row (module docstring)."""
+
+    def unify(index, record):
+        return unify_record(record, space, source_index, index, rng, canvas_in_step=canvas_in_step)
+
+    def worker(index, record):
+        unified = unify(index, record)
+        view1, view2 = augmentation(unified["image"], unified["boxes"], unified["person_ids"], unified["person_index"])
+        return {"view1": view1, "view2": view2, "domain_id": 0, "is_reid": False, "has_identity": False, "source": ""}
+
+    def step(items):
+        augmentation.in_step(collate_pretrain(items))
+
+    # The bound's inputs, prepared untimed: each record's unified image and its two views' drawn sizes.
+    unified_images, view_sizes = [], []
+    for index, record in enumerate(records):
+        image = to_image_tensor(unify_record(record, space, source_index, index, rng)["image"])
+        height, width = image.shape[-2:]
+        unified_images.append(image)
+        view_sizes.append(
+            [resized_size(height, width, int(rng.choice(PRETRAIN_MIN_SIZES)), PRETRAIN_MAX_SIZE) for _ in range(2)]
+        )
+
+    def bound(index, record):
+        crop = load_image(record["image"])
+        if canvas_in_step:  # the canvas and its views are the step's: the worker decodes
+            return
+        if task == "reid":
+            fill_canvas(np.asarray(crop), DEFAULT_CANVAS_SIZE, "mean_noise", rng)
+        for size in view_sizes[index]:
+            v2.functional.resize(unified_images[index], size)
+
+    return {
+        "unify": _pass(unify, records),
+        "worker": _pass(worker, records),
+        "bound": _pass(bound, records),
+        "full": _batched_pass(worker, step, records, batch_size),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=16)
@@ -182,13 +224,14 @@ def main() -> None:
     header = ["baseline", "decode", "unify", "worker", "bound", "full", "ratio", "cpu-only"]
     print(f"{'source':<12}" + "".join(f"{name:>10}" for name in header))
     (_, _, scenes), (_, _, crops) = sources
-    rows = [  # label, source index, task, records, canvas_in_step
-        ("crowdhuman", 0, "detection", scenes, False),
-        ("msmt17", 1, "reid", crops, False),
-        ("msmt17/step", 1, "reid", crops, True),
+    # Rows of one source share its baseline and decode passes, all timed in one interleaved set, so the two ways of
+    # painting re-ID crops are compared against the same floor.
+    groups = [  # records, then per row: label, source index, task, canvas_in_step
+        (scenes, [("crowdhuman", 0, "detection", False)]),
+        (crops, [("msmt17", 1, "reid", False), ("msmt17/step", 1, "reid", True)]),
     ]
     ratios, bounds, cpu_only = {}, {}, {}
-    for label, source_index, task, records, canvas_in_step in rows:
+    for records, rows in groups:
 
         def baseline(index, record):
             resize(to_image_tensor(load_image(record["image"])))
@@ -196,66 +239,27 @@ def main() -> None:
         def decode(index, record):
             load_image(record["image"])
 
-        def unify(index, record, source_index=source_index, canvas_in_step=canvas_in_step):
-            return unify_record(record, space, source_index, index, rng, canvas_in_step=canvas_in_step)
-
-        def worker(index, record, unify=unify):
-            unified = unify(index, record)
-            view1, view2 = augmentation(
-                unified["image"], unified["boxes"], unified["person_ids"], unified["person_index"]
-            )
-            return {
-                "view1": view1,
-                "view2": view2,
-                "domain_id": 0,
-                "is_reid": False,
-                "has_identity": False,
-                "source": "",
-            }
-
-        def step(items):
-            augmentation.in_step(collate_pretrain(items))
-
-        # The bound's inputs, prepared untimed: each record's unified image and its two views' drawn sizes.
-        unified_images, view_sizes = [], []
-        for index, record in enumerate(records):
-            image = to_image_tensor(unify_record(record, space, source_index, index, rng)["image"])
-            height, width = image.shape[-2:]
-            unified_images.append(image)
-            view_sizes.append(
-                [resized_size(height, width, int(rng.choice(PRETRAIN_MIN_SIZES)), PRETRAIN_MAX_SIZE) for _ in range(2)]
-            )
-
-        def bound(
-            index, record, unified_images=unified_images, view_sizes=view_sizes, task=task, deferred=canvas_in_step
-        ):
-            crop = load_image(record["image"])
-            if deferred:  # the canvas and its views are the step's: the worker decodes
-                return
-            if task == "reid":
-                fill_canvas(np.asarray(crop), DEFAULT_CANVAS_SIZE, "mean_noise", rng)
-            for size in view_sizes[index]:
-                v2.functional.resize(unified_images[index], size)
-
-        rates = list(
-            best_rates(
+        passes = {"baseline": _pass(baseline, records), "decode": _pass(decode, records)}
+        for label, source_index, task, canvas_in_step in rows:
+            passes.update(
                 {
-                    "baseline": _pass(baseline, records),
-                    "decode": _pass(decode, records),
-                    "unify": _pass(unify, records),
-                    "worker": _pass(worker, records),
-                    "bound": _pass(bound, records),
-                    "full": _batched_pass(worker, step, records, args.batch_size),
-                },
-                args.repeats,
-            ).values()
-        )
-        ratios[label], bounds[label], cpu_only[label] = (rate / rates[0] for rate in rates[3:])
-        print(
-            f"{label:<12}"
-            + "".join(f"{rate:>10.1f}" for rate in rates)
-            + f"{ratios[label]:>10.2f}{cpu_only[label]:>10.2f}"
-        )
+                    f"{label} {column}": run
+                    for column, run in _row_passes(
+                        records, space, source_index, task, canvas_in_step, augmentation, rng, args.batch_size
+                    ).items()
+                }
+            )
+        timed = best_rates(passes, args.repeats)
+        for label, *_ in rows:
+            rates = [timed["baseline"], timed["decode"]] + [
+                timed[f"{label} {column}"] for column in ("unify", "worker", "bound", "full")
+            ]
+            ratios[label], bounds[label], cpu_only[label] = (rate / rates[0] for rate in rates[3:])
+            print(
+                f"{label:<12}"
+                + "".join(f"{rate:>10.1f}" for rate in rates)
+                + f"{ratios[label]:>10.2f}{cpu_only[label]:>10.2f}"
+            )
     print(
         f"ceiling of the worker ratio (decode, a crop's canvas fill, the two view resizes): "
         f"scenes {bounds['crowdhuman']:.2f}, "
