@@ -164,7 +164,25 @@ def _row_passes(records, space, source_index, task, canvas_in_step, augmentation
     def step(items):
         augmentation.in_step(collate_pretrain(items))
 
-    # The bound's inputs, prepared untimed: each record's unified image and its two views' drawn sizes.
+    return {
+        "unify": _pass(unify, records),
+        "worker": _pass(worker, records),
+        # Painted in the step, the canvas and its views leave the worker its decoding.
+        "bound": _pass(
+            _decode if canvas_in_step else _painting_bound(records, space, source_index, task, rng), records
+        ),
+        "full": _batched_pass(worker, step, records, batch_size),
+    }
+
+
+def _decode(index, record) -> None:
+    load_image(record["image"])
+
+
+def _painting_bound(records, space, source_index, task, rng) -> Callable:
+    """The ``bound`` pass's work per record when the worker paints: decode, a crop's canvas fill and the two views'
+    resizes (module docstring)."""
+    # Its inputs, prepared untimed: each record's unified image and its two views' drawn sizes.
     unified_images, view_sizes = [], []
     for index, record in enumerate(records):
         image = to_image_tensor(unify_record(record, space, source_index, index, rng)["image"])
@@ -176,19 +194,12 @@ def _row_passes(records, space, source_index, task, canvas_in_step, augmentation
 
     def bound(index, record):
         crop = load_image(record["image"])
-        if canvas_in_step:  # the canvas and its views are the step's: the worker decodes
-            return
         if task == "reid":
             fill_canvas(np.asarray(crop), DEFAULT_CANVAS_SIZE, "mean_noise", rng)
         for size in view_sizes[index]:
             v2.functional.resize(unified_images[index], size)
 
-    return {
-        "unify": _pass(unify, records),
-        "worker": _pass(worker, records),
-        "bound": _pass(bound, records),
-        "full": _batched_pass(worker, step, records, batch_size),
-    }
+    return bound
 
 
 def main() -> None:
@@ -236,10 +247,7 @@ def main() -> None:
         def baseline(index, record):
             resize(to_image_tensor(load_image(record["image"])))
 
-        def decode(index, record):
-            load_image(record["image"])
-
-        passes = {"baseline": _pass(baseline, records), "decode": _pass(decode, records)}
+        passes = {"baseline": _pass(baseline, records), "decode": _pass(_decode, records)}
         for label, source_index, task, canvas_in_step in rows:
             passes.update(
                 {

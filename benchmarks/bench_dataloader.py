@@ -11,8 +11,8 @@ step too when ``--config`` says ``data.canvas_in_step: true`` (the GPU recipes: 
 
 Rows: the DataLoader with 0, 1 and 2 workers (persistent workers; pinned memory when a GPU is present),
 images per second (an image is its two views) over ``--batches`` batches after the first one (worker
-start-up excluded); then the step's augmentation (canvas painting, photometric half) run on this CPU on the same batches (what a CPU-only
-run adds to the step); then the model's consumption: train steps (forward, backward, SGD) of the
+start-up excluded); then the step's augmentation (canvas painting, photometric half) run on this CPU on the same
+batches (what a CPU-only run adds to the step); then the model's consumption: train steps (forward, backward, SGD) of the
 pre-training model of ``--config`` (default: the paper's ResNet-50 recipe, random weights) on the first
 ``--model_batch_size`` images of this loader's batches, images per second.
 
