@@ -13,13 +13,25 @@
 4. Only when CUDA is available: resnet50, bs 5, 900x1500, bf16 autocast: train step and inference (plain and
    optimised) images/s and peak GPU memory.
 
+``--seqnet DIR`` (a checkout of SeqNet's public code, https://github.com/serend1p1ty/SeqNet, and ``pip install
+yacs``) adds SeqNet, the baseline of issue 15, to section 2 (one more interleaved variant: measured ratios instead
+of the derived one) and to section 4 (train step and inference, same batch, same precision). SeqNet is built from
+its own ``defaults.py``; its ResNet-50 asks torchvision for ImageNet weights, which this script replaces by random
+ones (nothing is downloaded; a timing needs no trained weights), and its BatchNorm statistics are set up as
+``benchmark_model``'s. SeqNet runs layer4 twice: on the 300 proposals, then on the boxes its first stage keeps
+(score over 0.5, NMS). With random weights no first-stage score passes 0.5 and the second pass is skipped, which
+makes SeqNet cheaper than it is on real photos. So SeqNet runs twice: as it is (0 boxes: a lower bound of its cost)
+and with its first stage made to keep its ``--seqnet-boxes`` top-scored boxes (default 10: a trained detector keeps
+the persons of a frame and a few false positives; PRW has 3.6 annotated persons a frame, CUHK-SYSU 5.3). Its
+inference takes one image a call (its test batch size is 1: its second stage reads the first image's scores only).
+
 ``--map-model FOLDER --map-data PRW_FOLDER`` adds the accuracy check of the inference variants: search mAP,
 top-1 and detection AP of a saved model on a PRW-format folder (e.g. the synthetic PRW of
 ``bench_pretraining.py``), plain fp32 vs optimised fp32 vs optimised bf16 autocast.
 
 Usage: python benchmarks/bench_model.py --threads 1 [--size 512x384] [--batch 2] [--repeats 3] [--skip-resnet50]
        [--inference-size 900x1500] [--compile] [--map-model DIR --map-data DIR]
-       python benchmarks/bench_model.py --cuda-only [--repeats 5]    (section 4 alone, on a GPU machine)
+       python benchmarks/bench_model.py --cuda-only [--repeats 5] [--seqnet DIR]   (section 4 alone, on a GPU)
 """
 
 from __future__ import annotations
@@ -27,7 +39,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -79,6 +93,16 @@ def benchmark_model(backbone: str) -> PersonSearchModel:
     torch.manual_seed(0)
     config = PersonSearchConfig(backbone=backbone, num_person_ids=1000, freeze_batchnorm=True, box_score_thresh=0.0)
     model = PersonSearchModel(config).eval()
+    model.backbone.fold_batchnorm = False  # the hooks sit on the modules as built
+    calibrate_batchnorms(model, lambda: model(torch.randn(1, 3, 512, 512)))
+    model.backbone.fold_batchnorm = True
+    return model
+
+
+def calibrate_batchnorms(model: nn.Module, forward: Callable[[], object]) -> None:
+    """Set every BatchNorm of an eval-mode ``model`` up like a trained network's (``benchmark_model``): the
+    2-d ones' affine terms random around the identity, every one's running statistics those of its input in one
+    ``forward()`` call."""
 
     def measure_statistics(norm, inputs):
         dims = [dim for dim in range(inputs[0].dim()) if dim != 1]  # all but the channels
@@ -86,19 +110,63 @@ def benchmark_model(backbone: str) -> PersonSearchModel:
         norm.running_var.copy_(inputs[0].var(dims))
 
     hooks = []
-    for norm in model.modules():
-        if isinstance(norm, FrozenBatchNorm2d):
-            norm.weight.copy_(0.5 + torch.rand(norm.weight.shape))
-            norm.bias.copy_(0.1 * torch.randn(norm.bias.shape))
-        if isinstance(norm, (FrozenBatchNorm2d, nn.BatchNorm1d)):
-            hooks.append(norm.register_forward_pre_hook(measure_statistics))
-    model.backbone.fold_batchnorm = False  # the hooks sit on the modules as built
     with torch.no_grad():
-        model(torch.randn(1, 3, 512, 512))
-    model.backbone.fold_batchnorm = True
+        for norm in model.modules():
+            if isinstance(norm, (FrozenBatchNorm2d, nn.BatchNorm2d)):
+                norm.weight.copy_(0.5 + torch.rand(norm.weight.shape))
+                norm.bias.copy_(0.1 * torch.randn(norm.bias.shape))
+            if isinstance(norm, (FrozenBatchNorm2d, nn.BatchNorm2d, nn.BatchNorm1d)):
+                hooks.append(norm.register_forward_pre_hook(measure_statistics))
+        forward()
     for hook in hooks:
         hook.remove()
+
+
+def load_seqnet(folder: str) -> nn.Module:
+    """SeqNet (module docstring) from a checkout of its code: its default config, random ResNet-50 weights,
+    BatchNorms calibrated, eval mode. Its modules are imported from ``folder`` (``models``, ``defaults``)."""
+    import torchvision
+
+    sys.path.insert(0, os.path.abspath(folder))
+    try:
+        defaults = importlib.import_module("defaults")
+        seqnet = importlib.import_module("models.seqnet")
+    except ImportError as error:
+        raise SystemExit(f"--seqnet {folder}: cannot import SeqNet's defaults / models.seqnet ({error})") from error
+    builders = torchvision.models.resnet.__dict__
+    resnet50 = builders["resnet50"]
+    builders["resnet50"] = lambda pretrained=False, **kwargs: resnet50(weights=None, **kwargs)  # nothing downloaded
+    try:
+        torch.manual_seed(0)
+        model = seqnet.SeqNet(defaults.get_default_cfg()).eval()
+    finally:
+        builders["resnet50"] = resnet50
+    calibrate_batchnorms(model, lambda: model([torch.rand(3, 512, 512)]))
     return model
+
+
+def keep_first_stage_boxes(seqnet: nn.Module, count: int) -> None:
+    """Make SeqNet's first stage give its ``count`` top-scored boxes of each image (after its NMS) to the second
+    pass whatever their scores (module docstring)."""
+    heads = seqnet.roi_heads
+    postprocess = heads.postprocess_proposals
+
+    def top_scored(class_logits, box_regression, proposals, image_shapes):
+        threshold, heads.score_thresh = heads.score_thresh, 0.0
+        try:
+            boxes, scores, labels = postprocess(class_logits, box_regression, proposals, image_shapes)
+        finally:
+            heads.score_thresh = threshold
+        return [b[:count] for b in boxes], [v[:count] for v in scores], [v[:count] for v in labels]
+
+    heads.postprocess_proposals = top_scored
+
+
+def count_second_pass_boxes(seqnet: nn.Module) -> Callable[[], int]:
+    """Hook SeqNet's second pass (its re-ID head's layer4); the returned function gives the boxes of the last call."""
+    seen = [0]
+    seqnet.roi_heads.reid_head.register_forward_pre_hook(lambda module, inputs: seen.__setitem__(0, len(inputs[0])))
+    return lambda: seen[0]
 
 
 def model_figures(backbone: str, height: int, width: int, batch: int, repeats: int) -> None:
@@ -174,7 +242,16 @@ def no_grad_bf16():
         yield
 
 
-def inference_figures(backbone: str, height: int, width: int, batch: int, repeats: int, compile_: bool) -> None:
+def inference_figures(
+    backbone: str,
+    height: int,
+    width: int,
+    batch: int,
+    repeats: int,
+    compile_: bool,
+    seqnet_folder: str | None = None,
+    seqnet_boxes: int = 10,
+) -> None:
     model = benchmark_model(backbone).eval()
     pixel_values = torch.randn(batch, 3, height, width)
     outputs = {}
@@ -201,6 +278,22 @@ def inference_figures(backbone: str, height: int, width: int, batch: int, repeat
         run("optimised + torch.compile", True, torch.no_grad, compiled)()  # compiles
         compile_seconds = time.perf_counter() - start
         variants["optimised + torch.compile"] = run("optimised + torch.compile", True, torch.no_grad, compiled)
+    with_seqnet = seqnet_folder is not None and backbone == "resnet50"
+    if with_seqnet:
+        seqnets = {"SeqNet": load_seqnet(seqnet_folder), f"SeqNet, {seqnet_boxes} boxes": load_seqnet(seqnet_folder)}
+        keep_first_stage_boxes(seqnets[f"SeqNet, {seqnet_boxes} boxes"], seqnet_boxes)
+        second_pass_boxes = {name: count_second_pass_boxes(seqnet) for name, seqnet in seqnets.items()}
+        images = list(torch.rand(batch, 3, height, width))  # SeqNet normalises 0-1 images itself
+
+        def seqnet_inference(seqnet):
+            def fn():
+                with torch.no_grad():
+                    for image in images:  # its test batch size (module docstring)
+                        seqnet([image])
+
+            return fn
+
+        variants.update({name: seqnet_inference(seqnet) for name, seqnet in seqnets.items()})
     times = interleaved_best_times(variants, repeats)
     plain = times["plain"]
     print(
@@ -209,12 +302,24 @@ def inference_figures(backbone: str, height: int, width: int, batch: int, repeat
     )
     for name, seconds in times.items():
         line = f"  {name:28s} {seconds * 1000:9.1f} ms  ratio to plain {seconds / plain:5.2f}"
-        if name != "plain":
+        if name.startswith("SeqNet"):
+            line += f"  | its second pass took {second_pass_boxes[name]()} boxes through layer4 (after 300 proposals)"
+        elif name != "plain":
             line += f"  | {detection_differences(outputs['plain'], outputs[name])}"
         print(line)
     if compile_seconds is not None:
         print(f"  torch.compile: first call (compilation) {compile_seconds:.1f} s")
-    if backbone == "resnet50" and (height, width, batch) == (900, 1500, 1):
+    if with_seqnet:
+        for seqnet_name in seqnets:
+            print(
+                f"  vs {seqnet_name} (measured in this run): "
+                + ", ".join(
+                    f"{name} {seconds / times[seqnet_name]:.2f}x"
+                    for name, seconds in times.items()
+                    if not name.startswith("SeqNet")
+                )
+            )
+    elif backbone == "resnet50" and (height, width, batch) == (900, 1500, 1):
         print(
             f"  vs SeqNet (DERIVED, not re-measured: plain = {SEQNET_RATIO_OF_PLAIN}x SeqNet in issue 15): "
             f"optimised {times['optimised'] / plain * SEQNET_RATIO_OF_PLAIN:.2f}x SeqNet's inference"
@@ -272,8 +377,17 @@ def oim_figures(repeats: int) -> None:
         )
 
 
-def cuda_figures(repeats: int, batch: int = 5, height: int = 900, width: int = 1500) -> None:
-    """resnet50 on the GPU, bf16 autocast: train step and inference images/s and peak memory."""
+def cuda_figures(
+    repeats: int,
+    batch: int = 5,
+    height: int = 900,
+    width: int = 1500,
+    seqnet_folder: str | None = None,
+    seqnet_boxes: int = 10,
+) -> None:
+    """resnet50 on the GPU under bf16 autocast and in fp32: train step and inference images/s and peak memory, and
+    SeqNet's with ``seqnet_folder``. SeqNet's train step runs in fp32 only: its OIM's backward multiplies the
+    autocast gradient (bf16) with its fp32 tables and fails under bf16 autocast (it casts fp16 alone)."""
     device = torch.device("cuda")
     model = benchmark_model("resnet50").to(device)
     pixel_values = torch.randn(batch, 3, height, width, device=device)
@@ -284,29 +398,60 @@ def cuda_figures(repeats: int, batch: int = 5, height: int = 900, width: int = 1
         }
         for _ in range(batch)
     ]
+    precisions = {"bf16": lambda: torch.autocast("cuda", dtype=torch.bfloat16), "fp32": contextlib.nullcontext}
 
-    def train_step():
-        model.train()
-        model.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(pixel_values, labels=labels).loss
-        loss.backward()
+    def train_step(precision):
+        def fn():
+            model.train()
+            model.zero_grad(set_to_none=True)
+            with precisions[precision]():
+                loss = model(pixel_values, labels=labels).loss
+            loss.backward()
 
-    def inference(fold: bool):
+        return fn
+
+    def inference(fold: bool, precision):
         def fn():
             model.eval()
             model.backbone.fold_batchnorm = fold
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.no_grad(), precisions[precision]():
                 model(pixel_values)
 
         return fn
 
-    print(f"CUDA {torch.cuda.get_device_name(device)}, resnet50 {batch}x{height}x{width}, bf16 autocast:")
-    for name, fn in {
-        "train step": train_step,
-        "inference plain": inference(False),
-        "inference optimised": inference(True),
-    }.items():
+    variants = {}
+    for precision in precisions:
+        variants[f"train step, {precision}"] = train_step(precision)
+        variants[f"inference plain, {precision}"] = inference(False, precision)
+        variants[f"inference optimised, {precision}"] = inference(True, precision)
+    if seqnet_folder is not None:
+        seqnet = load_seqnet(seqnet_folder).to(device)
+        keep_first_stage_boxes(seqnet, seqnet_boxes)
+        second_pass_boxes = count_second_pass_boxes(seqnet)
+        images = list(torch.rand(batch, 3, height, width, device=device))
+        # SeqNet's labels: 1..5532 labeled identities, 5555 an unlabeled person (its OIM's ignore index + 1)
+        targets = [{"boxes": label["boxes"], "labels": torch.tensor([2, 5555], device=device)} for label in labels]
+
+        def seqnet_train_step():
+            seqnet.train()
+            seqnet.zero_grad(set_to_none=True)
+            sum(seqnet(images, targets).values()).backward()
+
+        def seqnet_inference(precision):
+            def fn():
+                seqnet.eval()
+                with torch.no_grad(), precisions[precision]():
+                    for image in images:  # its test batch size (module docstring)
+                        seqnet([image])
+
+            return fn
+
+        variants["SeqNet train step, fp32"] = seqnet_train_step
+        for precision in precisions:
+            variants[f"SeqNet inference, {precision}"] = seqnet_inference(precision)
+    print(f"CUDA {torch.cuda.get_device_name(device)}, resnet50 {batch}x{height}x{width}, best of {repeats}:")
+    seconds = {}
+    for name, fn in variants.items():
 
         def synchronised(fn=fn):
             fn()
@@ -314,9 +459,20 @@ def cuda_figures(repeats: int, batch: int = 5, height: int = 900, width: int = 1
 
         synchronised()
         torch.cuda.reset_peak_memory_stats(device)
-        seconds = best_time(synchronised, repeats)
+        seconds[name] = best_time(synchronised, repeats)
         peak = torch.cuda.max_memory_allocated(device) / 2**30
-        print(f"  {name:20s} {batch / seconds:8.1f} img/s  peak memory {peak:6.2f} GiB")
+        print(f"  {name:30s} {batch / seconds[name]:8.1f} img/s  peak memory {peak:6.2f} GiB")
+    if seqnet_folder is not None:
+        ratios = [f"train step fp32 {seconds['train step, fp32'] / seconds['SeqNet train step, fp32']:.2f}x"]
+        for precision in precisions:
+            for kind in ("plain", "optimised"):
+                ratio = seconds[f"inference {kind}, {precision}"] / seconds[f"SeqNet inference, {precision}"]
+                ratios.append(f"inference {kind} {precision} {ratio:.2f}x")
+        print(f"  time vs SeqNet's (measured in this run): {', '.join(ratios)}")
+        print(
+            f"  SeqNet's first stage kept its {seqnet_boxes} top-scored boxes (--seqnet-boxes); its second pass "
+            f"took {second_pass_boxes()} boxes through layer4 in its last inference call (one image)"
+        )
 
 
 def main() -> None:
@@ -332,11 +488,15 @@ def main() -> None:
     parser.add_argument("--map-model", help="saved PersonSearchModel folder for the accuracy check")
     parser.add_argument("--map-data", help="PRW-format folder for the accuracy check")
     parser.add_argument("--cuda-only", action="store_true", help="only the GPU figures (section 4)")
+    parser.add_argument("--seqnet", metavar="DIR", help="checkout of SeqNet's code: measure it side by side")
+    parser.add_argument(
+        "--seqnet-boxes", type=int, default=10, help="boxes SeqNet's first stage keeps (module docstring)"
+    )
     args = parser.parse_args()
     if args.cuda_only:
         if not torch.cuda.is_available():
             parser.error("--cuda-only: CUDA is not available on this machine")
-        cuda_figures(args.repeats)
+        cuda_figures(args.repeats, seqnet_folder=args.seqnet, seqnet_boxes=args.seqnet_boxes)
         return
     if (args.map_model is None) != (args.map_data is None):
         parser.error("--map-model and --map-data go together")
@@ -352,13 +512,20 @@ def main() -> None:
         model_figures(backbone, height, width, args.batch, args.repeats)
     for backbone in backbones:
         inference_figures(
-            backbone, inference_height, inference_width, args.inference_batch, args.repeats, args.compile
+            backbone,
+            inference_height,
+            inference_width,
+            args.inference_batch,
+            args.repeats,
+            args.compile,
+            args.seqnet,
+            args.seqnet_boxes,
         )
     oim_figures(args.repeats)
     if args.map_model:
         map_figures(args.map_model, args.map_data)
     if torch.cuda.is_available():
-        cuda_figures(args.repeats)
+        cuda_figures(args.repeats, seqnet_folder=args.seqnet, seqnet_boxes=args.seqnet_boxes)
     else:
         print("CUDA: not available, GPU figures skipped")
 

@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                 for s in config["data"]["sources"]
             ),
             "synthetic_data": all(
-                source["data_dir"] is None or is_synthetic(source["data_dir"]) for source in config["data"]["sources"]
+                source.get("data_dir") is None or is_synthetic(source["data_dir"])
+                for source in config["data"]["sources"]
             ),
             "identities in the pre-training OIM table": identity_space.num_identities,
             "steps": max_steps,
