@@ -7,7 +7,8 @@ real raw formats (CrowdHuman scenes 1200 x 800, EuroCity Persons 1920 x 1024, MS
 crops) and read back by the real parsers. The loader is the training loop's own: HybridSampler with equal
 mixing weights, per-sample seeds (SeededSampleStream), collate_pretrain, the two-view augmentation with its
 photometric half left to the step, as ``examples/run_pretrain.py`` runs it, and the re-ID canvases painted in the
-step too when ``--config`` says ``data.canvas_in_step: true`` (the GPU recipes: the default config does).
+step too when ``--config`` says ``data.canvas_in_step: true`` (the GPU recipes: the default config does), and each
+view's batch padded to multiples of the config's ``data.size_divisor`` (128 in the GPU recipes).
 
 Rows: the DataLoader with 0, 1 and 2 workers (persistent workers; pinned memory when a GPU is present),
 images per second (an image is its two views) over ``--batches`` batches after the first one (worker
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import tempfile
 import time
@@ -87,12 +89,12 @@ def load_sources(folder: Path) -> list[tuple[str, str, object]]:
     return sources
 
 
-def loader_for(dataset, sampler, batch_size: int, workers: int) -> DataLoader:
+def loader_for(dataset, sampler, batch_size: int, workers: int, size_divisor: int = 1) -> DataLoader:
     return DataLoader(
         SeededSampleDataset(dataset),
         batch_size=batch_size,
         sampler=SeededSampleStream(sampler, seed=0),
-        collate_fn=with_sample_keys(collate_pretrain),
+        collate_fn=with_sample_keys(functools.partial(collate_pretrain, size_divisor=size_divisor)),
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),  # as the training loop does on a GPU
@@ -143,6 +145,7 @@ def main() -> None:
     canvas_in_step = bool(
         (config.get("data") or {}).get("canvas_in_step", PRETRAIN_DEFAULTS["data"]["canvas_in_step"])
     )
+    size_divisor = int((config.get("data") or {}).get("size_divisor", PRETRAIN_DEFAULTS["data"]["size_divisor"]))
     with tempfile.TemporaryDirectory() as tmp:
         sources = load_sources(Path(tmp))
         photometric = photometric_options(PRETRAIN_DEFAULTS["data"])  # what run_pretrain.py uses by default
@@ -153,12 +156,15 @@ def main() -> None:
         kind = "Arrow datasets" if datasets is not None else "parsed record lists (no `datasets` package)"
         print(f"sources ({kind}): {', '.join(f'{name} {len(data)}' for name, _, data in sources)}")
         print(f"batches of {args.batch_size} images (two views each); pinned memory: {torch.cuda.is_available()}")
-        print(f"photometric probabilities: {photometric}; re-ID canvases painted in the step: {canvas_in_step}")
+        print(
+            f"photometric probabilities: {photometric}; re-ID canvases painted in the step: {canvas_in_step}; "
+            f"batches padded to multiples of {size_divisor}"
+        )
         print(f"{'data loader':<34}{'img/s':>10}")
         batches = []
         best_rate_per_worker = 0.0
         for workers in args.workers:
-            iterator = iter(loader_for(dataset, sampler, args.batch_size, workers))
+            iterator = iter(loader_for(dataset, sampler, args.batch_size, workers, size_divisor))
             next(iterator)
             start = time.perf_counter()
             loaded = [next(iterator) for _ in range(args.batches)]

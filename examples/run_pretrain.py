@@ -22,6 +22,7 @@ what ``--push_to_hub`` uploads).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         crops_per_canvas=int(data_config["crops_per_canvas"]),
         canvas_in_step=data_config["canvas_in_step"],
     )
+    # Each view's batch padded to multiples of data.size_divisor (fewer distinct shapes for cuDNN on a GPU).
+    collate = functools.partial(collate_pretrain, size_divisor=int(data_config["size_divisor"]))
     weights = [s.get("weight") for s in config["data"]["sources"]]
     sampler = HybridSampler(
         dataset.source_sizes,
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         model,
         optimizer,
         scheduler,
-        TrainingData(dataset, sampler, collate_pretrain, on_device=augmentation.in_step),
+        TrainingData(dataset, sampler, collate, on_device=augmentation.in_step),
         LoopSettings.from_config(config, max_steps),
         output_dir,
         name="pretrain",

@@ -3,7 +3,7 @@
 Batch contract (what ``PersonSearchModel`` / ``PersonSearchPretrainModel`` take):
 
 ``collate_search`` -> ``{"pixel_values": float32 (B, 3, H, W) normalised, zero-padded at the bottom/right
-to the largest image, "image_sizes": int64 (B, 2) (height, width) before padding, "labels": [B dicts
+to the largest image (``collate_pretrain(..., size_divisor=d)``: H and W rounded up to multiples of d), "image_sizes": int64 (B, 2) (height, width) before padding, "labels": [B dicts
 {"boxes": float32 (n, 4) xyxy, "person_ids": int64 (n,), "ignore_regions": float32 (k, 4) xyxy, k may be
 0 (an item without the key has none)}]}``.
 
@@ -43,10 +43,13 @@ from .unification import DEFAULT_CANVAS_SIZE, DEFAULT_RATIO_RANGE, unify_record
 logger = logging.getLogger(__name__)
 
 
-def pad_images(images: Sequence[torch.Tensor | tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_images(
+    images: Sequence[torch.Tensor | tuple[int, int]], size_divisor: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack (3, h, w) images into (B, 3, H, W) zero-padded at the bottom/right; return the sizes.
 
-    An entry may be a ``(height, width)`` size instead of an image: its area is left zero, for a view painted
+    H and W are the largest height and width rounded up to multiples of ``size_divisor`` (1: not rounded). An
+    entry may be a ``(height, width)`` size instead of an image: its area is left zero, for a view painted
     later on the training device (a uint8 batch when no entry is an image)."""
     if not images:
         raise ValueError("cannot collate an empty batch (every item was None)")
@@ -54,7 +57,7 @@ def pad_images(images: Sequence[torch.Tensor | tuple[int, int]]) -> tuple[torch.
         [tuple(image.shape[-2:]) if isinstance(image, torch.Tensor) else tuple(image) for image in images],
         dtype=torch.int64,
     )
-    height, width = sizes.max(dim=0).values.tolist()
+    height, width = (-(-side // size_divisor) * size_divisor for side in sizes.max(dim=0).values.tolist())
     tensors = [image for image in images if isinstance(image, torch.Tensor)]
     dtype = tensors[0].dtype if tensors else torch.uint8
     batch = torch.zeros((len(images), 3, height, width), dtype=dtype)
@@ -86,13 +89,17 @@ def collate_search(batch: Sequence[dict | None]) -> dict:
     }
 
 
-def collate_pretrain(batch: Sequence[dict | None]) -> dict:
-    """Collate :class:`HybridPretrainDataset` items for PersonSearchPretrainModel (module docstring)."""
+def collate_pretrain(batch: Sequence[dict | None], size_divisor: int = 1) -> dict:
+    """Collate :class:`HybridPretrainDataset` items for PersonSearchPretrainModel (module docstring); each view's
+    batch padded to multiples of ``size_divisor`` (:func:`pad_images`; the pre-training config's
+    ``data.size_divisor`` says why)."""
     items = [item for item in batch if item is not None]
     out = {}
     for suffix, key in (("", "view1"), ("_2", "view2")):
         views = [item[key] for item in items]
-        pixel_values, image_sizes = pad_images([view.get("pixel_values", view.get("image_size")) for view in views])
+        pixel_values, image_sizes = pad_images(
+            [view.get("pixel_values", view.get("image_size")) for view in views], size_divisor
+        )
         out["pixel_values" + suffix] = pixel_values
         out["image_sizes" + suffix] = image_sizes
         out["labels" + suffix] = [_labels(view, with_index=True) for view in views]

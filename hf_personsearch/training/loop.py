@@ -408,7 +408,7 @@ RESUME_NEUTRAL_KEYS = frozenset(
 not what it computes."""
 
 
-KEYS_ADDED_SINCE = {"data.canvas_in_step": False}
+KEYS_ADDED_SINCE = {"data.canvas_in_step": False, "data.size_divisor": 1}
 """Config keys added after checkpoints began to save their config, each with the value the runs before it computed
 with: a checkpoint that lacks such a key was made at that value (no warning when a resume keeps it)."""
 

@@ -253,3 +253,28 @@ def test_pad_images_leaves_a_planned_view_zero():
     assert not batch[0].any() and (batch[1, :, :4, :5] == 7).all() and not batch[1, :, 4:].any()
     only_planned, _ = pad_images([(3, 3)])
     assert only_planned.dtype == torch.uint8 and only_planned.shape == (1, 3, 3, 3)
+
+
+def test_pad_images_rounds_the_batch_up_to_the_size_divisor():
+    from hf_personsearch.data.collate import pad_images
+
+    image = torch.full((3, 33, 65), 7, dtype=torch.uint8)
+    batch, sizes = pad_images([image, (40, 20)], size_divisor=32)
+    assert batch.shape == (2, 3, 64, 96) and sizes.tolist() == [[33, 65], [40, 20]]
+    assert (batch[0, :, :33, :65] == 7).all() and not batch[0, :, 33:].any() and not batch[0, :, :, 65:].any()
+    assert pad_images([image], size_divisor=1)[0].shape == (1, 3, 33, 65)
+    assert pad_images([torch.zeros(3, 64, 32)], size_divisor=32)[0].shape == (1, 3, 64, 32)  # already multiples
+
+
+def test_collate_pretrain_pads_both_views_to_the_size_divisor():
+    augmentation = TwoViewAugmentation(min_sizes=[100], max_size=180)
+    dataset = HybridPretrainDataset(_sources(), augmentation=augmentation)
+    items = [dataset[0], dataset[len(dataset) - 1]]
+    plain = collate_pretrain(items)
+    padded = collate_pretrain(items, size_divisor=48)
+    for suffix in ("", "_2"):
+        height, width = plain["pixel_values" + suffix].shape[-2:]
+        assert padded["pixel_values" + suffix].shape[-2:] == (-(-height // 48) * 48, -(-width // 48) * 48)
+        assert torch.equal(padded["pixel_values" + suffix][..., :height, :width], plain["pixel_values" + suffix])
+        assert not padded["pixel_values" + suffix][..., height:, :].any()
+        assert torch.equal(padded["image_sizes" + suffix], plain["image_sizes" + suffix])

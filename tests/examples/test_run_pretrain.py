@@ -99,16 +99,31 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, monkeypatc
 
 def test_data_workers_change_nothing(tmp_path):
     """Every sample is seeded by its position: 2 DataLoader workers give the losses of the main process bit for bit,
-    here with the re-ID canvases painted in the step (their plans cross from the workers)."""
+    here with the re-ID canvases painted in the step (their plans cross from the workers) and the batches padded to
+    multiples of data.size_divisor (the collate's setting crosses to the workers too)."""
     script = load_script()
+    shapes = []
+    run_training = script.run_training
+
+    def run_training_recording_shapes(*args, before_step, **kwargs):
+        def record(micro_batches):
+            shapes.extend(
+                tuple(b["pixel_values"].shape[-2:]) + tuple(b["pixel_values_2"].shape[-2:]) for b in micro_batches
+            )
+            before_step(micro_batches)
+
+        return run_training(*args, before_step=record, **kwargs)
+
+    script.run_training = run_training_recording_shapes
     runs = {}
     for workers in (0, 2):
         output_dir = tmp_path / f"workers{workers}"
-        overrides = [*TINY, "data.canvas_in_step=true", f"data.num_workers={workers}"]
+        overrides = [*TINY, "data.canvas_in_step=true", "data.size_divisor=32", f"data.num_workers={workers}"]
         args = ["--config", str(DEMO), "--max_steps", "3", "--output_dir", str(output_dir)]
         assert script.main([*args, *sum((["-o", o] for o in overrides), [])]) == 0
         runs[workers] = losses(output_dir)
     assert runs[0] == runs[2] and len({r["loss"] for r in runs[0]}) == 3
+    assert len(shapes) == 6 and all(side % 32 == 0 for shape in shapes for side in shape)
 
 
 @pytest.mark.parametrize(

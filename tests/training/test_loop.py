@@ -339,3 +339,5 @@ def test_a_key_added_since_the_checkpoint_is_no_change_at_the_value_older_runs_u
         "data.canvas_in_step: False -> True"
     ]
     assert config_changes(saved, {"optimizer.lr": 0.01}) == []  # fine-tuning's config has no such key
+    assert config_changes(saved, {"optimizer.lr": 0.01, "data.size_divisor": 1}) == []
+    assert config_changes(saved, {"optimizer.lr": 0.01, "data.size_divisor": 128}) == ["data.size_divisor: 1 -> 128"]

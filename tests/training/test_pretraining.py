@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
+from hf_personsearch.data.augmentation import PRETRAIN_MIN_SIZES
 from hf_personsearch.data.synthetic import generate
-from hf_personsearch.training.config import PRETRAIN_DEFAULTS, ConfigError
+from hf_personsearch.training.config import PRETRAIN_DEFAULTS, ConfigError, load_config
 from hf_personsearch.training.pretraining import load_sources, select_subset, validate_pretrain_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +87,50 @@ def test_gpu_recipes_paint_reid_canvases_in_the_step_and_the_cpu_default_in_the_
         data = yaml.safe_load((ROOT / "examples" / "configs" / f"{recipe}.yaml").read_text())["data"]
         assert data["canvas_in_step"] is True, recipe
     assert PRETRAIN_DEFAULTS["data"]["canvas_in_step"] is False
+
+
+def test_gpu_recipes_pad_batches_to_128_and_the_cpu_default_not():
+    for recipe in ("pretrain_r50", "pretrain_r18", "pretrain_shufflenet"):
+        config = load_config(ROOT / "examples" / "configs" / f"{recipe}.yaml", [], PRETRAIN_DEFAULTS)
+        assert config["data"]["size_divisor"] == 128, recipe
+        smallest = min(config["data"]["min_sizes"] or PRETRAIN_MIN_SIZES)
+        assert 128 <= 0.4 * smallest, recipe  # within the bound validate_pretrain_config enforces
+    assert PRETRAIN_DEFAULTS["data"]["size_divisor"] == 1
+
+
+@pytest.mark.parametrize("divisor", [0, -32, 1.5, True, "32", 193])
+def test_a_size_divisor_that_is_no_integer_or_too_large_is_refused(divisor):
+    config = copy.deepcopy(PRETRAIN_DEFAULTS)
+    config["data"]["size_divisor"] = divisor  # 193 > 0.4 x 480, the smallest default min_size
+    with pytest.raises(ConfigError, match=r"data.size_divisor must be an integer from 1 to .* \(480: at most 192\)"):
+        validate_pretrain_config(config)
+    config["data"]["size_divisor"] = 192
+    validate_pretrain_config(config)
+    config["data"]["min_sizes"] = [112, 128]
+    with pytest.raises(ConfigError, match=r"\(112: at most 44\), got 192"):
+        validate_pretrain_config(config)
+
+
+def test_the_largest_allowed_padding_keeps_the_inferred_feature_stride():
+    """RoIAlign infers the stride from the batch's largest image (torchvision's rule); the validated bound on
+    data.size_divisor keeps the padded feature map within a factor sqrt(2) of it, for every height it allows, on
+    the encoder map of the default backbone split (stride 16, every recipe)."""
+    from hf_personsearch.roi_align import infer_spatial_scale
+
+    def accepted(divisor: int, smallest: int) -> bool:
+        config = copy.deepcopy(PRETRAIN_DEFAULTS)
+        config["data"].update(size_divisor=divisor, min_sizes=[smallest, 2 * smallest])
+        try:
+            validate_pretrain_config(config)
+        except ConfigError:
+            return False
+        return True
+
+    for smallest in (112, 480, 800):
+        divisor = next(d for d in range(smallest, 0, -1) if accepted(d, smallest))  # the largest one accepted
+        for height in range(smallest, 4 * smallest):
+            padded = -(-height // divisor) * divisor
+            assert infer_spatial_scale(-(-padded // 16), [(height, height)]) == 1 / 16, (height, divisor)
 
 
 def test_pretrained_model_must_be_a_saved_folder_and_excludes_backbone_weights(tmp_path):
