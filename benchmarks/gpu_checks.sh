@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, in one run (a few minutes on one H100/H200-class GPU):
 #
-#     bash benchmarks/gpu_checks.sh [LOG_DIR]        # PYTHON=... to choose the interpreter (default python3)
+#     bash benchmarks/gpu_checks.sh [LOG_DIR]   # PYTHON=... chooses the interpreter (default python3)
 #
 # 1. the test suite's CUDA cases (planned re-ID views painted on the batch's device);
-# 2. benchmarks/bench_model.py --cuda-only: ResNet-50, 5 images of 900 x 1500, bf16 autocast: train step and
-#    inference images/s and peak GPU memory;
+# 2. benchmarks/bench_model.py --cuda-only: ResNet-50, 5 images of 900 x 1500, bf16 autocast and fp32: train step
+#    and inference images/s and peak GPU memory; with SEQNET_DIR=<a checkout of SeqNet's code> (and yacs
+#    installed), SeqNet's beside them;
 # 3. benchmarks/bench_dataloader.py --device cuda on the paper's five-dataset mix, re-ID canvases painted in the
 #    step (the GPU recipes) and in the workers: loader rates, the step's parts on the GPU (the painting's cost is
 #    the difference of the two "augmentation step" shares) and the workers per GPU the recipe needs;
-# 4. examples/run_pretrain.py: the paper's ResNet-50 recipe (examples/configs/pretrain_r50.yaml: bf16, SGD,
+# 4. benchmarks/bench_batch_shapes.py: what new batch shapes cost the step, unpadded against data.size_divisor 128;
+# 5. examples/run_pretrain.py: the paper's ResNet-50 recipe (examples/configs/pretrain_r50.yaml: bf16, SGD,
 #    canvases painted in the step, 4 workers) on real-size synthetic data (no data folder, random init: nothing is
 #    downloaded), 60 steps with a checkpoint at 30, then the export of the downstream model.
 #
@@ -44,7 +46,7 @@ nvidia-smi -L
 transformers.__version__, 'accelerate', accelerate.__version__)"
 
 part tests "$PYTHON" -m pytest -q -p no:cacheprovider tests/data/test_augmentation.py -k "device"
-part bench_model "$PYTHON" benchmarks/bench_model.py --cuda-only --repeats 5
+part bench_model "$PYTHON" benchmarks/bench_model.py --cuda-only --repeats 5 ${SEQNET_DIR:+--seqnet "$SEQNET_DIR"}
 part dataloader_step "$PYTHON" benchmarks/bench_dataloader.py --device cuda --workers 0 2 4 --batches 16 \
     --model_steps 12
 workers_config="$(mktemp -d)/pretrain_r50_canvas_in_workers.yaml"
@@ -52,6 +54,7 @@ sed 's/^  canvas_in_step: true .*/  canvas_in_step: false/' examples/configs/pre
 grep -q "^  canvas_in_step: false" "$workers_config" || { echo "could not write $workers_config" >&2; exit 1; }
 part dataloader_workers "$PYTHON" benchmarks/bench_dataloader.py --device cuda --workers 0 2 4 --batches 16 \
     --model_steps 12 --config "$workers_config"
+part batch_shapes "$PYTHON" benchmarks/bench_batch_shapes.py --steps 40
 
 run_dir=$(mktemp -d)
 part pretrain_r50 "$PYTHON" examples/run_pretrain.py --config examples/configs/pretrain_r50.yaml \

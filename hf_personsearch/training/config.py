@@ -76,12 +76,13 @@ PRETRAIN_DEFAULTS: dict = {
         "canvas_in_step": False,
         # Each view's batch padded to multiples of this (1: to its largest image only). On a GPU a convolution
         # input of a shape not seen before costs cuDNN's set-up on the host: measured on an H200 (ResNet-50
-        # recipe, bf16), a step on new shapes took 527-581 ms against 301-337 ms for the same batches again, the
-        # host time in cudnn_convolution and convolution_backward rising from 20 ms to 330 ms a step, and 82 of
-        # 100 batches brought a new shape. Rounding up to 128 left 32 shapes in those 100 (a step on new shapes
-        # 474 ms, on seen ones 327 ms: more padding to compute). The GPU recipes say 128; 1 here, where the CPU
-        # has no such cost. At most 0.4 x the smallest of min_sizes: more padding could change the feature
-        # stride RoIAlign infers from the batch's largest image (torchvision's rule, the nearest power of two).
+        # recipe, bf16), a step on new shapes took 527-581 ms against 301-337 ms for the same batches again (the
+        # host time in cudnn_convolution and convolution_backward 330 ms a step against 20 ms), and nearly every
+        # batch brings a new shape. benchmarks/bench_batch_shapes.py, 60 new batches a stream, interleaved:
+        # unpadded 97 view shapes, 534 ms a step; padded to 128, 34 shapes, 404 ms (375 ms over the second half,
+        # as shapes come back). The GPU recipes say 128; 1 here, where the CPU has no such cost. At most 0.4 x
+        # the smallest of min_sizes: more padding could change the feature stride RoIAlign infers from the
+        # batch's largest image (torchvision's rule, the nearest power of two).
         "size_divisor": 1,
         # Two-view augmentation sizes (shortest side drawn from min_sizes, longest <= max_size); None keeps
         # the augmentation's detection defaults (480-800 / 1333).
