@@ -3,14 +3,14 @@
 Batch contract (what ``PersonSearchModel`` / ``PersonSearchPretrainModel`` take):
 
 ``collate_search`` -> ``{"pixel_values": float32 (B, 3, H, W) normalised, zero-padded at the bottom/right
-to the largest image (``collate_pretrain(..., size_divisor=d)``: H and W rounded up to multiples of d), "image_sizes": int64 (B, 2) (height, width) before padding, "labels": [B dicts
+to the largest image, "image_sizes": int64 (B, 2) (height, width) before padding, "labels": [B dicts
 {"boxes": float32 (n, 4) xyxy, "person_ids": int64 (n,), "ignore_regions": float32 (k, 4) xyxy, k may be
 0 (an item without the key has none)}]}``.
 
-``collate_pretrain`` -> the same three keys for view 1, ``pixel_values_2``, ``image_sizes_2``,
-``labels_2`` for view 2 (every labels dict also has ``person_index`` int64 (n,): the same person has
-the same index in both views; persons lost by a view's augmentation are absent from that view), and
-``domain_ids`` int64 (B,) (source index within its IAM task), ``is_reid`` bool (B,),
+``collate_pretrain`` -> the same three keys for view 1 (``size_divisor=d``: H and W rounded up to multiples of
+d), ``pixel_values_2``, ``image_sizes_2``, ``labels_2`` for view 2 (every labels dict also has ``person_index``
+int64 (n,): the same person has the same index in both views; persons lost by a view's augmentation are absent
+from that view), and ``domain_ids`` int64 (B,) (source index within its IAM task), ``is_reid`` bool (B,),
 ``has_identity`` bool (B,), ``sources`` list[str]. When the two-view augmentation leaves the photometric
 part to the training step (``TwoViewAugmentation(photometric_in_step=True)``), the views are uint8 and the
 batch also has ``photometric`` and ``photometric_2``: B :class:`~.photometric.PhotometricParams` each, which
