@@ -49,6 +49,7 @@ evaluation ``results.json`` (final evaluation and the history of periodic ones),
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -92,6 +93,7 @@ from hf_personsearch.training.config import (
     ConfigError,
     build_argument_parser,
     check_output_dir,
+    check_size_divisor,
     check_training_section,
     config_from_args,
     exit_status,
@@ -125,6 +127,7 @@ def check_config(config: dict) -> None:
         select_fraction(1, float(data["train_fraction"]), 0)
     except ValueError as error:
         raise ConfigError(f"data/evaluation: {error}") from error
+    check_size_divisor(data["size_divisor"], data["train_min_sizes"] or [data["min_size"]])
     if data["train_min_sizes"] is not None or data["train_max_size"] is not None:
         try:
             ShortestSideResize(
@@ -420,7 +423,12 @@ def main(argv: list[str] | None = None) -> int:
         model,
         optimizer,
         scheduler,
-        TrainingData(SingleSourceDataset(dataset), sampler, collate_search),
+        # Each batch padded to multiples of data.size_divisor (fewer distinct shapes for cuDNN on a GPU).
+        TrainingData(
+            SingleSourceDataset(dataset),
+            sampler,
+            functools.partial(collate_search, size_divisor=int(config["data"]["size_divisor"])),
+        ),
         LoopSettings.from_config(config, max_steps),
         output_dir,
         name="finetune",

@@ -3,7 +3,7 @@
 Batch contract (what ``PersonSearchModel`` / ``PersonSearchPretrainModel`` take):
 
 ``collate_search`` -> ``{"pixel_values": float32 (B, 3, H, W) normalised, zero-padded at the bottom/right
-to the largest image, "image_sizes": int64 (B, 2) (height, width) before padding, "labels": [B dicts
+to the largest image (``size_divisor=d``: H and W rounded up to multiples of d), "image_sizes": int64 (B, 2) (height, width) before padding, "labels": [B dicts
 {"boxes": float32 (n, 4) xyxy, "person_ids": int64 (n,), "ignore_regions": float32 (k, 4) xyxy, k may be
 0 (an item without the key has none)}]}``.
 
@@ -78,10 +78,11 @@ def _labels(view: dict, with_index: bool) -> dict:
     return labels
 
 
-def collate_search(batch: Sequence[dict | None]) -> dict:
-    """Collate single-view items (``pixel_values``, ``boxes``, ``person_ids``) for PersonSearchModel."""
+def collate_search(batch: Sequence[dict | None], size_divisor: int = 1) -> dict:
+    """Collate single-view items (``pixel_values``, ``boxes``, ``person_ids``) for PersonSearchModel, padded to
+    multiples of ``size_divisor`` (:func:`pad_images`)."""
     items = [item for item in batch if item is not None]
-    pixel_values, image_sizes = pad_images([item["pixel_values"] for item in items])
+    pixel_values, image_sizes = pad_images([item["pixel_values"] for item in items], size_divisor)
     return {
         "pixel_values": pixel_values,
         "image_sizes": image_sizes,

@@ -179,6 +179,11 @@ FINETUNE_DEFAULTS: dict = {
         # evaluation size above, as NAE/SeqNet do.
         "train_min_sizes": None,
         "train_max_size": None,
+        # Each training batch padded to multiples of this (1: to its largest image only). On a GPU a new input
+        # shape costs cuDNN's set-up on the host (measured in pre-training: PRETRAIN_DEFAULTS' data.size_divisor).
+        # The GPU recipes say 32, the padding of the published code (SeqNet's torchvision transform, AlignPS's
+        # mmdetection pipeline); 1 here, where the CPU has no such cost. At most 0.4 x the smallest training size.
+        "size_divisor": 1,
         # Horizontal flip probability of the training view (NAE: 0.5).
         "flip_p": 0.5,
         # DataLoader workers: 2 keeps a GPU fed on full-size scenes without needing many cores.
@@ -397,6 +402,19 @@ def check_output_dir(output_dir: str | Path) -> Path:
     except OSError as error:
         raise ConfigError(f"training.output_dir {str(output_dir)!r} is not writable: {error}") from error
     return output_dir
+
+
+def check_size_divisor(divisor: object, min_sizes: Sequence[int]) -> None:
+    """Raise :class:`ConfigError` unless ``data.size_divisor`` is an integer from 1 to 0.4 x the smallest training
+    size: more padding could change the feature stride RoIAlign infers from the batch's largest image
+    (torchvision's rule, the nearest power of two to map height / image height; tested for every allowed height)."""
+    smallest = min(min_sizes) if all(isinstance(size, (int, float)) for size in min_sizes) else 0
+    if not isinstance(divisor, int) or isinstance(divisor, bool) or not 1 <= divisor <= max(1, 0.4 * smallest):
+        raise ConfigError(
+            f"data.size_divisor must be an integer from 1 to 0.4 x the smallest training size "
+            f"({smallest}: at most {max(1, int(0.4 * smallest))}), got {divisor!r}; more padding could change the "
+            f"feature stride RoIAlign infers from the batch's largest image"
+        )
 
 
 def check_training_section(config: Mapping) -> None:

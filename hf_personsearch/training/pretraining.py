@@ -21,7 +21,7 @@ from ..data.augmentation import PRETRAIN_MIN_SIZES
 from ..data.formats import dataset_names, get_spec
 from ..data.identity import IdentitySpace, alignment_task
 from ..hub.export import is_timm_tag, timm_weights_offline_problem
-from .config import ConfigError, check_training_section
+from .config import ConfigError, check_size_divisor, check_training_section
 
 logger = logging.getLogger(__name__)
 
@@ -115,15 +115,7 @@ def validate_pretrain_config(config: Mapping) -> None:
             raise ConfigError(f"data.{key} must be a probability in [0, 1], got {value!r}")
     if not isinstance(config["data"]["canvas_in_step"], bool):
         raise ConfigError(f"data.canvas_in_step must be true or false, got {config['data']['canvas_in_step']!r}")
-    divisor = config["data"]["size_divisor"]
-    min_sizes = config["data"]["min_sizes"] or PRETRAIN_MIN_SIZES
-    smallest = min(min_sizes) if all(isinstance(size, (int, float)) for size in min_sizes) else 0
-    if not isinstance(divisor, int) or isinstance(divisor, bool) or not 1 <= divisor <= max(1, 0.4 * smallest):
-        raise ConfigError(
-            f"data.size_divisor must be an integer from 1 to 0.4 x the smallest of data.min_sizes "
-            f"({smallest}: at most {max(1, int(0.4 * smallest))}), got {divisor!r}; more padding could change the "
-            f"feature stride RoIAlign infers from the batch's largest image"
-        )
+    check_size_divisor(config["data"]["size_divisor"], config["data"]["min_sizes"] or PRETRAIN_MIN_SIZES)
 
     model = dict(config["model"])
     counts = domain_counts(config)

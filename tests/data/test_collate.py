@@ -278,3 +278,14 @@ def test_collate_pretrain_pads_both_views_to_the_size_divisor():
         assert torch.equal(padded["pixel_values" + suffix][..., :height, :width], plain["pixel_values" + suffix])
         assert not padded["pixel_values" + suffix][..., height:, :].any()
         assert torch.equal(padded["image_sizes" + suffix], plain["image_sizes" + suffix])
+
+
+def test_collate_search_pads_to_the_size_divisor():
+    items = [
+        {"pixel_values": torch.ones(3, 50, 70), "boxes": np.zeros((0, 4)), "person_ids": []},
+        {"pixel_values": torch.ones(3, 60, 40), "boxes": np.zeros((0, 4)), "person_ids": []},
+    ]
+    batch = collate_search(items, size_divisor=32)
+    assert batch["pixel_values"].shape == (2, 3, 64, 96) and batch["image_sizes"].tolist() == [[50, 70], [60, 40]]
+    assert batch["pixel_values"][0, :, :50, :70].eq(1).all() and not batch["pixel_values"][0, :, 50:].any()
+    assert collate_search(items)["pixel_values"].shape == (2, 3, 60, 70)

@@ -150,6 +150,8 @@ def test_pretrained_init_gets_a_fresh_models_weight_norms_by_default(scratch_run
         ("training.learning_rate=1", "unknown key 'training.learning_rate'"),
         ("data.train_min_sizes=[400, 2000]", "data.train_min_sizes / data.train_max_size"),
         ("data.train_max_size=[667, 1000]", "one per min_sizes entry"),
+        ("data.size_divisor=0", "data.size_divisor must be an integer from 1 to 0.4 x the smallest training size"),
+        ("data.size_divisor=64", "(128: at most 51), got 64"),  # the demo trains at 128
         # the demo config's sizes are PRW's: another synthetic dataset needs its own
         ("data.dataset=custom", "custom: unknown synthetic size(s) ['num_test_frames', 'num_train_frames']"),
     ],
@@ -160,6 +162,22 @@ def test_bad_input_fails_before_any_compute(tmp_path, capsys, override, message)
     error = capsys.readouterr().err.strip()
     assert error.startswith("run_finetune: configuration error: ") and message in error and "\n" not in error
     assert not (tmp_path / "out" / "data").exists()  # nothing generated, nothing trained
+
+
+def test_training_batches_are_padded_to_the_size_divisor(tmp_path, monkeypatch):
+    seen = []
+    run_training = run_finetune.run_training
+
+    def run_training_collating_two_items(accelerator, model, optimizer, scheduler, data, *args, **kwargs):
+        seen.append(data.collate([data.dataset[(0, 0)], data.dataset[(0, 1)]]))
+        return run_training(accelerator, model, optimizer, scheduler, data, *args, **kwargs)
+
+    monkeypatch.setattr(run_finetune, "run_training", run_training_collating_two_items)
+    sizes = "data.synthetic_sizes={num_train_frames: 4, num_test_frames: 2, num_train_identities: 2, num_test_identities: 2}"
+    _run(tmp_path / "out", sizes, "data.size_divisor=48", "training.max_steps=1")
+    batch = seen[0]
+    assert all(side % 48 == 0 for side in batch["pixel_values"].shape[-2:])
+    assert batch["pixel_values"].shape[-2:] != tuple(batch["image_sizes"].max(dim=0).values.tolist())
 
 
 def test_unwritable_output_dir_and_missing_checkpoint_are_reported(tmp_path, capsys):

@@ -98,6 +98,15 @@ def test_gpu_recipes_pad_batches_to_128_and_the_cpu_default_not():
     assert PRETRAIN_DEFAULTS["data"]["size_divisor"] == 1
 
 
+def test_gpu_finetuning_recipes_pad_batches_as_the_published_code_and_the_cpu_default_not():
+    from hf_personsearch.training.config import FINETUNE_DEFAULTS
+
+    for recipe in ("prw", "cuhk_sysu", "posetrack21", "alignps_prw", "alignps_cuhk_sysu"):
+        config = load_config(ROOT / "examples" / "configs" / f"finetune_{recipe}.yaml", [], FINETUNE_DEFAULTS)
+        assert config["data"]["size_divisor"] == 32, recipe  # SeqNet's torchvision transform, AlignPS's mmdetection
+    assert FINETUNE_DEFAULTS["data"]["size_divisor"] == 1
+
+
 @pytest.mark.parametrize("divisor", [0, -32, 1.5, True, "32", 193])
 def test_a_size_divisor_that_is_no_integer_or_too_large_is_refused(divisor):
     config = copy.deepcopy(PRETRAIN_DEFAULTS)
