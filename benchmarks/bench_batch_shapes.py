@@ -5,15 +5,16 @@
 On a GPU a convolution input of a shape not seen before costs cuDNN's set-up on the host, and every pre-training
 batch has its own padded shape unless it is rounded up (``data.size_divisor``). The DataLoader of
 ``benchmarks/bench_dataloader.py`` (the paper's five sub-task datasets written by ``hf_personsearch.data.synthetic``,
-equal mixing, batches of 5 images, two views each) gives 2 x ``--steps`` batches never seen by the model; the model of
-``--config`` (default: the paper's ResNet-50 recipe, random weights, its ``training.mixed_precision``) then trains on
-two streams of them, interleaved step by step so that both meet the same conditions: one padded to the batch's
-largest image only, one to multiples of ``--size_divisor``. Printed per stream: the distinct view shapes it met and
+equal mixing, batches of 5 images, two views each) gives two streams of ``--steps`` batches never seen by the model,
+from two sampler seeds: one collated as the default does (padded to the batch's largest image only), one with the
+collate's ``size_divisor=--size_divisor``, as ``run_pretrain.py`` pads. The model of ``--config`` (default: the
+paper's ResNet-50 recipe, random weights, its ``training.mixed_precision``) trains on both, interleaved step by step
+so that both meet the same conditions. Printed per stream: the distinct view shapes it met and
 its mean step time over the first and second half of the steps (a stream whose shapes repeat gets faster as it
 meets them again), then the ratio of the two. Three warm-up steps on other batches come first.
 
 Measured on one NVIDIA H200 (torch 2.11 + cu130, bf16, 60 steps a stream, the sources read as the parsers' record
-lists): unpadded, 97 distinct view shapes, 530 then 537 ms a step; padded to 128, 34 shapes, 433 then 375 ms
+lists; a draft of this script that padded the second stream on the GPU after the step's augmentation): unpadded, 97 distinct view shapes, 530 then 537 ms a step; padded to 128, 34 shapes, 433 then 375 ms
 (0.76x overall, 0.70x over the second half). The same batches run a second time take 301-337 ms a step.
 """
 
@@ -21,13 +22,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
 from bench_dataloader import ROOT, load_sources, loader_for
 
@@ -38,15 +37,6 @@ from hf_personsearch.modeling_person_search_pretrain import PersonSearchPretrain
 from hf_personsearch.training.config import PRETRAIN_DEFAULTS
 from hf_personsearch.training.loop import move_to_device
 from hf_personsearch.training.pretraining import build_pretrain_model_config, photometric_options
-
-
-def padded(pixel_values: torch.Tensor, divisor: int) -> torch.Tensor:
-    """The batch zero-padded at the bottom/right to multiples of ``divisor`` (what the collate does)."""
-    height, width = pixel_values.shape[-2:]
-    return F.pad(
-        pixel_values,
-        (0, math.ceil(width / divisor) * divisor - width, 0, math.ceil(height / divisor) * divisor - height),
-    )
 
 
 def main() -> None:
@@ -72,18 +62,19 @@ def main() -> None:
         sources = load_sources(Path(tmp))
         augmentation = TwoViewAugmentation(**photometric_options(PRETRAIN_DEFAULTS["data"]), photometric_in_step=True)
         dataset = HybridPretrainDataset(sources, augmentation=augmentation, canvas_in_step=True)
-        sampler = HybridSampler(dataset.source_sizes, [1.0] * len(sources), seed=0)
-        iterator = iter(loader_for(dataset, sampler, 5, args.workers))
-        batches = [next(iterator) for _ in range(3 + 2 * args.steps)]
-        del iterator
+        streams = {}
+        for seed, divisor in enumerate((1, args.size_divisor)):
+            sampler = HybridSampler(dataset.source_sizes, [1.0] * len(sources), seed=seed)
+            iterator = iter(loader_for(dataset, sampler, 5, args.workers, divisor))
+            streams[divisor] = [next(iterator) for _ in range(args.steps + (3 if divisor == 1 else 0))]
+            del iterator
+    warm_up, streams[1] = streams[1][:3], streams[1][3:]
     model = PersonSearchPretrainModel(build_pretrain_model_config(config["model"], dataset.identity_space))
     model = model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
-    def step(batch: dict, divisor: int) -> None:
+    def step(batch: dict) -> None:
         batch = augmentation.in_step(move_to_device(batch, device))
-        for key in ("pixel_values", "pixel_values_2"):
-            batch[key] = padded(batch[key], divisor)
         inputs = {key: value for key, value in batch.items() if key not in ("sources", "sample_keys")}
         autocast = (
             torch.autocast(device.type, dtype=dtypes[precision]) if precision in dtypes else contextlib.nullcontext()
@@ -94,26 +85,21 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for batch in batches[:3]:
-        step(batch, 1)
-    streams = {1: batches[3 : 3 + args.steps], args.size_divisor: batches[3 + args.steps :]}
+    for batch in warm_up:
+        step(batch)
     seconds = {divisor: [] for divisor in streams}
     for index in range(args.steps):
         for divisor, stream in streams.items():
             synchronise()
             start = time.perf_counter()
-            step(stream[index], divisor)
+            step(stream[index])
             synchronise()
             seconds[divisor].append(time.perf_counter() - start)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{config['model'].get('person_search', {}).get('backbone', 'resnet50')} on {name}, {precision}")
     half = args.steps // 2
     for divisor, times in seconds.items():
-        shapes = {
-            tuple(padded(b[key], divisor).shape[-2:])
-            for b in streams[divisor]
-            for key in ("pixel_values", "pixel_values_2")
-        }
+        shapes = {tuple(b[key].shape[-2:]) for b in streams[divisor] for key in ("pixel_values", "pixel_values_2")}
         print(
             f"padded to multiples of {divisor:>4}: {len(shapes):>4} distinct view shapes, ms a step: first half "
             f"{1e3 * sum(times[:half]) / max(half, 1):6.0f}, second half {1e3 * sum(times[half:]) / (args.steps - half):6.0f}"
