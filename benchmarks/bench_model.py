@@ -4,7 +4,8 @@
    backward of the whole timm feature network on the same batch), for test_resnet and resnet50 (CPU).
 2. Inference, plain vs optimised, side by side (CPU, ``--inference-size``, default 900x1500 bs1 like the
    issue's comparison with SeqNet): "plain" runs the backbone's modules as built (``fold_batchnorm = False``);
-   "optimised" is the default inference (BatchNorms folded into the convolutions, channels_last weights);
+   "optimised" is the default inference (the backbone's inference copy: BatchNorms folded into the
+   convolutions, residual sums in place, channels_last weights, layer4's leading 1x1 convolutions on the map);
    also the optimised path under ``torch.inference_mode``, under bf16 autocast, and with ``--compile`` under
    ``torch.compile`` (compile time printed apart). Variants run interleaved (each repeat runs every variant
    once), so load from other processes hits them alike; the best of ``--repeats`` is kept. Each variant's

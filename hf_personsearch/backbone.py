@@ -12,21 +12,23 @@ exchangeable with those libraries. Building never reads or downloads weights: st
 paper's released backbones) are loaded afterwards by ``hf_personsearch.hub.load_backbone_weights``, and a
 saved model carries its own weights.
 
-Inference (eval mode, no gradients) runs on an inference copy of the two parts
-(:func:`.batchnorm_folding.fold_batchnorms`: BatchNorms folded into the convolutions, weights in channels_last
-memory format), built on first use and rebuilt when the weights change; training and ``state_dict`` only ever
-see the original modules.
+Inference (eval mode, no gradients) runs on an inference copy of the two parts (:mod:`.inference_copy`:
+BatchNorms folded into the convolutions, residual sums in place, weights in channels_last memory format, the box
+head's leading 1x1 convolutions able to run on the encoder map), built on first use and rebuilt when the weights
+change; training and ``state_dict`` only ever see the original modules.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
-from .batchnorm_folding import fold_batchnorms
+from .inference_copy import build_inference_parts
+from .map_first_box_head import MapFirstBoxHead
 from .shufflenet_v1 import shufflenet_v1
 
 BACKBONE_LIBRARIES = ("timm", "torchvision", "builtin")
@@ -60,10 +62,11 @@ class SplitBackbone(nn.Module):
     BatchNorm with ``momentum=None`` reads); files that carry it still load.
 
     In eval mode without gradients (``model.eval()`` under ``torch.no_grad()`` or ``torch.inference_mode()``)
-    ``encode`` and ``box_head`` run the inference copy: every BatchNorm folded into the convolution before
-    it and the convolution weights in channels_last memory format. Measured on ResNet-50, 900x1500, one CPU
-    thread (``benchmarks/bench_model.py``), the whole model's inference takes 0.73-0.82x the time of the
-    modules as built; the results equal theirs up to float rounding. The copy is cached with a fingerprint
+    ``encode`` and ``box_head`` run the inference copy (:mod:`.inference_copy`): every BatchNorm folded into the
+    convolution before it, residual sums in place and the convolution weights in channels_last memory format;
+    given the encoder map and its RoIAlign, ``box_head`` runs its leading 1x1 convolutions on the map when that is
+    cheaper (:mod:`.map_first_box_head`). The results equal the modules' up to float rounding;
+    ``benchmarks/bench_model.py`` measures the speed. The copy is cached with a fingerprint
     of the body's parameters and buffers (storage, in-place version counter, dtype, device), so an optimiser
     step, ``load_state_dict`` or ``.to()`` rebuild it on the next inference. It costs one more copy of the
     backbone's weights in memory (freed by ``train()``); ``fold_batchnorm = False`` (on the instance) runs the
@@ -157,20 +160,19 @@ class SplitBackbone(nn.Module):
         )
 
     def inference_parts(self) -> tuple[nn.Module, nn.Module] | None:
-        """(encoder, box head) inference copies for the current weights (BatchNorms folded, channels_last),
-        built or rebuilt when needed; None when the body holds tensors made under ``torch.inference_mode``:
+        """(encoder, box head) inference copies for the current weights (:mod:`.inference_copy`), built or
+        rebuilt when needed; None when the body holds tensors made under ``torch.inference_mode``:
         they have no version counter, so a change of the weights could not be seen."""
         fingerprint = self._weights_fingerprint()
         if fingerprint is None:
             return None
         if self._inference_copy is None or self._inference_copy[0] != fingerprint:
             self._inference_copy = None  # free the stale copy before building the new one
-            parts = []
-            for names in (self._encoder_names, self._head_names):
-                folded, _ = fold_batchnorms(nn.Sequential(*(self._modules_by_name[name] for name in names)))
-                folded = folded.to(memory_format=torch.channels_last)
-                parts.append(torch.compile(folded) if self.compile_inference else folded)
-            self._inference_copy = (fingerprint, *parts)
+            encoder, head = (
+                nn.Sequential(*(self._modules_by_name[name] for name in names))
+                for names in (self._encoder_names, self._head_names)
+            )
+            self._inference_copy = (fingerprint, *build_inference_parts(encoder, head, self.compile_inference))
         return self._inference_copy[1], self._inference_copy[2]
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -184,11 +186,22 @@ class SplitBackbone(nn.Module):
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         return self._run(self._encoder_names, pixel_values)
 
-    def box_head(self, roi_features: torch.Tensor) -> torch.Tensor:
+    def box_head(
+        self,
+        roi_features: torch.Tensor,
+        encoder_features: torch.Tensor | None = None,
+        roi_align_of: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The last stage(s) on RoI-aligned encoder features. ``encoder_features`` (the map they were pooled from)
+        and ``roi_align_of`` (``roi_align_of(feature_map, bin_step)``, the same RoIAlign of any map of that size) are
+        optional: with them the inference copy may run its leading 1x1 convolutions on the map
+        (:mod:`.map_first_box_head`); the result is the same up to float rounding."""
         parts = self.inference_parts() if self._runs_inference_copy() else None
-        if parts is not None:
-            return parts[1](roi_features)
-        return self._run(self._head_names, roi_features)
+        if parts is None:
+            return self._run(self._head_names, roi_features)
+        if isinstance(parts[1], MapFirstBoxHead):
+            return parts[1](roi_features, encoder_features, roi_align_of)
+        return parts[1](roi_features)
 
 
 def timm_feature_network(name: str, pretrained: bool = False) -> nn.Module:

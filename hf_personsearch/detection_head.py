@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torchvision.models.detection._utils import BoxCoder, Matcher
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
+from .box_coding import at_least_float32
 from .region_proposal import in_ignore_regions
 
 
@@ -100,7 +101,9 @@ def postprocess_detections(
     """Decode boxes, clip them to the image, drop low scores and tiny boxes, NMS, keep the best.
 
     Returns per image {"boxes", "scores", "embeddings"} with embeddings = normalised embedding x score
-    (NAE's confidence weighted similarity)."""
+    (NAE's confidence weighted similarity), in float32 at least: under bf16 autocast the boxes are decoded in
+    float32 (``box_coder``: :class:`.box_coding.Float32BoxCoder`) and scores and embeddings converted."""
+    scores, embeddings = at_least_float32(scores), at_least_float32(embeddings)
     counts = [p.shape[0] for p in proposals]
     decoded = (
         box_coder.decode_single(box_deltas, torch.cat(proposals)) if sum(counts) else box_deltas.new_zeros((0, 4))

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection._utils import BoxCoder, Matcher
+from torchvision.models.detection._utils import Matcher
 
+from .box_coding import Float32BoxCoder
 from .configuration_person_search import PersonSearchConfig
 from .detection_head import detection_losses, postprocess_detections, sample_proposals
 from .norm_aware_embedding import BoxRegressor, LinearPersonClassifier, NormAwareEmbedding
@@ -81,9 +82,11 @@ class NormAwareRoIHead(nn.Module):
     Args:
         config: the person search config (RoIAlign size, embedding size, OIM table, proposal sampling
             and post-processing settings).
-        box_head: maps RoI-aligned encoder maps (N, C, s, s) to box head maps (N, C5, s', s'). It is the
-            backbone's last stage and stays owned (registered) by the backbone, so its weights keep their
-            timm names; the head only calls it.
+        box_head: maps RoI-aligned encoder maps (N, C, s, s) to box head maps (N, C5, s', s'), called as
+            ``box_head(roi_features, encoder_features, roi_align_of)`` (``roi_align_of(feature_map, bin_step)``:
+            the same RoIAlign of another map of the encoder map's size, for the backbone's map-first inference
+            path). It is the backbone's last stage and stays owned (registered) by the backbone, so its weights
+            keep their timm names; the head only calls it.
         encoder_channels / head_channels: C and C5.
         box_head_stride: the box head's stride, which sets the size of its maps (ceil(s / stride)), the input of
             the linear detection score (``config.detection_score="linear"``).
@@ -109,7 +112,7 @@ class NormAwareRoIHead(nn.Module):
         self.person_classifier = None if norm_score else LinearPersonClassifier(head_channels * head_size**2)
         self.box_regressor = BoxRegressor(head_channels)
         self.oim = new_oim(config)
-        self.box_coder = BoxCoder(tuple(config.bbox_reg_weights))
+        self.box_coder = Float32BoxCoder(tuple(config.bbox_reg_weights))  # float32 boxes under bf16: box_coding
         self.proposal_matcher = Matcher(
             config.box_fg_iou_thresh, config.box_bg_iou_thresh, allow_low_quality_matches=False
         )
@@ -120,7 +123,11 @@ class NormAwareRoIHead(nn.Module):
 
     def _head_maps(self, encoder_features: torch.Tensor, boxes: list[torch.Tensor], image_sizes):
         roi_features = self.roi_align(encoder_features, boxes, image_sizes)
-        return roi_features, self.box_head(roi_features)
+
+        def roi_align_of(feature_map: torch.Tensor, bin_step: int) -> torch.Tensor:
+            return self.roi_align(feature_map, boxes, image_sizes, bin_step)
+
+        return roi_features, self.box_head(roi_features, encoder_features, roi_align_of)
 
     def forward(
         self,

@@ -18,6 +18,8 @@ import torch
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import box_area
 
+from .box_coding import Float32BoxCoder
+
 IGNORE_MIN_COVERAGE = 0.5
 """Fraction of a candidate's area inside one ignore region from which it is ignored: the threshold the
 CrowdHuman and Caltech evaluations use to match detections to ignore regions."""
@@ -87,12 +89,15 @@ class IgnoreRegionRPN(RegionProposalNetwork):
     ``ignore_min_coverage`` of its area inside an ignore region becomes -1, so the sampler of the
     objectness loss never draws it. Positives (IoU >= fg threshold with a person, or a person's best
     anchor) stay positives. Same arguments as RegionProposalNetwork, plus ``ignore_min_coverage``
-    (default :data:`IGNORE_MIN_COVERAGE`).
+    (default :data:`IGNORE_MIN_COVERAGE`). Its proposals are decoded in float32 (:mod:`.box_coding`).
     """
 
     def __init__(self, *args, ignore_min_coverage: float = IGNORE_MIN_COVERAGE, **kwargs):
         super().__init__(*args, **kwargs)
         self.ignore_min_coverage = ignore_min_coverage
+        # Proposals decoded in float32 under bf16 autocast (torchvision's coder would put them on a grid of
+        # up to 8 px: box_coding's docstring), with torchvision's RPN weights and clip.
+        self.box_coder = Float32BoxCoder(self.box_coder.weights, self.box_coder.bbox_xform_clip)
 
     def assign_targets_to_anchors(
         self, anchors: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]

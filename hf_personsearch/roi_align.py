@@ -12,6 +12,9 @@ one core (``benchmarks/bench_roi_align.py``, medians of 5), torchvision's -> thi
   31.6 -> 2.4 ms (torchvision's backward was a quarter of a fine-tuning step);
 - ResNet-50 at 900x1500 (300 boxes, 1024 channels, 14x14): forward 0.93 -> 0.65 s, backward 3.5 -> 0.33 s.
 
+``bin_step`` keeps every ``bin_step``-th bin of each side only (bins 0, step, 2 * step, ...), what a 1x1
+convolution of that stride reads from the pooled map (see :mod:`.map_first_box_head`).
+
 Autograd's backward is the transposed product. The values are torchvision's ``roi_align(..., aligned=False)`` (the
 call MultiScaleRoIAlign makes): the same sampling points (``sampling_ratio`` per bin side, each bin's mean), the
 same border rule (points more than one cell outside the map count as zero, the others are clamped to it); they
@@ -59,9 +62,11 @@ def sampling_matrix(
     output_size: int,
     spatial_scale: float,
     sampling_ratio: int,
+    bin_step: int = 1,
 ) -> torch.Tensor:
     """The sparse CSR matrix M with ``M @ map`` = RoIAlign: one row per (box, bin row, bin column), one column per
-    (image, y, x) location of the (num_images, height, width) map, ``4 * sampling_ratio**2`` entries per row."""
+    (image, y, x) location of the (num_images, height, width) map, ``4 * sampling_ratio**2`` entries per row; with
+    ``bin_step`` > 1 only the rows of bins 0, step, 2 * step, ... of each side."""
     num_images, height, width = map_shape
     num_boxes = rois.shape[0]
     x1, y1, x2, y2 = (rois * spatial_scale).unbind(1)
@@ -69,10 +74,11 @@ def sampling_matrix(
     y_low, y_high, y_weight_low, y_weight_high = _axis_samples(y1, (y2 - y1).clamp(min=1.0), height, points)
     x_low, x_high, x_weight_low, x_weight_high = _axis_samples(x1, (x2 - x1).clamp(min=1.0), width, points)
     shape = (num_boxes, output_size, sampling_ratio, 2)  # box, bin, sample within the bin, low/high corner
-    y_index = torch.stack([y_low, y_high], -1).view(shape)
-    y_weight = torch.stack([y_weight_low, y_weight_high], -1).view(shape)
-    x_index = torch.stack([x_low, x_high], -1).view(shape)
-    x_weight = torch.stack([x_weight_low, x_weight_high], -1).view(shape)
+    y_index = torch.stack([y_low, y_high], -1).view(shape)[:, ::bin_step]
+    y_weight = torch.stack([y_weight_low, y_weight_high], -1).view(shape)[:, ::bin_step]
+    x_index = torch.stack([x_low, x_high], -1).view(shape)[:, ::bin_step]
+    x_weight = torch.stack([x_weight_low, x_weight_high], -1).view(shape)[:, ::bin_step]
+    output_size = y_index.shape[1]  # the bins kept per side
     # (box, bin row, bin column, y sample, y corner, x sample, x corner)
     column = (
         image_index.view(-1, 1, 1, 1, 1, 1, 1) * (height * width)
@@ -97,22 +103,30 @@ def sampling_matrix(
 
 
 def roi_align(
-    features: torch.Tensor, boxes: list[torch.Tensor], output_size: int, spatial_scale: float, sampling_ratio: int
+    features: torch.Tensor,
+    boxes: list[torch.Tensor],
+    output_size: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    bin_step: int = 1,
 ) -> torch.Tensor:
     """torchvision's ``roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, aligned=False)``:
     (num_images, C, H, W) map, one (n_i, 4) xyxy box tensor per image (image pixels) -> (sum n_i, C, out, out),
     contiguous, or in channels-last memory format for a channels-last map when gradients are off (see below).
+    With ``bin_step`` > 1: ``[..., ::bin_step, ::bin_step]`` of that, computed for the kept bins only on CPU.
     """
     if features.device.type != "cpu" or sampling_ratio <= 0:
-        return torchvision_roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, aligned=False)
+        pooled = torchvision_roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, aligned=False)
+        return pooled[..., ::bin_step, ::bin_step] if bin_step > 1 else pooled
     num_images, channels, height, width = features.shape
     dtype = features.dtype if features.dtype in (torch.float32, torch.float64) else torch.float32
     with torch.no_grad():
         rois = torch.cat([box.to(dtype) for box in boxes]).reshape(-1, 4)
         image_index = torch.cat([torch.full((len(box),), index, dtype=torch.long) for index, box in enumerate(boxes)])
         matrix = sampling_matrix(
-            rois, image_index, (num_images, height, width), output_size, spatial_scale, sampling_ratio
+            rois, image_index, (num_images, height, width), output_size, spatial_scale, sampling_ratio, bin_step
         )
+        output_size = -(-output_size // bin_step)
     locations = features.to(dtype).permute(0, 2, 3, 1).reshape(num_images * height * width, channels)
     with torch.autocast("cpu", enabled=False):  # a sparse product has no lower-precision autocast kernel
         pooled = matrix @ locations
@@ -142,9 +156,11 @@ class EncoderRoIAlign(nn.Module):
         self.output_size = int(output_size)
         self.sampling_ratio = int(sampling_ratio)
 
-    def forward(self, features: torch.Tensor, boxes: list[torch.Tensor], image_sizes) -> torch.Tensor:
+    def forward(
+        self, features: torch.Tensor, boxes: list[torch.Tensor], image_sizes, bin_step: int = 1
+    ) -> torch.Tensor:
         scale = infer_spatial_scale(features.shape[-2], image_sizes)
-        return roi_align(features, boxes, self.output_size, scale, self.sampling_ratio)
+        return roi_align(features, boxes, self.output_size, scale, self.sampling_ratio, bin_step)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}, sampling_ratio={self.sampling_ratio}"
