@@ -21,7 +21,6 @@ change; training and ``state_dict`` only ever see the original modules.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 
 import torch
 from timm.layers import freeze_batch_norm_2d
@@ -29,6 +28,7 @@ from torch import nn
 
 from .inference_copy import build_inference_parts
 from .map_first_box_head import MapFirstBoxHead
+from .roi_align import RoIPooling
 from .shufflenet_v1 import shufflenet_v1
 
 BACKBONE_LIBRARIES = ("timm", "torchvision", "builtin")
@@ -190,17 +190,17 @@ class SplitBackbone(nn.Module):
         self,
         roi_features: torch.Tensor,
         encoder_features: torch.Tensor | None = None,
-        roi_align_of: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+        roi_pooling: RoIPooling | None = None,
     ) -> torch.Tensor:
         """The last stage(s) on RoI-aligned encoder features. ``encoder_features`` (the map they were pooled from)
-        and ``roi_align_of`` (``roi_align_of(feature_map, bin_step)``, the same RoIAlign of any map of that size) are
+        and ``roi_pooling`` (:class:`.roi_align.RoIPooling`: the same RoIAlign, of any map of that size) are
         optional: with them the inference copy may run its leading 1x1 convolutions on the map
         (:mod:`.map_first_box_head`); the result is the same up to float rounding."""
         parts = self.inference_parts() if self._runs_inference_copy() else None
         if parts is None:
             return self._run(self._head_names, roi_features)
         if isinstance(parts[1], MapFirstBoxHead):
-            return parts[1](roi_features, encoder_features, roi_align_of)
+            return parts[1](roi_features, encoder_features, roi_pooling)
         return parts[1](roi_features)
 
 

@@ -17,7 +17,9 @@ times the whole model): ``conv1`` 0.60 s on the RoIs -> 0.06 s on the map + 0.18
 
 Pooling a map is not free (a sparse product with 4 * sampling_ratio**2 entries per row, per channel), so a
 convolution runs on the map only when the RoI locations it would read outnumber the map's locations twice; a
-search query (one box) still runs it on its RoI.
+search query (one box) still runs it on its RoI. A strided one also needs a RoIAlign that pools its kept bins
+alone, the sparse CPU one (:func:`.roi_align.pools_sparsely`): torchvision's kernel (CUDA, adaptive sampling)
+pools every bin, 4x the values at stride 2, so there it stays on the RoIs and only ``conv1`` moves.
 
 Only inference uses this (no gradients, BatchNorms folded: :mod:`.backbone`); training runs the modules as
 built.
@@ -25,12 +27,12 @@ built.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
+
+from .roi_align import RoIPooling
 
 # A convolution runs on the map when the RoI locations it reads are more than this many times the map's
 # (measured above: at 11x and 2.7x the map path takes 0.41x and 0.59x the time).
@@ -54,8 +56,8 @@ class MapFirstBoxHead(nn.Module):
     read the RoI features directly can run on the encoder map instead (module docstring).
 
     Call with the RoI features alone to run the head as traced; with ``encoder_features`` (the map they were
-    pooled from) and ``roi_align_of`` (``roi_align_of(feature_map, bin_step)``: the same RoIAlign, same boxes, of any
-    map of that size) to let each such convolution run where it is cheaper.
+    pooled from) and ``roi_pooling`` (:class:`.roi_align.RoIPooling`: the same RoIAlign, same boxes, of any map of
+    that size) to let each such convolution run where it is cheaper.
 
     Attributes:
         convolutions: the 1x1 convolutions moved out of the graph, in the order of ``rest``'s extra inputs.
@@ -86,15 +88,12 @@ class MapFirstBoxHead(nn.Module):
         self,
         roi_features: torch.Tensor,
         encoder_features: torch.Tensor | None = None,
-        roi_align_of: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+        roi_pooling: RoIPooling | None = None,
     ) -> torch.Tensor:
         outputs = []
         for convolution in self.convolutions:
-            stride = convolution.stride[0]
-            roi_locations = roi_features.shape[0] * (-(-roi_features.shape[2] // stride)) ** 2
-            map_locations = 0 if encoder_features is None else encoder_features[:, 0].numel()
-            if roi_align_of is not None and roi_locations > MAP_FIRST_MIN_RATIO * map_locations > 0:
-                pooled = roi_align_of(F.conv2d(encoder_features, convolution.weight), stride)
+            if self._runs_on_map(convolution, roi_features, encoder_features, roi_pooling):
+                pooled = roi_pooling(F.conv2d(encoder_features, convolution.weight), convolution.stride[0])
                 if convolution.bias is not None:  # in place when it can: pooled is a fresh tensor (a large one)
                     bias = convolution.bias.view(1, -1, 1, 1)
                     pooled = pooled.add_(bias) if pooled.dtype == bias.dtype else pooled + bias
@@ -102,6 +101,19 @@ class MapFirstBoxHead(nn.Module):
             else:
                 outputs.append(convolution(roi_features))
         return self.rest(roi_features, *outputs)
+
+    @staticmethod
+    def _runs_on_map(convolution, roi_features, encoder_features, roi_pooling) -> bool:
+        """The cost rule (module docstring). A strided convolution needs the pooling of its kept bins only, which
+        only the sparse CPU RoIAlign computes alone (torchvision's kernel, used elsewhere, pools every bin: 4x the
+        values at stride 2), so elsewhere it stays on the RoIs."""
+        if roi_pooling is None or encoder_features is None:
+            return False
+        stride = convolution.stride[0]
+        if stride > 1 and not roi_pooling.pools_kept_bins_only(encoder_features):
+            return False
+        roi_locations = roi_features.shape[0] * (-(-roi_features.shape[2] // stride)) ** 2
+        return roi_locations > MAP_FIRST_MIN_RATIO * encoder_features[:, 0].numel()
 
 
 def _graph_with_inputs(graph: torch.fx.Graph, moved: list[torch.fx.Node]) -> torch.fx.Graph:

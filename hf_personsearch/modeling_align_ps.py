@@ -84,7 +84,7 @@ class PyramidBackbone(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         return self.body(pixel_values)[-PYRAMID_LEVELS:]
 
-    def box_head(self, roi_features: torch.Tensor, encoder_features=None, roi_align_of=None) -> torch.Tensor:
+    def box_head(self, roi_features: torch.Tensor, encoder_features=None, roi_pooling=None) -> torch.Tensor:
         """The last stage on RoI-aligned features (the map and its RoIAlign, which NormAwareRoIHead passes for
         SplitBackbone's map-first inference path, are not used here)."""
         return getattr(self.body, self._last_stage)(roi_features)

@@ -38,7 +38,7 @@ from .configuration_person_search import PersonSearchConfig
 from .detection_head import detection_losses, postprocess_detections, sample_proposals
 from .norm_aware_embedding import BoxRegressor, LinearPersonClassifier, NormAwareEmbedding
 from .oim import OIMLoss
-from .roi_align import EncoderRoIAlign
+from .roi_align import EncoderRoIAlign, RoIPooling
 
 FEATURE_NAME = "encoder"
 """The name of the encoder map in the feature dict of torchvision's RPN."""
@@ -83,9 +83,8 @@ class NormAwareRoIHead(nn.Module):
         config: the person search config (RoIAlign size, embedding size, OIM table, proposal sampling
             and post-processing settings).
         box_head: maps RoI-aligned encoder maps (N, C, s, s) to box head maps (N, C5, s', s'), called as
-            ``box_head(roi_features, encoder_features, roi_align_of)`` (``roi_align_of(feature_map, bin_step)``:
-            the same RoIAlign of another map of the encoder map's size, for the backbone's map-first inference
-            path). It is the backbone's last stage and stays owned (registered) by the backbone, so its weights
+            ``box_head(roi_features, encoder_features, roi_pooling)`` (:class:`.roi_align.RoIPooling`: the same
+            RoIAlign of other maps of the encoder map's size, for the backbone's map-first inference path). It is the backbone's last stage and stays owned (registered) by the backbone, so its weights
             keep their timm names; the head only calls it.
         encoder_channels / head_channels: C and C5.
         box_head_stride: the box head's stride, which sets the size of its maps (ceil(s / stride)), the input of
@@ -123,11 +122,8 @@ class NormAwareRoIHead(nn.Module):
 
     def _head_maps(self, encoder_features: torch.Tensor, boxes: list[torch.Tensor], image_sizes):
         roi_features = self.roi_align(encoder_features, boxes, image_sizes)
-
-        def roi_align_of(feature_map: torch.Tensor, bin_step: int) -> torch.Tensor:
-            return self.roi_align(feature_map, boxes, image_sizes, bin_step)
-
-        return roi_features, self.box_head(roi_features, encoder_features, roi_align_of)
+        pooling = RoIPooling(self.roi_align, boxes, image_sizes)
+        return roi_features, self.box_head(roi_features, encoder_features, pooling)
 
     def forward(
         self,

@@ -26,6 +26,7 @@ box) it calls torchvision.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -102,6 +103,12 @@ def sampling_matrix(
         return matrix.to_sparse_csr()
 
 
+def pools_sparsely(features: torch.Tensor, sampling_ratio: int) -> bool:
+    """True when :func:`roi_align` takes the sparse-matrix path (CPU, a fixed sampling ratio), which also computes
+    only the kept bins for ``bin_step`` > 1; elsewhere torchvision's kernel pools every bin."""
+    return features.device.type == "cpu" and sampling_ratio > 0
+
+
 def roi_align(
     features: torch.Tensor,
     boxes: list[torch.Tensor],
@@ -115,7 +122,7 @@ def roi_align(
     contiguous, or in channels-last memory format for a channels-last map when gradients are off (see below).
     With ``bin_step`` > 1: ``[..., ::bin_step, ::bin_step]`` of that, computed for the kept bins only on CPU.
     """
-    if features.device.type != "cpu" or sampling_ratio <= 0:
+    if not pools_sparsely(features, sampling_ratio):
         pooled = torchvision_roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, aligned=False)
         return pooled[..., ::bin_step, ::bin_step] if bin_step > 1 else pooled
     num_images, channels, height, width = features.shape
@@ -164,3 +171,20 @@ class EncoderRoIAlign(nn.Module):
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}, sampling_ratio={self.sampling_ratio}"
+
+
+@dataclass
+class RoIPooling:
+    """One call's RoIAlign (the module, the boxes, the image sizes), to pool other maps of the encoder map's size at
+    the same boxes: what the backbone's map-first box head (:mod:`.map_first_box_head`) needs."""
+
+    roi_align: EncoderRoIAlign
+    boxes: list[torch.Tensor]
+    image_sizes: list[tuple[int, int]]
+
+    def __call__(self, feature_map: torch.Tensor, bin_step: int = 1) -> torch.Tensor:
+        return self.roi_align(feature_map, self.boxes, self.image_sizes, bin_step)
+
+    def pools_kept_bins_only(self, feature_map: torch.Tensor) -> bool:
+        """Whether ``bin_step`` > 1 costs the kept bins only (:func:`pools_sparsely`)."""
+        return pools_sparsely(feature_map, self.roi_align.sampling_ratio)

@@ -2,6 +2,8 @@
 output (RoIAlign and a 1x1 convolution commute), are chosen only when the RoIs outnumber the map, and a whole
 bottleneck-ResNet model's inference gives the detections of its modules as built."""
 
+from dataclasses import dataclass, field
+
 import pytest
 import torch
 import torch.fx
@@ -13,7 +15,7 @@ from torch import nn
 from hf_personsearch import PersonSearchModel
 from hf_personsearch.inference_copy import build_inference_parts
 from hf_personsearch.map_first_box_head import MapFirstBoxHead
-from hf_personsearch.roi_align import roi_align
+from hf_personsearch.roi_align import EncoderRoIAlign, RoIPooling, roi_align
 
 
 @pytest.mark.parametrize("sampling_ratio", [2, 0], ids=["sparse", "torchvision"])
@@ -45,19 +47,25 @@ class Bottleneck(nn.Module):
         return torch.relu(self.conv3(x) + shortcut)
 
 
-def pooled_problem(num_boxes: int, seed: int = 0):
-    """A float64 encoder map (2 images, 8 x 14 at stride 16), boxes on it, their 14 x 14 RoI features and a
-    RoIAlign of any map at the same boxes that counts its calls by bin step."""
+@dataclass
+class CountingPooling(RoIPooling):
+    """RoIPooling that records the bin step of each call."""
+
+    calls: list = field(default_factory=list)
+
+    def __call__(self, feature_map, bin_step=1):
+        self.calls.append(bin_step)
+        return super().__call__(feature_map, bin_step)
+
+
+def pooled_problem(num_boxes: int, seed: int = 0, sampling_ratio: int = 2):
+    """A float64 encoder map (2 images of 128 x 224, 8 x 14 at stride 16), boxes on it, their 14 x 14 RoI features
+    and their RoIPooling (counting its calls)."""
     generator = torch.Generator().manual_seed(seed)
     features = torch.randn(2, 6, 8, 14, generator=generator, dtype=torch.float64)
     boxes = [random_boxes(generator, num_boxes, 128, 224).double(), edge_case_boxes().double()]
-    calls = []
-
-    def roi_align_of(feature_map, bin_step):
-        calls.append(bin_step)
-        return roi_align(feature_map, boxes, 14, 1.0 / 16, 2, bin_step)
-
-    return features, roi_align(features, boxes, 14, 1.0 / 16, 2), roi_align_of, calls
+    pooling = CountingPooling(EncoderRoIAlign(14, sampling_ratio), boxes, [(128, 224), (128, 224)])
+    return features, roi_align(features, boxes, 14, 1.0 / 16, sampling_ratio), pooling
 
 
 def test_pointwise_convolutions_on_the_map_give_the_heads_output():
@@ -65,12 +73,12 @@ def test_pointwise_convolutions_on_the_map_give_the_heads_output():
     block = Bottleneck().double().eval()
     head = MapFirstBoxHead.from_traced(torch.fx.symbolic_trace(block))
     assert [conv.stride[0] for conv in head.convolutions] == [2, 1]  # downsample, conv1 (the traced order)
-    features, roi_features, roi_align_of, calls = pooled_problem(num_boxes=30)
+    features, roi_features, pooling = pooled_problem(num_boxes=30)
     with torch.no_grad():
         expected = block(roi_features)
         on_rois = head(roi_features)
-        on_map = head(roi_features, features, roi_align_of)
-    assert sorted(calls) == [1, 2]  # both convolutions ran on the map (36 boxes: 7,056 RoI locations vs 224)
+        on_map = head(roi_features, features, pooling)
+    assert sorted(pooling.calls) == [1, 2]  # both convolutions ran on the map (36 boxes: 7,056 RoI locations vs 224)
     torch.testing.assert_close(on_rois, expected, rtol=0, atol=1e-12)
     # The bias is added after the pooling: boxes over the border pool a constant to less than itself.
     torch.testing.assert_close(on_map, expected, rtol=0, atol=1e-12)
@@ -81,10 +89,23 @@ def test_a_convolution_stays_on_the_rois_when_they_are_fewer_than_twice_the_map(
     block = Bottleneck().double().eval()
     head = MapFirstBoxHead.from_traced(torch.fx.symbolic_trace(block))
     # 2 + 6 boxes: 1,568 RoI locations for conv1 (> 2 x 224, on the map), 392 for the stride-2 downsample (not)
-    features, roi_features, roi_align_of, calls = pooled_problem(num_boxes=2)
+    features, roi_features, pooling = pooled_problem(num_boxes=2)
     with torch.no_grad():
-        output = head(roi_features, features, roi_align_of)
-    assert calls == [1]
+        output = head(roi_features, features, pooling)
+    assert pooling.calls == [1]
+    torch.testing.assert_close(output, block(roi_features), rtol=0, atol=1e-12)
+
+
+def test_a_strided_convolution_stays_on_the_rois_where_roialign_pools_every_bin():
+    """torchvision's kernel (CUDA; adaptive sampling, here on the CPU) pools every bin: a stride-2 convolution on the
+    map would need 4x the pooling it reads, so only the stride-1 one moves."""
+    torch.manual_seed(0)
+    block = Bottleneck().double().eval()
+    head = MapFirstBoxHead.from_traced(torch.fx.symbolic_trace(block))
+    features, roi_features, pooling = pooled_problem(num_boxes=30, sampling_ratio=0)
+    with torch.no_grad():
+        output = head(roi_features, features, pooling)
+    assert pooling.calls == [1]
     torch.testing.assert_close(output, block(roi_features), rtol=0, atol=1e-12)
 
 
