@@ -45,7 +45,8 @@ nvidia-smi -L
 'torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__, 'transformers', \
 transformers.__version__, 'accelerate', accelerate.__version__)"
 
-part tests "$PYTHON" -m pytest -q -p no:cacheprovider tests/data/test_augmentation.py -k "device"
+part tests "$PYTHON" -m pytest -q -p no:cacheprovider tests/data/test_augmentation.py \
+    tests/models/test_map_first_box_head.py -k "device"
 part bench_model "$PYTHON" benchmarks/bench_model.py --cuda-only --repeats 5 ${SEQNET_DIR:+--seqnet "$SEQNET_DIR"}
 part dataloader_step "$PYTHON" benchmarks/bench_dataloader.py --device cuda --workers 0 2 4 --batches 16 \
     --model_steps 12
