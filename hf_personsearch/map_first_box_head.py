@@ -17,9 +17,10 @@ times the whole model): ``conv1`` 0.60 s on the RoIs -> 0.06 s on the map + 0.18
 
 Pooling a map is not free (a sparse product with 4 * sampling_ratio**2 entries per row, per channel), so a
 convolution runs on the map only when the RoI locations it would read outnumber the map's locations twice; a
-search query (one box) still runs it on its RoI. A strided one also needs a RoIAlign that pools its kept bins
-alone, the sparse CPU one (:func:`.roi_align.pools_sparsely`): torchvision's kernel (CUDA, adaptive sampling)
-pools every bin, 4x the values at stride 2, so there it stays on the RoIs and only ``conv1`` moves.
+search query (one box) still runs it on its RoI. Only the sparse CPU RoIAlign (:func:`.roi_align.pools_sparsely`)
+takes this path, where it was measured: torchvision's kernel, used elsewhere (CUDA, adaptive sampling), pools every
+bin (4x the values a stride-2 convolution reads), and on a GPU a convolution is cheap next to one more RoIAlign
+pass over a large map (not measured there), so there the head runs as traced.
 
 Only inference uses this (no gradients, BatchNorms folded: :mod:`.backbone`); training runs the modules as
 built.
@@ -104,14 +105,11 @@ class MapFirstBoxHead(nn.Module):
 
     @staticmethod
     def _runs_on_map(convolution, roi_features, encoder_features, roi_pooling) -> bool:
-        """The cost rule (module docstring). A strided convolution needs the pooling of its kept bins only, which
-        only the sparse CPU RoIAlign computes alone (torchvision's kernel, used elsewhere, pools every bin: 4x the
-        values at stride 2), so elsewhere it stays on the RoIs."""
-        if roi_pooling is None or encoder_features is None:
+        """The cost rule (module docstring): on the sparse CPU RoIAlign only, when the RoI locations the
+        convolution reads outnumber the map's twice."""
+        if roi_pooling is None or encoder_features is None or not roi_pooling.pools_sparsely(encoder_features):
             return False
         stride = convolution.stride[0]
-        if stride > 1 and not roi_pooling.pools_kept_bins_only(encoder_features):
-            return False
         roi_locations = roi_features.shape[0] * (-(-roi_features.shape[2] // stride)) ** 2
         return roi_locations > MAP_FIRST_MIN_RATIO * encoder_features[:, 0].numel()
 

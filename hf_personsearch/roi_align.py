@@ -185,6 +185,6 @@ class RoIPooling:
     def __call__(self, feature_map: torch.Tensor, bin_step: int = 1) -> torch.Tensor:
         return self.roi_align(feature_map, self.boxes, self.image_sizes, bin_step)
 
-    def pools_kept_bins_only(self, feature_map: torch.Tensor) -> bool:
-        """Whether ``bin_step`` > 1 costs the kept bins only (:func:`pools_sparsely`)."""
+    def pools_sparsely(self, feature_map: torch.Tensor) -> bool:
+        """Whether pooling ``feature_map`` takes the sparse CPU path (:func:`pools_sparsely`)."""
         return pools_sparsely(feature_map, self.roi_align.sampling_ratio)
