@@ -253,6 +253,7 @@ def test_quick_run_goes_through_every_stage(tmp_path):
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     summary = json.loads((output_dir / "summary.json").read_text())
     assert set(summary["conditions"]) == set(bench.CONDITIONS)
+    assert summary["worker_allocator_environment"] == bench.ALLOCATOR_ENVIRONMENT  # as a worker saw it
     seed_dir = output_dir / "seed3"
     for name, condition in bench.CONDITIONS.items():
         metrics = summary["conditions"][name]["3"]
