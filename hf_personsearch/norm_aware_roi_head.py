@@ -121,8 +121,8 @@ class NormAwareRoIHead(nn.Module):
         self.oim.check_ids(person_ids, where=where)
 
     def _head_maps(self, encoder_features: torch.Tensor, boxes: list[torch.Tensor], image_sizes):
-        roi_features = self.roi_align(encoder_features, boxes, image_sizes)
         pooling = RoIPooling(self.roi_align, boxes, image_sizes)
+        roi_features = pooling(encoder_features)
         return roi_features, self.box_head(roi_features, encoder_features, pooling)
 
     def forward(

@@ -26,7 +26,7 @@ box) it calls torchvision.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -116,24 +116,34 @@ def roi_align(
     spatial_scale: float,
     sampling_ratio: int,
     bin_step: int = 1,
+    matrices: dict | None = None,
 ) -> torch.Tensor:
     """torchvision's ``roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, aligned=False)``:
     (num_images, C, H, W) map, one (n_i, 4) xyxy box tensor per image (image pixels) -> (sum n_i, C, out, out),
     contiguous, or in channels-last memory format for a channels-last map when gradients are off (see below).
     With ``bin_step`` > 1: ``[..., ::bin_step, ::bin_step]`` of that, computed for the kept bins only on CPU.
+    ``matrices`` (optional, for several maps pooled at the same boxes): the sampling matrices built so far for these
+    boxes, read and filled in, so that each is built once (a ResNet-50 one of 300 boxes takes about 65 ms).
     """
     if not pools_sparsely(features, sampling_ratio):
         pooled = torchvision_roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, aligned=False)
         return pooled[..., ::bin_step, ::bin_step] if bin_step > 1 else pooled
     num_images, channels, height, width = features.shape
     dtype = features.dtype if features.dtype in (torch.float32, torch.float64) else torch.float32
-    with torch.no_grad():
-        rois = torch.cat([box.to(dtype) for box in boxes]).reshape(-1, 4)
-        image_index = torch.cat([torch.full((len(box),), index, dtype=torch.long) for index, box in enumerate(boxes)])
-        matrix = sampling_matrix(
-            rois, image_index, (num_images, height, width), output_size, spatial_scale, sampling_ratio, bin_step
-        )
-        output_size = -(-output_size // bin_step)
+    key = (num_images, height, width, output_size, spatial_scale, sampling_ratio, bin_step, dtype)
+    matrix = None if matrices is None else matrices.get(key)
+    if matrix is None:
+        with torch.no_grad():
+            rois = torch.cat([box.to(dtype) for box in boxes]).reshape(-1, 4)
+            image_index = torch.cat(
+                [torch.full((len(box),), index, dtype=torch.long) for index, box in enumerate(boxes)]
+            )
+            matrix = sampling_matrix(
+                rois, image_index, (num_images, height, width), output_size, spatial_scale, sampling_ratio, bin_step
+            )
+        if matrices is not None:
+            matrices[key] = matrix
+    output_size = -(-output_size // bin_step)
     locations = features.to(dtype).permute(0, 2, 3, 1).reshape(num_images * height * width, channels)
     with torch.autocast("cpu", enabled=False):  # a sparse product has no lower-precision autocast kernel
         pooled = matrix @ locations
@@ -164,10 +174,10 @@ class EncoderRoIAlign(nn.Module):
         self.sampling_ratio = int(sampling_ratio)
 
     def forward(
-        self, features: torch.Tensor, boxes: list[torch.Tensor], image_sizes, bin_step: int = 1
+        self, features: torch.Tensor, boxes: list[torch.Tensor], image_sizes, bin_step: int = 1, matrices=None
     ) -> torch.Tensor:
         scale = infer_spatial_scale(features.shape[-2], image_sizes)
-        return roi_align(features, boxes, self.output_size, scale, self.sampling_ratio, bin_step)
+        return roi_align(features, boxes, self.output_size, scale, self.sampling_ratio, bin_step, matrices)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}, sampling_ratio={self.sampling_ratio}"
@@ -175,15 +185,17 @@ class EncoderRoIAlign(nn.Module):
 
 @dataclass
 class RoIPooling:
-    """One call's RoIAlign (the module, the boxes, the image sizes), to pool other maps of the encoder map's size at
-    the same boxes: what the backbone's map-first box head (:mod:`.map_first_box_head`) needs."""
+    """One call's RoIAlign (the module, the boxes, the image sizes), to pool the encoder map and other maps of its
+    size at the same boxes: what the backbone's map-first box head (:mod:`.map_first_box_head`) needs. Each sampling
+    matrix is built once for all of them (``matrices``)."""
 
     roi_align: EncoderRoIAlign
     boxes: list[torch.Tensor]
     image_sizes: list[tuple[int, int]]
+    matrices: dict = field(default_factory=dict, repr=False)
 
     def __call__(self, feature_map: torch.Tensor, bin_step: int = 1) -> torch.Tensor:
-        return self.roi_align(feature_map, self.boxes, self.image_sizes, bin_step)
+        return self.roi_align(feature_map, self.boxes, self.image_sizes, bin_step, self.matrices)
 
     def pools_sparsely(self, feature_map: torch.Tensor) -> bool:
         """Whether pooling ``feature_map`` takes the sparse CPU path (:func:`pools_sparsely`)."""

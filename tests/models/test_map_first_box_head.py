@@ -147,10 +147,12 @@ def _parts(backbone):
     "device",
     ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))],
 )
-def test_bottleneck_model_inference_on_each_device_gives_the_plain_detections(device):
+def test_bottleneck_model_inference_on_each_device_gives_the_plain_detections(device, monkeypatch):
     """A whole model whose box head starts with 1x1 convolutions (ResNet-26): the default inference, which runs
     them on the encoder map here on the CPU (150 proposals of 8 x 8 against 3 maps of 8 x 10; on CUDA the head
-    runs as traced), detects what the modules as built detect."""
+    runs as traced), detects what the modules as built detect, and builds each sampling matrix once."""
+    import hf_personsearch.roi_align as roi_align_module
+
     torch.manual_seed(0)
     model = PersonSearchModel(
         tiny_config(backbone="resnet26", freeze_batchnorm=True, freeze_stem=True, box_score_thresh=0.0)
@@ -159,10 +161,12 @@ def test_bottleneck_model_inference_on_each_device_gives_the_plain_detections(de
     model.to(device).eval()
     pixel_batch, _ = scene_batch()
     pixel_batch["pixel_values"] = pixel_batch["pixel_values"].to(device)
-    bin_steps = []
+    bin_steps, builds = [], []
     roi_align = model.search_head.roi_align
     original = roi_align.forward
     roi_align.forward = lambda *args: bin_steps.append(args[3] if len(args) > 3 else 1) or original(*args)
+    build = roi_align_module.sampling_matrix
+    monkeypatch.setattr(roi_align_module, "sampling_matrix", lambda *args: builds.append(args[-1]) or build(*args))
     with torch.no_grad():
         model.backbone.fold_batchnorm = False
         plain = model(pixel_batch["pixel_values"], pixel_batch["image_sizes"])
@@ -171,4 +175,6 @@ def test_bottleneck_model_inference_on_each_device_gives_the_plain_detections(de
         optimised = model(pixel_batch["pixel_values"], pixel_batch["image_sizes"])
     # the RoI features, then (on the sparse CPU RoIAlign) conv1's and the downsample's maps
     assert bin_steps[1:] == ([1, 1, 2] if device == "cpu" else [1])
+    if device == "cpu":  # plain: one matrix; default: one for the RoI features and conv1's map, one strided
+        assert builds == [1, 1, 2]
     assert_same_detections(plain, optimised)
