@@ -91,16 +91,34 @@ def sampling_matrix(
         * x_weight.view(num_boxes, 1, output_size, 1, 1, sampling_ratio, 2)
         / sampling_ratio**2
     )
-    row = torch.arange(num_boxes * output_size**2, device=rois.device).view(num_boxes, output_size, output_size)
-    row = row[..., None, None, None, None].expand_as(column)
-    indices = torch.stack([row.reshape(-1), column.reshape(-1)])
-    size = (num_boxes * output_size**2, num_images * height * width)
-    # coalesce sums the repeated locations (clamped corners) and sorts the columns, as CSR requires. The indices
-    # are in range by construction, so torch's invariant checks are skipped (explicitly: no warning).
-    matrix = torch.sparse_coo_tensor(indices, weight.reshape(-1), size, check_invariants=False).coalesce()
+    rows, per_row = num_boxes * output_size**2, 4 * sampling_ratio**2
+    return _summed_csr(column.reshape(rows, per_row), weight.reshape(rows, per_row), num_images * height * width)
+
+
+def _summed_csr(column: torch.Tensor, weight: torch.Tensor, num_columns: int) -> torch.Tensor:
+    """The sparse CSR matrix with the (rows, k) entries ``weight`` at ``column``: each row's columns sorted, repeated
+    ones summed. Bit for bit what ``torch.sparse_coo_tensor(...).coalesce().to_sparse_csr()`` gives, at a third to
+    a half of its time (test_resnet's 48 boxes: 4.2 -> 1.8 ms; ResNet-50's 300 boxes of 14 x 14: 90 -> 49 ms; one
+    core): coalesce's own sort of the flat indices (``Tensor.sort``, not stable: it decides the order in which
+    repeated entries are summed), without its copies of the index rows and the CSR conversion after it."""
+    rows, per_row = column.shape
+    row = torch.arange(rows, device=column.device).view(-1, 1).expand(rows, per_row)
+    flat, order = (row * num_columns + column).reshape(-1).sort(0)
+    first = torch.ones_like(flat, dtype=torch.bool)
+    first[1:] = flat[1:] != flat[:-1]
+    entry = torch.cumsum(first, 0) - 1  # the summed entry each one goes to, in the sort's order
+    values = weight.reshape(-1)[order]
+    summed = torch.zeros(int(entry[-1]) + 1 if len(entry) else 0, dtype=weight.dtype, device=weight.device)
+    summed.scatter_add_(0, entry, values)  # one at a time, in the sort's order: coalesce's sum
+    kept = flat[first]
+    crow = torch.zeros(rows + 1, dtype=torch.long, device=column.device)
+    torch.cumsum(torch.bincount(kept // num_columns, minlength=rows), 0, out=crow[1:])
+    size = (rows, num_columns)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")  # printed once per process
-        return matrix.to_sparse_csr()
+        # The invariants hold by construction (sorted columns, in range, one entry each), so torch's checks are
+        # skipped, explicitly: no warning.
+        return torch.sparse_csr_tensor(crow, kept % num_columns, summed, size, check_invariants=False)
 
 
 def pools_sparsely(features: torch.Tensor, sampling_ratio: int) -> bool:

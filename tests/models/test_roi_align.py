@@ -126,3 +126,49 @@ def test_encoder_roi_align_equals_multiscale_roi_align():
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
     assert infer_spatial_scale(8, image_sizes) == 1.0 / 16
     assert infer_spatial_scale(57, [(900, 1500)]) == 1.0 / 16  # ResNet-50's C4 at 900 x 1500 (900 / 16 = 56.25)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sampling_matrix_sums_repeated_locations_bit_for_bit_as_coalesce(monkeypatch, dtype):
+    """The sampling matrix is built without ``coalesce`` (a third to a half of its time) but sums the repeated
+    locations of a row (clamped corners, samples in one cell) in coalesce's order: the same matrix bit for bit,
+    so training and inference give the same numbers as before. Boxes over the border, smaller than a cell and
+    larger than the map, one to three samples per bin side, every bin and every second bin."""
+    from hf_personsearch import roi_align as roi_align_module
+
+    entries = []
+    summed_csr = roi_align_module._summed_csr
+    monkeypatch.setattr(
+        roi_align_module,
+        "_summed_csr",
+        lambda column, weight, n: entries.append((column, weight, n)) or summed_csr(column, weight, n),
+    )
+    generator = torch.Generator().manual_seed(3)
+    cases = 0
+    for sampling_ratio in (1, 2, 3):
+        for output_size, bin_step in ((8, 1), (7, 1), (14, 2), (4, 3)):
+            boxes = torch.cat([random_boxes(generator, 40, 128, 224), edge_case_boxes()]).to(dtype)
+            boxes[:8, 2:] += torch.rand(8, 2, generator=generator, dtype=dtype) * 400  # larger than the image
+            image_index = torch.randint(0, 3, (len(boxes),), generator=generator)
+            matrix = roi_align_module.sampling_matrix(
+                boxes, image_index, (3, 8, 14), output_size, 1.0 / 16, sampling_ratio, bin_step
+            )
+            column, weight, num_columns = entries[-1]
+            row = torch.arange(column.shape[0]).view(-1, 1).expand_as(column)
+            reference = (
+                torch.sparse_coo_tensor(
+                    torch.stack([row.reshape(-1), column.reshape(-1)]),
+                    weight.reshape(-1),
+                    (column.shape[0], num_columns),
+                    check_invariants=False,
+                )
+                .coalesce()
+                .to_sparse_csr()
+            )
+            assert matrix.shape == reference.shape
+            assert torch.equal(matrix.crow_indices(), reference.crow_indices())
+            assert torch.equal(matrix.col_indices(), reference.col_indices())
+            assert torch.equal(matrix.values(), reference.values())  # bit for bit: the same order of summation
+            assert matrix._nnz() < column.numel()  # there were repeated locations to sum
+            cases += 1
+    assert cases == 12
