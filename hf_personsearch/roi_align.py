@@ -8,9 +8,9 @@ sampling point of every channel one at a time. On CPU, :func:`roi_align` builds 
 sparse ``(boxes * output**2) x (locations)`` matrix and multiplies the channels-last map with it. Measured on
 one core (``benchmarks/bench_roi_align.py``, medians of 5), torchvision's -> this module's time:
 
-- the CPU benchmark's test_resnet model (48 boxes, 192 channels, 8x8 output): forward 5.9 -> 5.5 ms, backward
-  31.6 -> 2.4 ms (torchvision's backward was a quarter of a fine-tuning step);
-- ResNet-50 at 900x1500 (300 boxes, 1024 channels, 14x14): forward 0.93 -> 0.65 s, backward 3.5 -> 0.33 s.
+- the CPU benchmark's test_resnet model (48 boxes, 192 channels, 8x8 output): forward 5.4 -> 4.7 ms, backward
+  30.8 -> 1.9 ms (torchvision's backward was a quarter of a fine-tuning step);
+- ResNet-50 at 900x1500 (300 boxes, 1024 channels, 14x14): forward 0.77 -> 0.58 s, backward 3.4 -> 0.30 s.
 
 ``bin_step`` keeps every ``bin_step``-th bin of each side only (bins 0, step, 2 * step, ...), what a 1x1
 convolution of that stride reads from the pooled map (see :mod:`.map_first_box_head`).
