@@ -438,6 +438,7 @@ def build_plan(args: argparse.Namespace, output_dir: Path) -> list[Job]:
         pretrain = ["--config", str(args.pretrain_config), sources_override(data_dir, args.pretrain_config)]
         pretrain.append(f"training.seed={seed}")
         pretrain += args.pretrain_overrides
+        pretrain += precision_overrides(args)
         stage1 = pretrain + ["--output_dir", str(seed_dir / "pretrain_stage1")]
         if args.quick:
             stage1 += [f"training.max_steps={QUICK_STEPS['stage1']}", "training.log_every=1"]
@@ -467,7 +468,7 @@ def build_plan(args: argparse.Namespace, output_dir: Path) -> list[Job]:
             condition = CONDITIONS[name]
             folder = seed_dir / f"finetune_{name}"
             config = finetune_config if condition.model == "person_search" else str(args.alignps_finetune_config)
-            argv = finetune_argv(name, seed, seed_dir, folder, config, max_steps)
+            argv = finetune_argv(name, seed, seed_dir, folder, config, max_steps) + precision_overrides(args)
             needs = [tag + "data"]
             if condition.variant is not None:
                 needs.append(tag + f"pretrain_{condition.variant}")
@@ -488,6 +489,12 @@ def build_plan(args: argparse.Namespace, output_dir: Path) -> list[Job]:
     # When more jobs are ready than workers, the longest chains go first: every seed's pre-training before any
     # fine-tuning (stable sort: within a stage, seed order and pre-trained fine-tunings before scratch ones).
     return sorted(jobs, key=lambda job: next(i for i, stage in enumerate(STAGE_ORDER) if stage in job.name))
+
+
+def precision_overrides(args: argparse.Namespace) -> list[str]:
+    """``training.mixed_precision`` of every pre-training and fine-tuning run: none for the default (the configs'
+    float32), ``training.mixed_precision=bf16`` with ``--mixed_precision bf16``."""
+    return [] if args.mixed_precision == "no" else [f"training.mixed_precision={args.mixed_precision}"]
 
 
 def finetune_argv(name: str, seed: int, seed_dir: Path, folder: Path, config: str, max_steps: int) -> list[str]:
@@ -677,6 +684,7 @@ def summarise(args: argparse.Namespace, results: dict) -> dict:
         "seeds": args.seeds,
         "conditions_run": args.conditions,
         "pretrain_overrides": args.pretrain_overrides,
+        "mixed_precision": args.mixed_precision,
     }
 
 
@@ -832,6 +840,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="run_pretrain.py overrides for every pre-training run of every variant (e.g. a diagnostic: "
         "data.color_jitter_p=0); stored in summary.json",
+    )
+    parser.add_argument(
+        "--mixed_precision",
+        choices=["no", "bf16"],
+        default="no",
+        help="training.mixed_precision of every pre-training and fine-tuning run (default %(default)s: float32, "
+        "the figures of the README; bf16: autocast, fine-tuning steps ~1.3x faster on a CPU with AVX512-BF16, "
+        "other figures); stored in summary.json",
     )
     parser.add_argument("--finetune_config", type=Path, default=FINETUNE_CONFIG, help="run_finetune.py YAML")
     parser.add_argument(

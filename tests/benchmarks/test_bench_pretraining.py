@@ -64,7 +64,11 @@ def fake_results(seeds, map_of, det_ap=0.6, zero_shot_det_ap=0.5, half_map=None)
 
 def args_for(seeds, conditions=None) -> argparse.Namespace:
     return argparse.Namespace(
-        seeds=seeds, quick=False, conditions=conditions or list(bench.CONDITIONS), pretrain_overrides=[]
+        seeds=seeds,
+        quick=False,
+        conditions=conditions or list(bench.CONDITIONS),
+        pretrain_overrides=[],
+        mixed_precision="no",
     )
 
 
@@ -124,6 +128,27 @@ def test_pretrain_overrides_reach_every_pre_training_run_and_no_fine_tuning(tmp_
             assert not set(overrides) & set(job.arguments[0])
     summary = bench.summarise(args, fake_results([0], lambda name, seed: BASE.get(name, 0.22)))
     assert summary["pretrain_overrides"] == overrides
+
+
+def test_mixed_precision_reaches_every_training_run_and_the_default_adds_nothing(tmp_path):
+    default = bench.parse_args(["--output_dir", str(tmp_path), "--conditions", "full_25"])
+    bf16 = bench.parse_args(["--output_dir", str(tmp_path), "--conditions", "full_25", "--mixed_precision", "bf16"])
+    training_jobs = 0
+    for plain, job in zip(bench.build_plan(default, tmp_path), bench.build_plan(bf16, tmp_path)):
+        assert plain.name == job.name
+        if "/pretrain_" in job.name or "/finetune_" in job.name:
+            training_jobs += 1
+            assert job.arguments[0].count("training.mixed_precision=bf16") == 1
+            assert [
+                argument for argument in job.arguments[0] if argument != "training.mixed_precision=bf16"
+            ] == plain.arguments[0]
+            assert not any(argument.startswith("training.mixed_precision") for argument in plain.arguments[0])
+    assert training_jobs == 4  # stage 1, the full continuation, scratch_100 (always run), full_25
+    results = fake_results([0], lambda name, seed: BASE.get(name, 0.22))
+    assert bench.summarise(bf16, results)["mixed_precision"] == "bf16"
+    assert bench.summarise(default, results)["mixed_precision"] == "no"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--output_dir", str(tmp_path), "--mixed_precision", "fp16"])
 
 
 def test_targets_fail_when_one_seed_gains_less_than_five_points():
