@@ -141,7 +141,7 @@ def roi_align(
     contiguous, or in channels-last memory format for a channels-last map when gradients are off (see below).
     With ``bin_step`` > 1: ``[..., ::bin_step, ::bin_step]`` of that, computed for the kept bins only on CPU.
     ``matrices`` (optional, for several maps pooled at the same boxes): the sampling matrices built so far for these
-    boxes, read and filled in, so that each is built once (a ResNet-50 one of 300 boxes takes about 65 ms).
+    boxes, read and filled in, so that each is built once (a ResNet-50 one of 300 boxes of 14 x 14 takes about 50 ms).
     """
     if not pools_sparsely(features, sampling_ratio):
         pooled = torchvision_roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, aligned=False)
