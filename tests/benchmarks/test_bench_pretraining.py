@@ -130,8 +130,8 @@ def test_pretrain_overrides_reach_every_pre_training_run_and_no_fine_tuning(tmp_
     assert summary["pretrain_overrides"] == overrides
 
 
-def test_mixed_precision_reaches_every_training_run_and_the_default_adds_nothing(tmp_path):
-    default = bench.parse_args(["--output_dir", str(tmp_path), "--conditions", "full_25"])
+def test_mixed_precision_reaches_every_training_run_and_float32_adds_nothing(tmp_path):
+    default = bench.parse_args(["--output_dir", str(tmp_path), "--conditions", "full_25", "--mixed_precision", "no"])
     bf16 = bench.parse_args(["--output_dir", str(tmp_path), "--conditions", "full_25", "--mixed_precision", "bf16"])
     training_jobs = 0
     for plain, job in zip(bench.build_plan(default, tmp_path), bench.build_plan(bf16, tmp_path)):
@@ -149,6 +149,29 @@ def test_mixed_precision_reaches_every_training_run_and_the_default_adds_nothing
     assert bench.summarise(default, results)["mixed_precision"] == "no"
     with pytest.raises(SystemExit):
         bench.parse_args(["--output_dir", str(tmp_path), "--mixed_precision", "fp16"])
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_on_a_cpu_with_bf16_instructions(tmp_path, monkeypatch, native):
+    monkeypatch.setattr(bench, "native_bf16", lambda: native)
+    expected = "bf16" if native else "no"
+    for argv in ([], ["--mixed_precision", "auto"]):
+        args = bench.parse_args(["--output_dir", str(tmp_path), "--conditions", "full_25", *argv])
+        assert args.mixed_precision == expected
+        finetune = next(job for job in bench.build_plan(args, tmp_path) if job.name.endswith("finetune_full_25"))
+        assert ("training.mixed_precision=bf16" in finetune.arguments[0]) is native
+    # an explicit choice is kept whatever the CPU
+    assert bench.parse_args(["--output_dir", str(tmp_path), "--mixed_precision", "no"]).mixed_precision == "no"
+    assert bench.parse_args(["--output_dir", str(tmp_path), "--mixed_precision", "bf16"]).mixed_precision == "bf16"
+
+
+def test_native_bf16_follows_torch_and_is_false_where_torch_cannot_tell(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert bench.native_bf16() is True
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert bench.native_bf16() is False
 
 
 def test_targets_fail_when_one_seed_gains_less_than_five_points():
