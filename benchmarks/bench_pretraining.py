@@ -440,7 +440,7 @@ def build_plan(args: argparse.Namespace, output_dir: Path) -> list[Job]:
         pretrain = ["--config", str(args.pretrain_config), sources_override(data_dir, args.pretrain_config)]
         pretrain.append(f"training.seed={seed}")
         pretrain += args.pretrain_overrides
-        pretrain += precision_overrides(args)
+        pretrain += precision_overrides(args.mixed_precision)
         stage1 = pretrain + ["--output_dir", str(seed_dir / "pretrain_stage1")]
         if args.quick:
             stage1 += [f"training.max_steps={QUICK_STEPS['stage1']}", "training.log_every=1"]
@@ -470,7 +470,9 @@ def build_plan(args: argparse.Namespace, output_dir: Path) -> list[Job]:
             condition = CONDITIONS[name]
             folder = seed_dir / f"finetune_{name}"
             config = finetune_config if condition.model == "person_search" else str(args.alignps_finetune_config)
-            argv = finetune_argv(name, seed, seed_dir, folder, config, max_steps) + precision_overrides(args)
+            argv = finetune_argv(name, seed, seed_dir, folder, config, max_steps) + precision_overrides(
+                args.mixed_precision
+            )
             needs = [tag + "data"]
             if condition.variant is not None:
                 needs.append(tag + f"pretrain_{condition.variant}")
@@ -510,11 +512,12 @@ def resolve_precision(requested: str) -> str:
     return "bf16" if native_bf16() else "no"
 
 
-def precision_overrides(args: argparse.Namespace) -> list[str]:
+def precision_overrides(mixed_precision: str) -> list[str]:
     """``training.mixed_precision`` of every pre-training and fine-tuning run: none for float32 (``no``, the
-    configs' own precision), ``training.mixed_precision=bf16`` for bf16 (``args.mixed_precision`` is resolved,
-    never ``auto``)."""
-    return [] if args.mixed_precision == "no" else [f"training.mixed_precision={args.mixed_precision}"]
+    configs' own precision), ``training.mixed_precision=bf16`` for bf16 (resolved: never ``auto``)."""
+    if mixed_precision not in ("no", "bf16"):
+        raise ValueError(f"mixed_precision must be 'no' or 'bf16' (resolved), got {mixed_precision!r}")
+    return [] if mixed_precision == "no" else [f"training.mixed_precision={mixed_precision}"]
 
 
 def finetune_argv(name: str, seed: int, seed_dir: Path, folder: Path, config: str, max_steps: int) -> list[str]:

@@ -4,7 +4,8 @@
     python benchmarks/diagnose_finetune_curves.py --bench_dir outputs/bench --seeds 6 7 8 --output_dir outputs/curves
 
 Re-runs the fine-tunings of ``full_25``, ``scratch_25``, ``full_100`` and ``scratch_100`` with the benchmark's own
-arguments (``bench_pretraining.finetune_argv``: its data, its pre-trained models, its recipe and seeds), adding an
+arguments (``bench_pretraining.finetune_argv``: its data, its pre-trained models, its recipe, seeds and training
+precision, ``mixed_precision`` of its ``summary.json``), adding an
 evaluation every ``1 / --points`` of the budget, in ``--workers`` single-thread processes. An evaluation draws no
 random number and changes no weight, so each re-run must end on the benchmark's own final mAP: checked, and printed
 per run (a mismatch is reported, not hidden).
@@ -63,8 +64,11 @@ def evaluation_epochs(final: dict, name: str, points: int) -> int:
     return int(every)
 
 
-def plan(bench_dir: Path, output_dir: Path, seeds: list[int], points: int, finetune_config: str) -> list:
-    """One job per seed and condition: the benchmark's fine-tuning, evaluated ``points`` times."""
+def plan(
+    bench_dir: Path, output_dir: Path, seeds: list[int], points: int, finetune_config: str, mixed_precision: str
+) -> list:
+    """One job per seed and condition: the benchmark's fine-tuning (in the run's ``mixed_precision``), evaluated
+    ``points`` times."""
     jobs = []
     for seed in seeds:
         seed_dir = bench_dir / f"seed{seed}"
@@ -73,6 +77,7 @@ def plan(bench_dir: Path, output_dir: Path, seeds: list[int], points: int, finet
             folder.parent.mkdir(parents=True, exist_ok=True)
             final = benchmark_final(bench_dir, seed, name)
             argv = bench.finetune_argv(name, seed, seed_dir, folder, finetune_config, int(final["step"]))
+            argv += bench.precision_overrides(mixed_precision)
             argv.append(f"evaluation.every_epochs={evaluation_epochs(final, name, points)}")
             arguments = (argv, f"{folder}.log", str(folder), str(seed_dir / "data" / "prw"), finetune_config)
             jobs.append(bench.Job(f"seed{seed}/finetune_{name}", bench.job_finetune, arguments))
@@ -153,7 +158,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     bench_dir, output_dir = args.bench_dir.resolve(), args.output_dir.resolve()
-    benchmark = json.loads((bench_dir / "summary.json").read_text())["conditions"]
+    run = json.loads((bench_dir / "summary.json").read_text())
+    benchmark = run["conditions"]
+    # the precision the run trained in; summaries written before --mixed_precision existed were float32 runs
+    mixed_precision = run.get("mixed_precision", "no")
     missing = [
         f"{name} seed {seed}" for name in TRACED for seed in args.seeds if str(seed) not in benchmark.get(name, {})
     ]
@@ -165,13 +173,14 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # inherited by the workers, as the benchmark's
     results, walls = bench.run_plan(
-        plan(bench_dir, output_dir, args.seeds, args.points, args.finetune_config), args.workers
+        plan(bench_dir, output_dir, args.seeds, args.points, args.finetune_config, mixed_precision), args.workers
     )
     summary = curves(results, benchmark, args.seeds)
     summary.update(
         bench_dir=str(bench_dir),
         seeds=args.seeds,
         points=args.points,
+        mixed_precision=mixed_precision,
         job_wall_s=walls,
         histories={name: result["history"] for name, result in results.items()},
     )

@@ -149,6 +149,8 @@ def test_mixed_precision_reaches_every_training_run_and_float32_adds_nothing(tmp
     assert bench.summarise(default, results)["mixed_precision"] == "no"
     with pytest.raises(SystemExit):
         bench.parse_args(["--output_dir", str(tmp_path), "--mixed_precision", "fp16"])
+    with pytest.raises(ValueError, match="resolved"):
+        bench.precision_overrides("auto")
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -40,6 +40,26 @@ def test_evaluation_interval_is_whole_epochs_of_each_run(tmp_path):
         script.evaluation_epochs(script.benchmark_final(tmp_path, 0, "full_100"), "full_100", 128)
 
 
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+def test_reruns_train_in_the_precision_of_the_benchmark_run(tmp_path, mixed_precision):
+    script = load_script()
+    for name in script.TRACED:
+        write_final(tmp_path, 0, name, 1280, 256.0 if name.endswith("_25") else 64.0)
+    jobs = script.plan(tmp_path, tmp_path / "out", [0], 8, str(script.bench.FINETUNE_CONFIG), mixed_precision)
+    assert len(jobs) == len(script.TRACED)
+    for job in jobs:
+        argv = job.arguments[0]
+        assert ("training.mixed_precision=bf16" in argv) is (mixed_precision == "bf16")
+        assert argv[: len(argv) - 1 - (mixed_precision == "bf16")] == script.bench.finetune_argv(
+            job.name.split("finetune_")[1],
+            0,
+            tmp_path / "seed0",
+            tmp_path / "out" / "seed0" / job.name.split("/")[1],
+            str(script.bench.FINETUNE_CONFIG),
+            1280,
+        )
+
+
 def history(*values):
     return [{"step": 10 * (i + 1), "mAP": value, "detection_ap": 0.9} for i, value in enumerate(values)]
 
