@@ -2,9 +2,10 @@
 benchmark (``benchmarks/bench_pretraining.py``) on synthetic data and a CPU.
 
     python examples/demo.py                  # one seed, 4 fine-tunings (see DEMO_CONDITIONS), two worker processes;
-                                             # 507-590 s on 2 shared cores, of which the first pre-training
-                                             # stage (1000 steps, one core, the other runs scratch's fine-tunings)
-                                             # took 278-317 s
+                                             # 337 s on 2 cores training under bf16 autocast (the benchmark's
+                                             # default on a CPU with bf16 instructions; 391-590 s in float32), of
+                                             # which the first pre-training stage (1000 steps, one core, the other
+                                             # runs scratch's fine-tunings) took 193 s
     python examples/demo.py --quick          # a smoke run: tiny data, a few steps per stage
     python examples/demo.py --seeds 0 1 2    # three paired seeds: mean +- std and the difference per seed
 

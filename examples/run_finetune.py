@@ -54,7 +54,6 @@ import hashlib
 import json
 import logging
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -105,6 +104,7 @@ from hf_personsearch.training.loop import (
     TrainingData,
     build_accelerator,
     check_processes_agree,
+    hardware_description,
     oim_table_facts,
     run_training,
 )
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch size": images_per_step,
             "skipped non-finite steps": outcome.guard.skipped_steps,
             "skipped unreadable images": dataset.skips.total,
-            "hardware": f"{accelerator.num_processes} x {accelerator.device.type} ({platform.machine()})",
+            "hardware": hardware_description(accelerator),
             "training time of this session (s)": round(time.time() - started, 1),
         }
         write_results(config, output_dir, final, [*script_state["history"], final], info)

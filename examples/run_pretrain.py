@@ -50,6 +50,7 @@ from hf_personsearch.training.loop import (
     TrainingData,
     build_accelerator,
     check_processes_agree,
+    hardware_description,
     oim_table_facts,
     run_training,
 )
@@ -57,7 +58,6 @@ from hf_personsearch.training.optim import build_optimizer, build_scheduler
 from hf_personsearch.training.pretraining import (
     export_pretrained,
     generate_synthetic_sources,
-    hardware_description,
     load_sources,
     photometric_options,
     uses_synthetic_data,

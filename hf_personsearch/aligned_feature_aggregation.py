@@ -42,7 +42,19 @@ class DeformableConv2d(nn.Module):
         nn.init.zeros_(self.offset.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return deform_conv2d(x, self.offset(x), self.weight, self.bias, padding=(self.padding, self.padding))
+        offset = self.offset(x)
+        # torchvision's CPU kernel has no bf16 / fp16 version (under autocast the maps arrive in bf16): those run
+        # in float32, as torchvision's CUDA autocast rule for this op does, and come back in the input's dtype.
+        # float32 and float64 inputs are computed as they are.
+        dtype = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype
+        output = deform_conv2d(
+            x.to(dtype),
+            offset.to(dtype),
+            self.weight.to(dtype),
+            self.bias.to(dtype),
+            padding=(self.padding, self.padding),
+        )
+        return output.to(x.dtype)
 
 
 def _conv3x3(in_channels: int, out_channels: int, deformable: bool) -> nn.Module:

@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import math
+import platform
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,6 +45,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 logger = logging.getLogger(__name__)
+
+
+def hardware_description(accelerator) -> str:
+    """ "2 x cpu (gloo)", "8 x NVIDIA H100 80GB HBM3 (nccl)" ...: for the model card."""
+    device = accelerator.device
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{device.type} ({platform.processor() or platform.machine()})"
+    backend = ""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        backend = f", {torch.distributed.get_backend()}"
+    return f"{accelerator.num_processes} x {name}{backend}, mixed precision {accelerator.mixed_precision}"
 
 
 def build_accelerator(training: Mapping, output_dir):

@@ -10,12 +10,10 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import platform
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..data.augmentation import PRETRAIN_MIN_SIZES
 from ..data.formats import dataset_names, get_spec
@@ -273,19 +271,6 @@ def build_pretrain_model_config(model: Mapping, identity_space: IdentitySpace):
     values["num_detection_domains"] = max(1, identity_space.num_domains("detection"))
     values["num_reid_domains"] = max(1, identity_space.num_domains("reid"))
     return PersonSearchPretrainConfig(person_search=person_search, **values)
-
-
-def hardware_description(accelerator) -> str:
-    """ "2 x cpu (gloo)", "8 x NVIDIA H100 80GB HBM3 (nccl)" ...: for the model card."""
-    device = accelerator.device
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"{device.type} ({platform.processor() or platform.machine()})"
-    backend = ""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        backend = f", {torch.distributed.get_backend()}"
-    return f"{accelerator.num_processes} x {name}{backend}, mixed precision {accelerator.mixed_precision}"
 
 
 def export_pretrained(

@@ -86,6 +86,8 @@ def test_scratch_run_writes_results_model_and_card(scratch_run):
     model = PersonSearchModel.from_pretrained(output_dir, dtype=torch.float32)
     assert model.config.num_person_ids == len(train_ids) and model.config.backbone == "test_resnet"
     assert (output_dir / "resolved_config.yaml").is_file() and (output_dir / "preprocessor_config.json").is_file()
+    # the card's training record says how it was trained, precision included (float32: accelerate's "no")
+    assert json.loads((output_dir / "training_info.json").read_text())["hardware"].endswith("mixed precision no")
 
 
 @pytest.mark.parametrize("init", ["pretrained", "pretrained_backbone"])
@@ -99,8 +101,12 @@ def test_initialisation_from_a_checkpoint_and_train_fraction(scratch_run, tmp_pa
         f"data.data_dir={data_dir}",
         "data.train_fraction=0.5",
     ]
+    if init == "pretrained_backbone":  # one of the two trains under bf16 autocast: the record must say so
+        overrides.append("training.mixed_precision=bf16")
     final = _run(output_dir, *overrides, "training.max_steps=1")
     info = json.loads((output_dir / "training_info.json").read_text())
+    precision = "bf16" if init == "pretrained_backbone" else "no"
+    assert info["hardware"].startswith("1 x cpu") and info["hardware"].endswith(f"mixed precision {precision}")
     assert info["training images"].startswith("3 of 6") and info["initialisation"].startswith(init)
     assert info["initialisation"].endswith("normalised layers at a fresh model's weight norms")
     assert info["synthetic_data"] is True  # the generated folder passed as data_dir still says what it is

@@ -117,6 +117,27 @@ def test_deformable_offsets_change_where_the_feature_is_sampled():
     assert not torch.allclose(before, afa(levels))
 
 
+def test_deformable_convolution_runs_under_bf16_autocast_and_in_a_bf16_model():
+    """torchvision's CPU deform_conv2d has no bf16 kernel: under autocast (the benchmark's default on a CPU with
+    bf16 instructions) and in a model cast to bf16 it must still run, close to float32, with gradients."""
+    torch.manual_seed(0)
+    afa = AlignedFeatureAggregation([4, 6, 8], 5, deformable=True)
+    with torch.no_grad():
+        afa.output.offset.bias.fill_(0.3)  # off the grid: the bilinear sampling is exercised
+    levels = [torch.randn(2, 4, 8, 12), torch.randn(2, 6, 4, 6), torch.randn(2, 8, 2, 3)]
+    reference = afa(levels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the backbone's maps arrive in bf16 under autocast
+        mixed = afa([level.bfloat16() for level in levels])
+    assert mixed.dtype == torch.bfloat16  # the input's dtype, as torchvision's CUDA autocast rule returns it
+    torch.testing.assert_close(mixed.float(), reference, atol=0.1, rtol=0.05)
+    mixed.float().sum().backward()
+    assert afa.output.weight.grad is not None and torch.isfinite(afa.output.weight.grad).all()
+    assert afa.output.offset.weight.grad.abs().sum() > 0
+    bf16 = afa.to(torch.bfloat16)([level.bfloat16() for level in levels])
+    assert bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(bf16.float(), reference, atol=0.15, rtol=0.05)
+
+
 def test_bad_input_is_named(batch):
     torch.manual_seed(0)
     model = AlignPSModel(tiny_align_ps_config()).train()
