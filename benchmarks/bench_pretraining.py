@@ -506,7 +506,8 @@ def native_bf16() -> bool:
 def resolve_precision(requested: str) -> str:
     """``--mixed_precision`` as run: ``auto`` is ``bf16`` on a CPU with bf16 instructions (:func:`native_bf16`)
     and ``no`` (float32) elsewhere, where bf16 is emulated and slower than float32; ``no`` and ``bf16`` as
-    given."""
+    given. Measured, 280 fine-tuning steps of the benchmark's recipe, float32 -> bf16: 21.8 -> 17.3 s on an
+    AVX512-BF16 CPU, 21.9 -> 40.0 s with oneDNN held to AVX-512 without bf16, 23.6 -> 216 s held to AVX2."""
     if requested != "auto":
         return requested
     return "bf16" if native_bf16() else "no"
